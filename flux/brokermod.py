@@ -1,0 +1,582 @@
+"""Write Flux broker modules in Python.
+
+A broker module is a ``.py`` file holding a :class:`BrokerModule` subclass
+(or a ``mod_main(h, *args)`` function).  Decorate methods with
+:func:`request_handler` and :func:`event_handler`; the base class registers
+them on the broker handle, runs the reactor, and keeps a failing handler
+from taking the module down.
+
+This module is a drop-in replacement for flux-core's own
+``flux.brokermod`` (0.84 and later): the public names and their documented
+behaviour are the same.  It imports nothing from flux-core at import time,
+so it also works on the in-memory broker (:mod:`flux.membroker`) on a
+machine without flux-core.
+"""
+
+import errno
+import inspect
+import json
+import syslog
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+
+__all__ = [
+    "BrokerLogger",
+    "BrokerModule",
+    "event_handler",
+    "request_handler",
+    "resolve_entry_point",
+]
+
+# Values of flux-core's FLUX_MSGTYPE_* and FLUX_ROLE_* (RFC 3), so that this
+# module does not need flux-core's compiled bindings to be imported.
+_MSGTYPE_REQUEST = 0x01
+_MSGTYPE_EVENT = 0x04
+_ROLE_OWNER = 0x1
+_ROLE_USER = 0x2
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class BrokerLogger:
+    """Send a module's log messages to the broker's log (``flux dmesg``).
+
+    Call a method named after a syslog severity (``debug``, ``info``,
+    ``notice``, ``warning``, ``error``, ``critical``, ``alert``, ``emerg``),
+    or call the logger itself as ``log(level, msg)`` with a syslog number.
+
+    ``level`` is a threshold: a message less urgent than it (a numerically
+    higher syslog priority) is dropped here.  It defaults to ``LOG_DEBUG``,
+    so every message reaches the broker and the broker's own log level does
+    the filtering, as it does for modules written in C.  Assign it a syslog
+    number or a name such as ``"info"``; reading it gives the number.
+    """
+
+    #: Level names accepted by :attr:`level`, mapped to syslog numbers.
+    LEVEL_NAMES: Dict[str, int] = {
+        "emerg": syslog.LOG_EMERG,
+        "alert": syslog.LOG_ALERT,
+        "crit": syslog.LOG_CRIT,
+        "err": syslog.LOG_ERR,
+        "warning": syslog.LOG_WARNING,
+        "notice": syslog.LOG_NOTICE,
+        "info": syslog.LOG_INFO,
+        "debug": syslog.LOG_DEBUG,
+    }
+    _LEVEL_NUMBERS = {number: name for name, number in LEVEL_NAMES.items()}
+
+    def __init__(self, h: Any) -> None:
+        self._h = h
+        self._level = syslog.LOG_DEBUG
+
+    @property
+    def level(self) -> int:
+        """The threshold, as a syslog number (``syslog.LOG_*``)."""
+        return self._level
+
+    @level.setter
+    def level(self, value: Union[int, str]) -> None:
+        if isinstance(value, str):
+            number = self.LEVEL_NAMES.get(value.lower())
+            if number is None:
+                raise ValueError(
+                    f"invalid log level {value!r}: "
+                    f"expected one of {', '.join(self.LEVEL_NAMES)}"
+                )
+            self._level = number
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(
+                f"invalid log level {value!r}: expected a syslog number or "
+                f"one of {', '.join(self.LEVEL_NAMES)}"
+            )
+        if not syslog.LOG_EMERG <= value <= syslog.LOG_DEBUG:
+            raise ValueError(
+                f"invalid log level {value!r}: syslog numbers run from "
+                f"{syslog.LOG_EMERG} (emerg) to {syslog.LOG_DEBUG} (debug)"
+            )
+        self._level = value
+
+    @property
+    def level_name(self) -> str:
+        """The threshold as a name, such as ``"info"``."""
+        return self._LEVEL_NUMBERS[self._level]
+
+    def __call__(self, level: int, msg: str) -> None:
+        """Log *msg* at syslog priority *level* unless it is below the threshold."""
+        if level <= self._level:
+            self._h.log(level, msg)
+
+    def debug(self, msg: str) -> None:
+        """Log *msg* at ``LOG_DEBUG``."""
+        self(syslog.LOG_DEBUG, msg)
+
+    def info(self, msg: str) -> None:
+        """Log *msg* at ``LOG_INFO``."""
+        self(syslog.LOG_INFO, msg)
+
+    def notice(self, msg: str) -> None:
+        """Log *msg* at ``LOG_NOTICE``."""
+        self(syslog.LOG_NOTICE, msg)
+
+    def warning(self, msg: str) -> None:
+        """Log *msg* at ``LOG_WARNING``."""
+        self(syslog.LOG_WARNING, msg)
+
+    def error(self, msg: str) -> None:
+        """Log *msg* at ``LOG_ERR``."""
+        self(syslog.LOG_ERR, msg)
+
+    def critical(self, msg: str) -> None:
+        """Log *msg* at ``LOG_CRIT``."""
+        self(syslog.LOG_CRIT, msg)
+
+    def alert(self, msg: str) -> None:
+        """Log *msg* at ``LOG_ALERT``."""
+        self(syslog.LOG_ALERT, msg)
+
+    def emerg(self, msg: str) -> None:
+        """Log *msg* at ``LOG_EMERG``."""
+        self(syslog.LOG_EMERG, msg)
+
+
+def _check_topic(topic: Any, decorator: str) -> None:
+    if not isinstance(topic, str) or not topic:
+        raise TypeError(f"@{decorator}: topic must be a non-empty string, not {topic!r}")
+
+
+def _mark(func: Any, spec: Dict[str, Any], decorator: str) -> None:
+    if not inspect.isfunction(func):
+        raise TypeError(
+            f"@{decorator}({spec['topic']!r}) must decorate a plain method, "
+            f"not {type(func).__name__} {func!r}"
+        )
+    func._flux_handler = spec
+
+
+def request_handler(
+    topic: str, prefix: bool = True, allow_guest: bool = False
+) -> Callable[[_F], _F]:
+    """Mark a method as the handler of requests to *topic*.
+
+    The method is called as ``method(self, msg)`` for each request whose
+    topic is ``<module name>.<topic>``, or *topic* itself when *prefix* is
+    False.  Only the instance owner's requests reach it unless
+    *allow_guest* is True, which also admits guests (``FLUX_ROLE_USER``);
+    a guest refused here gets EPERM and the method never runs.
+    """
+    _check_topic(topic, "request_handler")
+    spec = {
+        "msgtype": _MSGTYPE_REQUEST,
+        "topic": topic,
+        "prefix": prefix,
+        "allow_guest": allow_guest,
+    }
+
+    def decorator(func: _F) -> _F:
+        _mark(func, spec, "request_handler")
+        return func
+
+    return decorator
+
+
+def event_handler(
+    topic: str, prefix: bool = True, allow_guest: bool = False
+) -> Callable[[_F], _F]:
+    """Mark a method as the handler of events named *topic*.
+
+    The module subscribes to the event, and the method is called as
+    ``method(self, msg)`` for each event whose topic is
+    ``<module name>.<topic>``, or *topic* itself when *prefix* is False.
+    Events published by guests are dropped unless *allow_guest* is True.
+    """
+    _check_topic(topic, "event_handler")
+    spec = {
+        "msgtype": _MSGTYPE_EVENT,
+        "topic": topic,
+        "prefix": prefix,
+        "allow_guest": allow_guest,
+    }
+
+    def decorator(func: _F) -> _F:
+        _mark(func, spec, "event_handler")
+        return func
+
+    return decorator
+
+
+def _handler_spec(cls: type, attr: str, value: Any) -> Optional[Dict[str, Any]]:
+    """Return the handler spec carried by a class attribute, if any.
+
+    A decorated function wrapped again in staticmethod, classmethod or
+    property cannot be called as ``method(msg)``: refuse it here, at class
+    definition, rather than at the first message.
+    """
+    inner = value
+    if isinstance(value, (staticmethod, classmethod)):
+        inner = value.__func__
+    elif isinstance(value, property):
+        inner = value.fget
+    spec = getattr(inner, "_flux_handler", None)
+    if spec is not None and inner is not value:
+        raise TypeError(
+            f"{cls.__qualname__}.{attr}: a message handler must be a plain "
+            f"method, not a {type(value).__name__}"
+        )
+    return spec
+
+
+def _describe(spec: Dict[str, Any]) -> str:
+    kind = "request" if spec["msgtype"] == _MSGTYPE_REQUEST else "event"
+    topic = spec["topic"] if not spec["prefix"] else f"<name>.{spec['topic']}"
+    return f"{kind} {topic!r}"
+
+
+def _collect_handlers(cls: type) -> Dict[str, Dict[str, Any]]:
+    """Map method name to handler spec for *cls*, most derived class winning.
+
+    A method overridden without a decorator keeps the inherited spec, so
+    the override is what runs.  A subclass handler for a topic that a base
+    class also handles replaces the base's registration.
+    """
+    handlers: Dict[str, Dict[str, Any]] = {}
+    for klass in reversed(cls.__mro__):
+        own: Dict[Tuple[int, str, bool], str] = {}
+        for attr, value in vars(klass).items():
+            spec = _handler_spec(klass, attr, value)
+            if spec is None:
+                continue
+            key = (spec["msgtype"], spec["topic"], spec["prefix"])
+            if key in own:
+                raise TypeError(
+                    f"{klass.__qualname__}: methods {own[key]!r} and {attr!r} "
+                    f"both handle {_describe(spec)}"
+                )
+            own[key] = attr
+            for other, other_spec in list(handlers.items()):
+                other_key = (
+                    other_spec["msgtype"],
+                    other_spec["topic"],
+                    other_spec["prefix"],
+                )
+                if other != attr and other_key == key:
+                    del handlers[other]
+            handlers[attr] = spec
+    return handlers
+
+
+# How a handler's exception is turned into an error response: exceptions
+# that typically mean the request itself was malformed get EPROTO.
+_BAD_REQUEST_ERRORS = (KeyError, TypeError, ValueError, UnicodeError)
+_FAILED_HANDLER_ERRNO = errno.EIO
+
+
+def _exception_errno(exc: BaseException) -> int:
+    if isinstance(exc, OSError) and exc.errno:
+        return int(exc.errno)
+    if isinstance(exc, _BAD_REQUEST_ERRORS):
+        return errno.EPROTO
+    return _FAILED_HANDLER_ERRNO
+
+
+def _exception_text(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    elif isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = f"missing key {exc.args[0]!r}"
+    elif isinstance(exc, json.JSONDecodeError):
+        text = f"payload is not JSON ({exc})"
+    elif isinstance(exc, TypeError) and "JSON object must be" in str(exc):
+        text = "request has no payload"
+    else:
+        text = str(exc).strip()
+    first_line = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+
+
+class BrokerModule:
+    """Base class for Python broker modules.
+
+    Subclass it, decorate methods with :func:`request_handler` and
+    :func:`event_handler`, and call :meth:`run` (the loader does that for
+    you when the file holds a single subclass and no ``mod_main``).
+    Handler topics are prefixed with the module name unless the decorator
+    says ``prefix=False``.
+
+    A handler that raises does not take the module down: the request gets
+    an error response (the exception's errno for OSError, EPROTO for
+    KeyError, TypeError, ValueError and UnicodeError, EIO otherwise), the
+    traceback goes to the broker log at LOG_ERR, and the module keeps
+    serving.  Set the class attribute :attr:`stop_on_error` to True to stop
+    the module with an error instead.
+
+    Example::
+
+        from flux.brokermod import BrokerModule, event_handler, request_handler
+
+        class MyModule(BrokerModule):
+
+            @request_handler("info")
+            def info(self, msg):
+                self.handle.respond(msg, {"name": self.name})
+
+            @event_handler("panic")
+            def panic(self, msg):
+                self.stop_error()
+    """
+
+    #: When True, an exception escaping a handler stops the module with an
+    #: error (the behaviour of flux-core's first BrokerModule) after the
+    #: request is answered.
+    stop_on_error: bool = False
+
+    _flux_handlers: Dict[str, Dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._flux_handlers = _collect_handlers(cls)
+
+    def __init__(self, h: Any, *args: str) -> None:
+        self._h = h
+        self._args: Tuple[str, ...] = tuple(args)
+        self._name = _broker_module_name(h)
+        self._watchers: List[Any] = []
+        self._stopped_with_error = False
+        self.log = BrokerLogger(h)
+        self._register_handlers()
+
+    @property
+    def handle(self) -> Any:
+        """The :class:`flux.Flux` handle connected to the broker."""
+        return self._h
+
+    @property
+    def name(self) -> str:
+        """The module name as the broker assigned it (``--name`` included)."""
+        return self._name
+
+    @property
+    def args(self) -> Tuple[str, ...]:
+        """The module arguments given at load time, as a tuple of strings."""
+        return self._args
+
+    def set_running(self) -> None:
+        """Tell the broker the module is running, so ``flux module load`` returns.
+
+        Call it before slow synchronous start-up work; otherwise the broker
+        considers the module running when the reactor starts.  See
+        flux_module_set_running(3).
+        """
+        host = getattr(self._h, "_brokermod_host", None)
+        if host is not None:
+            host.set_running()
+            return
+        from _flux._core import lib
+
+        if lib.flux_module_set_running(self._h.handle) < 0:
+            raise OSError("flux_module_set_running failed")
+
+    def debug_test(self, flag: int, clear: bool = False) -> bool:
+        """Return True if debug bit *flag* is set; clear it too if *clear*.
+
+        Bits are set from outside with
+        ``flux module debug --setbit N <module name>``.
+        """
+        host = getattr(self._h, "_brokermod_host", None)
+        if host is not None:
+            return bool(host.debug_test(flag, clear))
+        from _flux._core import lib
+
+        return bool(lib.flux_module_debug_test(self._h.handle, flag, clear))
+
+    def stop(self) -> None:
+        """Stop the reactor; :meth:`run` returns normally."""
+        self._h.reactor_stop()
+
+    def stop_error(self) -> None:
+        """Stop the reactor; :meth:`run` raises OSError."""
+        self._stopped_with_error = True
+        self._h.reactor_stop_error()
+
+    def run(self) -> None:
+        """Run the reactor until the module is stopped.
+
+        Raises OSError if the reactor stopped with an error (for example
+        after :meth:`stop_error`) or a callback outside the handlers failed.
+        """
+        if self._h.reactor_run() < 0 or self._stopped_with_error:
+            raise OSError(errno.ECONNRESET, "reactor exited with error")
+
+    def _register_handlers(self) -> None:
+        h = self._h
+        for attr, spec in type(self)._flux_handlers.items():
+            topic = f"{self._name}.{spec['topic']}" if spec["prefix"] else spec["topic"]
+            method = getattr(self, attr)
+            rolemask = _ROLE_OWNER | _ROLE_USER if spec.get("allow_guest") else None
+            if spec["msgtype"] == _MSGTYPE_EVENT:
+                h.event_subscribe(topic)
+                callback = self._event_callback(method)
+            else:
+                callback = self._request_callback(method)
+            watcher = h.msg_watcher_create(
+                callback, spec["msgtype"], topic, rolemask=rolemask
+            )
+            watcher.start()
+            self._watchers.append(watcher)
+
+    # The dispatch path: one closure per handler, nothing but a call and a
+    # try block between the broker's message and the handler.
+
+    def _request_callback(self, method: Callable[[Any], Any]) -> Callable[..., None]:
+        answered = _AnswerTracker.install(self._h)
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            try:
+                method(msg)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller
+                self._request_failed(msg, exc, answered)
+
+        return callback
+
+    def _event_callback(self, method: Callable[[Any], Any]) -> Callable[..., None]:
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            try:
+                method(msg)
+            except Exception as exc:  # noqa: BLE001 - logged, module survives
+                self._callback_failed(f"event {msg.topic}", exc)
+
+        return callback
+
+    def _request_failed(
+        self, msg: Any, exc: BaseException, answered: "_AnswerTracker"
+    ) -> None:
+        self._callback_failed(f"request {msg.topic}", exc)
+        if not answered.is_final(msg):
+            try:
+                self._h.respond_error(msg, _exception_errno(exc), _exception_text(exc))
+            except OSError as respond_exc:
+                self.log.error(f"could not answer {msg.topic}: {respond_exc}")
+
+    def _callback_failed(self, what: str, exc: BaseException) -> None:
+        # Skip the dispatch frame: the traceback starts in the handler.
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+        lines = traceback.format_exception(type(exc), exc, tb)
+        self._h.log(syslog.LOG_ERR, f"{what} handler failed: {''.join(lines).rstrip()}")
+        if self.stop_on_error:
+            self.stop_error()
+
+
+class _AnswerTracker:
+    """Remember which requests got their final answer.
+
+    Wraps ``respond``/``respond_error`` on the module's handle once, so a
+    handler that answered and then raised is not answered twice.  A
+    response to a streaming request is not final; an error response is.
+    The mark is an attribute of the message object the handler was given.
+    """
+
+    def __init__(self, h: Any) -> None:
+        self._respond = h.respond
+        self._respond_error = h.respond_error
+
+    @classmethod
+    def install(cls, h: Any) -> "_AnswerTracker":
+        tracker = getattr(h, "_brokermod_answers", None)
+        if tracker is None:
+            tracker = cls(h)
+            h._brokermod_answers = tracker
+            h.respond = tracker.respond
+            h.respond_error = tracker.respond_error
+        return tracker
+
+    def respond(self, message: Any, payload: Any = None) -> Any:
+        """Send a response, as ``flux.Flux.respond`` does."""
+        result = self._respond(message, payload)
+        if not _is_streaming(message):
+            _mark_final(message)
+        return result
+
+    def respond_error(self, message: Any, errnum: int, errstr: Any = None) -> Any:
+        """Send an error response, as ``flux.Flux.respond_error`` does."""
+        result = self._respond_error(message, errnum, errstr)
+        _mark_final(message)
+        return result
+
+    @staticmethod
+    def is_final(message: Any) -> bool:
+        """Return True if *message* already got a final answer."""
+        return getattr(message, "_brokermod_final", False)
+
+
+def _mark_final(message: Any) -> None:
+    try:
+        message._brokermod_final = True
+    except AttributeError:  # a raw message pointer: nothing to mark
+        pass
+
+
+def _is_streaming(message: Any) -> bool:
+    # Looked up on the class: flux-core's Message forwards unknown instance
+    # attributes to libflux, which is slow and never has "streaming".
+    if getattr(type(message), "streaming", None) is not None:
+        return bool(message.streaming)
+    from _flux._core import lib
+
+    return bool(lib.flux_msg_is_streaming(getattr(message, "handle", message)))
+
+
+def _broker_module_name(h: Any) -> str:
+    host = getattr(h, "_brokermod_host", None)
+    if host is not None:
+        return str(host.name)
+    from _flux._core import ffi, lib
+
+    name_p = ffi.cast("char *", lib.flux_aux_get(h.handle, b"flux::name"))
+    return ffi.string(name_p).decode() if name_p != ffi.NULL else "unknown"
+
+
+def resolve_entry_point(mod: Any) -> Callable[..., Any]:
+    """Return the entry point of an imported broker module file.
+
+    That is ``mod_main`` when the file defines it; otherwise a function
+    ``(h, *args) -> cls(h, *args).run()`` for the one :class:`BrokerModule`
+    subclass defined in the file itself (subclasses merely imported into it
+    do not count).
+
+    :raises ValueError: when there is no ``mod_main`` and zero or several
+        subclasses are defined in the file; the message names the file and
+        the classes.
+    """
+    mod_main = getattr(mod, "mod_main", None)
+    if mod_main is not None:
+        if not callable(mod_main):
+            raise ValueError(f"{_file_of(mod)}: mod_main is not a function")
+        return mod_main
+    own = getattr(mod, "__name__", None)
+    subclasses = [
+        value
+        for value in vars(mod).values()
+        if isinstance(value, type)
+        and issubclass(value, BrokerModule)
+        and value is not BrokerModule
+        and value.__module__ == own
+    ]
+    if len(subclasses) == 1:
+        cls = subclasses[0]
+
+        def mod_main(h: Any, *args: str) -> None:
+            cls(h, *args).run()
+
+        mod_main.__qualname__ = f"{cls.__qualname__}.<entry point>"
+        return mod_main
+    if subclasses:
+        names = ", ".join(cls.__name__ for cls in subclasses)
+        raise ValueError(
+            f"{_file_of(mod)}: several BrokerModule subclasses ({names}) "
+            f"and no mod_main(); define mod_main() to choose one"
+        )
+    raise ValueError(f"{_file_of(mod)}: no mod_main() and no BrokerModule subclass")
+
+
+def _file_of(mod: Any) -> str:
+    return str(getattr(mod, "__file__", None) or getattr(mod, "__name__", "module"))

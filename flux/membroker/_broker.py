@@ -1,0 +1,570 @@
+"""The in-memory broker: modules, routing, events, timers and the log."""
+
+import errno
+import heapq
+import io
+import os
+import resource
+import syslog
+import time
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+
+from flux import _layout
+from flux.membroker._handle import Future, Handle, TimerWatcher
+from flux.membroker._message import (
+    FLUX_MSGTYPE_EVENT,
+    FLUX_MSGTYPE_REQUEST,
+    FLUX_MSGTYPE_RESPONSE,
+    FLUX_NODEID_ANY,
+    FLUX_NODEID_UPSTREAM,
+    FLUX_ROLE_ALL,
+    FLUX_ROLE_LOCAL,
+    FLUX_ROLE_OWNER,
+    FLUX_ROLE_USER,
+    FLUX_RPC_NORESPONSE,
+    Message,
+)
+from flux.membroker._scheduler import DONE, Context, Scheduler
+
+#: How far :meth:`Future.get` lets the virtual clock run while it waits.
+MAX_WAIT = 3600.0
+
+_LEVEL_NAMES = {
+    syslog.LOG_EMERG: "emerg",
+    syslog.LOG_ALERT: "alert",
+    syslog.LOG_CRIT: "crit",
+    syslog.LOG_ERR: "err",
+    syslog.LOG_WARNING: "warning",
+    syslog.LOG_NOTICE: "notice",
+    syslog.LOG_INFO: "info",
+    syslog.LOG_DEBUG: "debug",
+}
+
+# Module states, as flux module list shows them.
+INIT = "init"
+RUNNING = "running"
+FINALIZING = "finalizing"
+EXITED = "exited"
+
+
+class ModuleError(OSError):
+    """A module failed to load or to run, as ``flux module load`` reports it.
+
+    ``errno`` is the error the module exited with; ``str()`` is one line:
+    what the loader printed about it, or the error's text.
+    """
+
+
+class BrokerPanic(RuntimeError):
+    """The broker panicked (a module failed at run time without
+    ``broker.module-nopanic``): like a real instance, it is down."""
+
+
+class LogEntry:
+    """One broker log record, as ``flux dmesg`` shows it."""
+
+    __slots__ = ("timestamp", "name", "level", "rank", "text")
+
+    def __init__(self, timestamp: float, name: str, level: int, rank: int, text: str) -> None:
+        self.timestamp = timestamp
+        self.name = name
+        self.level = level
+        self.rank = rank
+        self.text = text
+
+    @property
+    def level_name(self) -> str:
+        """The severity as ``flux dmesg`` spells it (err, crit, warning...)."""
+        return _LEVEL_NAMES.get(self.level, str(self.level))
+
+    def __str__(self) -> str:
+        return f"{self.name}.{self.level_name}[{self.rank}]: {self.text}"
+
+    def __repr__(self) -> str:
+        return f"<LogEntry {self}>"
+
+
+class Module:
+    """A module loaded into the in-memory broker (a ``flux module list`` row)."""
+
+    def __init__(self, broker: "Broker", name: str, path: Optional[str], args: Tuple[str, ...]) -> None:
+        self.broker = broker
+        self.name = name
+        self.path = path
+        self.args = args
+        self.uuid = str(uuid.uuid4())
+        self.state = INIT
+        self.errnum = 0
+        self.debug_flags = 0
+        self.unload_requested = False
+        self.was_running = False
+        self.stderr = io.StringIO()
+        self.services: Set[str] = {name}
+        self.inflight: Dict[int, Message] = {}
+        self.ctx = Context(name)
+        self.handle = Handle(broker, broker.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, self)
+
+    def __repr__(self) -> str:
+        return f"<Module {self.name} {self.state}>"
+
+
+class _Delivery:
+    """A message on its way into a module's reactor."""
+
+    __slots__ = ("handle", "msg")
+
+    def __init__(self, handle: Handle, msg: Message) -> None:
+        self.handle = handle
+        self.msg = msg
+
+    def __call__(self) -> None:
+        self.handle._dispatch(self.msg)
+
+
+class Broker:
+    """A Flux broker that hosts Python modules inside this process.
+
+    It routes requests by topic, publishes events to subscribers, checks
+    credentials, provides each module's standard methods (``ping``,
+    ``stats-get``, ``debug``, ``shutdown``...) and keeps a log like
+    ``flux dmesg``, behaving as a real instance does.  It is deterministic:
+    nothing runs in the background, and timers run on a virtual clock
+    (:attr:`now`) that moves only when you wait for a response or call
+    :meth:`advance`.
+
+    Example::
+
+        with Broker() as broker:
+            broker.load("mymod.py", "--verbose")
+            print(broker.rpc("mymod.info").get())
+            print(broker.dmesg())
+    """
+
+    def __init__(
+        self,
+        rank: int = 0,
+        size: int = 1,
+        userid: Optional[int] = None,
+        attrs: Optional[Dict[str, str]] = None,
+    ) -> None:
+        _layout.prefer_this_package()
+        if not 0 <= rank < size:
+            raise ValueError(f"rank {rank} is not below size {size}")
+        self.rank = rank
+        self.size = size
+        self.owner = os.getuid() if userid is None else userid
+        self.attrs: Dict[str, str] = {
+            "rank": str(rank),
+            "size": str(size),
+            "security.owner": str(self.owner),
+            "instance-level": "0",
+        }
+        self.attrs.update(attrs or {})
+        #: The virtual clock, in seconds.
+        self.now = 0.0
+        self.log: List[LogEntry] = []
+        #: What module loaders printed (the broker's stderr), line by line.
+        self.stderr: List[str] = []
+        self.panicked: Optional[str] = None
+        self._scheduler = Scheduler()
+        self._modules: Dict[str, Module] = {}
+        self._services: Dict[str, Module] = {}
+        self._timers: List[Tuple[float, int, TimerWatcher]] = []
+        self._timer_seq = 0
+        self._event_seq = 0
+        self._owner_handle = self.connect()
+
+    # The public interface
+
+    @property
+    def modules(self) -> Dict[str, Module]:
+        """Loaded modules by name (a copy)."""
+        return dict(self._modules)
+
+    def connect(self, userid: Optional[int] = None, rolemask: Optional[int] = None) -> Handle:
+        """Return a client handle.
+
+        By default it has the owner's credentials (rolemask OWNER|LOCAL, as
+        owner requests have on a real instance); pass ``rolemask=FLUX_ROLE_USER``
+        and another *userid* to act as a guest.
+        """
+        if rolemask is None:
+            rolemask = FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL if userid in (None, self.owner) else FLUX_ROLE_USER
+        return Handle(self, self.owner if userid is None else userid, rolemask)
+
+    def rpc(self, topic: str, payload: Any = None, nodeid: int = FLUX_NODEID_ANY, flags: int = 0) -> Future:
+        """Send a request as the instance owner (see :meth:`Handle.rpc`)."""
+        return self._owner_handle.rpc(topic, payload, nodeid, flags)
+
+    def event_send(self, topic: str, payload: Any = None) -> None:
+        """Publish an event as the instance owner."""
+        self._owner_handle.event_send(topic, payload)
+        self.run_until_idle()
+
+    def load(
+        self,
+        module: Union[str, "os.PathLike[str]", Callable[..., Any]],
+        *args: str,
+        name: Optional[str] = None,
+    ) -> Module:
+        """Load a module, like ``flux module load [--name NAME] PATH ARGS...``.
+
+        *module* is a path to a ``.py`` file, or (handy in tests) a
+        BrokerModule subclass or a ``mod_main``-like function, which then
+        needs *name*.  Returns once the module is running.
+
+        :raises ModuleError: if the module exits before it runs, with the
+            errno it exited with and the loader's one-line message.
+        """
+        self._check_alive()
+        path: Optional[str] = None
+        entry: Optional[Callable[..., Any]] = None
+        if isinstance(module, (str, os.PathLike)):
+            path = os.fspath(module)
+            if not os.path.exists(path):
+                raise ModuleError(
+                    errno.ENOENT,
+                    f"could not canonicalize module path '{path}': No such file or directory",
+                )
+            path = os.path.abspath(path)
+            if name is None:
+                name = os.path.basename(path).split(".", 1)[0]
+        else:
+            entry = _entry_point_of(module)
+            if name is None:
+                raise ValueError(f"load({module!r}): give the module a name= when loading a class or function")
+        if name in self._modules:
+            raise ModuleError(errno.EEXIST, f"{name}: File exists")
+        if name in self._services:
+            raise ModuleError(errno.EEXIST, f"{name}: service is already registered: File exists")
+        record = Module(self, name, path, tuple(args))
+        self._register_standard_methods(record)
+        self._modules[name] = record
+        self._services[name] = record
+        self._log("broker", syslog.LOG_DEBUG, f"insmod {name}")
+        self._scheduler.spawn(record.ctx, lambda: self._module_main(record, entry))
+        self._run_until(lambda: record.state != INIT, f"load {name}")
+        if record.state == EXITED and record.errnum:
+            detail = record.stderr.getvalue().strip().splitlines()
+            raise ModuleError(record.errnum, detail[0] if detail else f"{name}: {os.strerror(record.errnum)}")
+        return record
+
+    def remove(self, name: str) -> None:
+        """Remove a module, like ``flux module remove NAME``: send it
+        ``NAME.shutdown`` and wait for it to exit."""
+        self._check_alive()
+        record = self._modules.get(name)
+        if record is None:
+            raise ModuleError(errno.ENOENT, f"{name}: No such file or directory")
+        record.unload_requested = True
+        self._owner_handle.rpc(f"{name}.shutdown", flags=FLUX_RPC_NORESPONSE)
+        self._run_until(lambda: record.state == EXITED, f"remove {name}")
+
+    def run_until_idle(self) -> None:
+        """Deliver every queued message and due timer, without moving the clock."""
+        self._check_alive()
+        self._scheduler.check_thread()
+        while self._scheduler.step() or self._fire_due_timers():
+            pass
+
+    def advance(self, seconds: float) -> None:
+        """Move the virtual clock forward, firing the timers that fall due."""
+        if seconds < 0:
+            raise ValueError("cannot move the clock backwards")
+        target = self.now + seconds
+        self.run_until_idle()
+        while self._timers and self._timers[0][0] <= target:
+            self.now = max(self.now, self._timers[0][0])
+            self.run_until_idle()
+        self.now = target
+        self.run_until_idle()
+
+    def dmesg(self, name: Optional[str] = None) -> List[str]:
+        """The log as ``flux dmesg`` lines, optionally only one module's."""
+        return [str(entry) for entry in self.log if name is None or entry.name == name]
+
+    def close(self) -> None:
+        """Remove every module still loaded."""
+        for name in list(self._modules):
+            if self.panicked is None and name in self._modules:
+                self.remove(name)
+
+    def __enter__(self) -> "Broker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # Running things
+
+    def _check_alive(self) -> None:
+        if self.panicked is not None:
+            raise BrokerPanic(self.panicked)
+
+    def _run_until(self, done: Callable[[], bool], what: str, timeout: float = -1.0) -> None:
+        """Run queued work until *done*, letting virtual time pass if idle."""
+        self._scheduler.check_thread()
+        limit = self.now + (MAX_WAIT if timeout < 0 else timeout)
+        while not done():
+            self._check_alive()
+            if self._scheduler.step() or self._fire_due_timers():
+                continue
+            if self._timers and self._timers[0][0] <= limit:
+                self.now = max(self.now, self._timers[0][0])
+                continue
+            if timeout >= 0:
+                self.now = limit
+                raise OSError(errno.ETIMEDOUT, f"{what}: timed out after {timeout:g} virtual seconds")
+            if self._timers:
+                raise OSError(errno.ETIMEDOUT, f"{what}: no answer within {MAX_WAIT:g} virtual seconds")
+            raise OSError(errno.EDEADLK, f"{what}: no answer, and nothing left to run")
+
+    def _arm_timer(self, watcher: TimerWatcher, due: float) -> None:
+        watcher.due = due
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (due, self._timer_seq, watcher))
+
+    def _disarm_timer(self, watcher: TimerWatcher) -> None:
+        watcher.due = None
+
+    def _fire_due_timers(self) -> bool:
+        fired = False
+        while self._timers and self._timers[0][0] <= self.now:
+            due, _, watcher = heapq.heappop(self._timers)
+            record = watcher.handle._record
+            if watcher.due != due or record is None or record.state == EXITED:
+                continue
+            self._scheduler.queue.append((record.ctx, watcher._fire))
+            fired = True
+        return fired
+
+    def _set_running(self, record: Module, pause: bool) -> None:
+        if record.state != INIT:
+            return
+        record.state = RUNNING
+        record.was_running = True
+        self._log("broker", syslog.LOG_DEBUG, f"module {record.name} running")
+        if pause:
+            self._scheduler.pause(record.ctx)
+
+    def _module_main(self, record: Module, entry: Optional[Callable[..., Any]]) -> None:
+        """What the loader does, in the module's own context."""
+        from flux import modloader
+
+        imported = None
+        errnum = 0
+        try:
+            if entry is None:
+                assert record.path is not None
+                imported = modloader.import_path(record.path)
+                entry = modloader.resolve_entry_point(imported)
+        except modloader.LoadError as exc:
+            print(exc, file=record.stderr)
+            errnum = exc.errno
+        if not errnum:
+            errnum = modloader.run_module(
+                record.handle, record.path or record.name, record.args, record.stderr, entry
+            )
+        if imported is not None:
+            modloader.forget_module(imported)
+        self._finalize(record, errnum)
+
+    def _finalize(self, record: Module, errnum: int) -> None:
+        record.state = FINALIZING
+        for item in self._scheduler.drop(record.ctx):
+            if isinstance(item, _Delivery) and item.msg.type == FLUX_MSGTYPE_REQUEST and not item.msg.noresponse:
+                record.handle.respond_error(item.msg, errno.ENOSYS)
+        self._module_exited(record, errnum)
+
+    def _module_exited(self, record: Module, errnum: int) -> None:
+        name = record.name
+        record.errnum = errnum
+        record.state = EXITED
+        for line in record.stderr.getvalue().splitlines():
+            self.stderr.append(line)
+        self._log("broker", syslog.LOG_DEBUG, f"module {name} exited")
+        if errnum:
+            self._log("broker", syslog.LOG_ERR, f"{name}: {os.strerror(errnum)}")
+        for service in list(record.services):
+            if self._services.get(service) is record:
+                del self._services[service]
+        for msg in list(record.inflight.values()):
+            self._broker_error(msg, errno.EHOSTUNREACH, "module disconnect")
+        record.inflight.clear()
+        if self._modules.get(name) is record:
+            del self._modules[name]
+        if record.was_running and errnum and not record.unload_requested:
+            if self.attrs.get("broker.module-nopanic", "0") not in ("", "0"):
+                self._log("broker", syslog.LOG_CRIT, f"{name} module runtime failure")
+            else:
+                self._log("broker", syslog.LOG_CRIT, f"broker panic: {name} module runtime failure")
+                self.panicked = f"{name} module runtime failure"
+
+    # Routing
+
+    def _route_request(self, msg: Message) -> None:
+        if self.panicked is not None:
+            raise BrokerPanic(self.panicked)
+        if msg.nodeid not in (FLUX_NODEID_ANY, FLUX_NODEID_UPSTREAM, self.rank):
+            if msg.nodeid >= self.size:
+                self._broker_error(msg, errno.EHOSTUNREACH, None)
+                return
+        service = msg.topic.split(".", 1)[0]
+        record = self._services.get(service)
+        if record is None or record.state == EXITED:
+            self._broker_error(msg, errno.ENOSYS, f"No service matching {msg.topic} is registered")
+            return
+        if not msg.noresponse:
+            record.inflight[id(msg)] = msg
+        self._scheduler.queue.append((record.ctx, _Delivery(record.handle, msg)))
+
+    def _route_response(self, responder: Optional[Module], request: Message, response: Message) -> None:
+        if responder is not None and (response.errnum or not request.streaming):
+            responder.inflight.pop(id(request), None)
+        sender = request.sender
+        if sender is None:
+            return
+        self._scheduler.queue.append((None, lambda: sender._receive_response(response)))
+
+    def _broker_error(self, request: Message, errnum: int, errstr: Optional[str]) -> None:
+        if request.noresponse or request.sender is None:
+            return
+        response = Message(FLUX_MSGTYPE_RESPONSE, request.topic, None, matchtag=request.matchtag, flags=request.flags)
+        response.errnum = errnum
+        response.errstr = errstr
+        sender = request.sender
+        self._scheduler.queue.append((None, lambda: sender._receive_response(response)))
+
+    def _publish(self, msg: Message) -> None:
+        if self.panicked is not None:
+            raise BrokerPanic(self.panicked)
+        self._event_seq += 1
+        msg.seq = self._event_seq
+        for record in list(self._modules.values()):
+            if record.state == EXITED:
+                continue
+            if any(msg.topic.startswith(sub) for sub in record.handle._subscriptions):
+                self._scheduler.queue.append((record.ctx, _Delivery(record.handle, msg)))
+
+    def _add_service(self, name: str, record: Module) -> None:
+        if name in self._services:
+            raise OSError(errno.EEXIST, f"service {name} is already registered")
+        self._services[name] = record
+        record.services.add(name)
+
+    def _remove_service(self, name: str, record: Module) -> None:
+        if self._services.get(name) is not record:
+            raise OSError(errno.ENOENT, f"service {name} is not registered by {record.name}")
+        del self._services[name]
+        record.services.discard(name)
+
+    def _service_future(self, handle: Handle, action: Callable[[], None]) -> Future:
+        future = Future(handle, "service")
+        response = Message(FLUX_MSGTYPE_RESPONSE, "service", None)
+        try:
+            action()
+        except OSError as exc:
+            response.errnum = exc.errno or errno.EINVAL
+            response.errstr = exc.strerror
+        future._fulfill(response)
+        return future
+
+    def _log(self, name: str, level: int, text: str) -> None:
+        self.log.append(LogEntry(time.time(), name, level, self.rank, text))
+
+    # Standard module methods (libflux's flux_module_register_handlers)
+
+    def _register_standard_methods(self, record: Module) -> None:
+        h = record.handle
+        name = record.name
+        methods = [
+            (FLUX_MSGTYPE_REQUEST, "stats-get", self._stats_get, FLUX_ROLE_ALL),
+            (FLUX_MSGTYPE_REQUEST, "stats-clear", self._stats_clear, 0),
+            (FLUX_MSGTYPE_EVENT, "stats-clear", self._stats_clear, 0),
+            (FLUX_MSGTYPE_REQUEST, "config-reload", self._config_reload, 0),
+            (FLUX_MSGTYPE_REQUEST, "config-update", self._config_reload, 0),
+            (FLUX_MSGTYPE_REQUEST, "debug", self._debug, 0),
+            (FLUX_MSGTYPE_REQUEST, "rusage", self._rusage, FLUX_ROLE_USER),
+            (FLUX_MSGTYPE_REQUEST, "ping", self._ping, FLUX_ROLE_USER),
+            (FLUX_MSGTYPE_REQUEST, "shutdown", self._shutdown, 0),
+        ]
+        h.event_subscribe(f"{name}.stats-clear")
+        for msgtype, method, callback, rolemask in methods:
+            h.msg_watcher_create(callback, msgtype, f"{name}.{method}", record, rolemask=rolemask).start()
+
+    def _ping(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
+        try:
+            payload = msg.payload
+            if not isinstance(payload, dict):
+                raise ValueError
+        except (TypeError, ValueError):
+            h.respond_error(msg, errno.EPROTO)
+            return
+        sender = msg.sender
+        route = f"{id(sender) & 0xFFFFFFFF:08x}!{record.uuid[:8]}"
+        payload.update(route=route, userid=msg.userid, rolemask=msg.rolemask, rank=self.rank)
+        h.respond(msg, payload)
+
+    def _stats_get(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
+        h.respond(msg, h.counters)
+
+    def _stats_clear(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
+        for direction in h.counters.values():
+            for kind in direction:
+                direction[kind] = 0
+        if msg.type == FLUX_MSGTYPE_REQUEST:
+            h.respond(msg, None)
+
+    def _config_reload(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
+        h.respond(msg, None)
+
+    def _debug(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
+        try:
+            payload = msg.payload
+            op, flags = payload["op"], payload["flags"]
+            if not isinstance(flags, int) or not isinstance(op, str):
+                raise TypeError
+        except (TypeError, ValueError, KeyError):
+            h.respond_error(msg, errno.EPROTO)
+            return
+        if op == "setbit":
+            record.debug_flags |= flags
+        elif op == "clrbit":
+            record.debug_flags &= ~flags
+        elif op == "set":
+            record.debug_flags = flags
+        elif op == "clr":
+            record.debug_flags = 0
+        else:
+            h.respond_error(msg, errno.EPROTO)
+            return
+        h.respond(msg, {"flags": record.debug_flags})
+
+    def _rusage(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        fields = [
+            "maxrss", "ixrss", "idrss", "isrss", "minflt", "majflt", "nswap", "inblock",
+            "oublock", "msgsnd", "msgrcv", "nsignals", "nvcsw", "nivcsw",
+        ]
+        result: Dict[str, Any] = {"utime": usage.ru_utime, "stime": usage.ru_stime}
+        result.update((field, getattr(usage, f"ru_{field}")) for field in fields)
+        h.respond(msg, result)
+
+    def _shutdown(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
+        h.reactor_stop()
+
+
+def _entry_point_of(module: Callable[..., Any]) -> Callable[..., Any]:
+    from flux.brokermod import BrokerModule
+
+    if isinstance(module, type) and issubclass(module, BrokerModule):
+        cls = module
+
+        def mod_main(h: Any, *args: str) -> None:
+            cls(h, *args).run()
+
+        return mod_main
+    if callable(module):
+        return module
+    raise TypeError(f"cannot load {module!r}: expected a path, a BrokerModule subclass or a function")

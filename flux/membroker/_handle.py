@@ -1,0 +1,529 @@
+"""The handle a module (or a test) gets from the in-memory broker.
+
+:class:`Handle` offers the part of ``flux.Flux`` that broker modules use,
+with the same names, arguments and results.  Anything else raises
+NotImplementedError naming the method, so a module that needs more fails
+loudly instead of misbehaving.
+"""
+
+import errno
+import fnmatch
+import json
+import os
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+
+from flux.membroker._message import (
+    FLUX_MATCHTAG_NONE,
+    FLUX_MSGTYPE_ANY,
+    FLUX_MSGTYPE_EVENT,
+    FLUX_MSGTYPE_REQUEST,
+    FLUX_MSGTYPE_RESPONSE,
+    FLUX_NODEID_ANY,
+    FLUX_ROLE_OWNER,
+    FLUX_RPC_NORESPONSE,
+    Message,
+    encode_payload,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flux.membroker._broker import Broker, ModuleRecord
+    from flux.membroker._scheduler import Context
+
+
+class Future:
+    """The result of :meth:`Handle.rpc`, like flux-core's ``flux.rpc.RPC``.
+
+    :meth:`get` waits for the response and returns its payload decoded as
+    JSON (None when it has none), or raises OSError for an error response.
+    A streaming request gets several responses: :meth:`reset` moves on to
+    the next one.  :meth:`then` calls ``callback(future, *args)`` in the
+    caller's reactor when a response is there.
+    """
+
+    def __init__(self, handle: "Handle", topic: str) -> None:
+        self._handle = handle
+        self.topic = topic
+        self._responses: Deque[Message] = deque()
+        self._callback: Optional[Callable[..., Any]] = None
+        self._callback_args: tuple = ()
+        self._scheduled = False
+
+    def is_ready(self) -> bool:
+        """True when a response is there to get."""
+        return bool(self._responses)
+
+    def wait_for(self, timeout: float = -1.0) -> "Future":
+        """Wait until a response is there (timeout in virtual seconds, -1: none)."""
+        self._handle._broker._run_until(self.is_ready, self.topic, timeout)
+        return self
+
+    def get_str(self) -> Optional[str]:
+        """Wait for the response; return its payload text (None if none)."""
+        self.wait_for()
+        msg = self._responses[0]
+        if msg.errnum:
+            raise OSError(msg.errnum, msg.errstr or os.strerror(msg.errnum))
+        return msg.payload_str
+
+    def get(self) -> Any:
+        """Wait for the response; return its payload decoded as JSON."""
+        text = self.get_str()
+        return None if text is None else json.loads(text)
+
+    def reset(self) -> None:
+        """Forget the current response, to wait for the next one (streaming)."""
+        if self._responses:
+            self._responses.popleft()
+        if self._responses and self._callback is not None:
+            self._schedule_callback()
+
+    def then(self, callback: Callable[..., Any], *args: Any, timeout: float = -1.0) -> "Future":
+        """Call ``callback(future, *args)`` when a response is there."""
+        if callback is None:
+            raise ValueError("Callback cannot be None")
+        self._callback = callback
+        self._callback_args = args
+        if self._responses:
+            self._schedule_callback()
+        return self
+
+    def _fulfill(self, msg: Message) -> None:
+        self._responses.append(msg)
+        if len(self._responses) == 1 and self._callback is not None:
+            self._schedule_callback()
+
+    def _schedule_callback(self) -> None:
+        if self._scheduled:
+            return
+        self._scheduled = True
+
+        def run() -> None:
+            self._scheduled = False
+            if self._responses and self._callback is not None:
+                self._handle._run_callback(self._callback, self, *self._callback_args)
+
+        self._handle._post(run)
+
+
+class MessageWatcher:
+    """Calls ``callback(handle, watcher, msg, args)`` for matching messages."""
+
+    def __init__(
+        self,
+        handle: "Handle",
+        callback: Callable[..., Any],
+        type_mask: int,
+        topic_glob: Optional[str],
+        args: Any,
+        rolemask: Optional[int],
+    ) -> None:
+        if topic_glob is not None and not isinstance(topic_glob, (str, bytes)):
+            raise TypeError(errno.EINVAL, f"Topic must be a string, not {type(topic_glob)}")
+        if isinstance(topic_glob, bytes):
+            topic_glob = topic_glob.decode()
+        self.handle = handle
+        self.callback = callback
+        self.type_mask = type_mask
+        self.topic_glob = topic_glob or "*"
+        self.args = args
+        self.rolemask = FLUX_ROLE_OWNER | (rolemask or 0)
+        self.running = False
+        self._exact = not any(c in self.topic_glob for c in "*?[")
+        handle._add_watcher(self)
+
+    def matches(self, msg: Message) -> bool:
+        """True if *msg* has a type and topic this watcher takes."""
+        if not msg.type & self.type_mask:
+            return False
+        if self._exact:
+            return msg.topic == self.topic_glob
+        return fnmatch.fnmatchcase(msg.topic, self.topic_glob)
+
+    def start(self) -> "MessageWatcher":
+        """Start taking messages."""
+        self.running = True
+        return self
+
+    def stop(self) -> "MessageWatcher":
+        """Stop taking messages."""
+        self.running = False
+        return self
+
+    def destroy(self) -> None:
+        """Stop and forget this watcher."""
+        self.running = False
+        self.handle._remove_watcher(self)
+
+    def __enter__(self) -> "MessageWatcher":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.destroy()
+
+
+class TimerWatcher:
+    """Calls ``callback(handle, watcher, revents, args)`` on the broker's clock."""
+
+    def __init__(
+        self,
+        handle: "Handle",
+        after: float,
+        callback: Callable[..., Any],
+        repeat: float,
+        args: Any,
+    ) -> None:
+        if after < 0 or repeat < 0:
+            raise OSError(errno.EINVAL, "timer after/repeat must not be negative")
+        self.handle = handle
+        self.callback = callback
+        self.after = float(after)
+        self.repeat = float(repeat)
+        self.args = args
+        self.due: Optional[float] = None
+
+    def start(self) -> "TimerWatcher":
+        """Arm the timer: it fires *after* seconds from now on the broker clock."""
+        if self.due is None:
+            self.handle._broker._arm_timer(self, self.handle._broker.now + self.after)
+        return self
+
+    def stop(self) -> "TimerWatcher":
+        """Disarm the timer."""
+        self.handle._broker._disarm_timer(self)
+        return self
+
+    def reset(self, after: Optional[float] = None, repeat: Optional[float] = None) -> None:
+        """Change *after* and/or *repeat*; takes effect at the next start."""
+        if after is not None:
+            self.after = float(after)
+        if repeat is not None:
+            self.repeat = float(repeat)
+
+    def destroy(self) -> None:
+        """Disarm and forget the timer."""
+        self.stop()
+
+    def _fire(self) -> None:
+        self.due = None
+        if self.repeat > 0:
+            self.handle._broker._arm_timer(self, self.handle._broker.now + self.repeat)
+        self.handle._run_callback(self.callback, self.handle, self, 0, self.args)
+
+    def __enter__(self) -> "TimerWatcher":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.destroy()
+
+
+class _Host:
+    """What BrokerModule asks of the broker, for a module's handle."""
+
+    def __init__(self, record: "ModuleRecord") -> None:
+        self._record = record
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    def set_running(self) -> None:
+        self._record.broker._set_running(self._record, pause=True)
+
+    def debug_test(self, flag: int, clear: bool) -> bool:
+        record = self._record
+        if not record.debug_flags & flag:
+            return False
+        if clear:
+            record.debug_flags &= ~flag
+        return True
+
+
+class Handle:
+    """A connection to the in-memory broker, offering ``flux.Flux`` methods.
+
+    Modules get one as ``h``; tests get one from
+    :meth:`~flux.membroker.Broker.connect`, with the credentials they ask
+    for (for example a guest's).
+    """
+
+    def __init__(
+        self,
+        broker: "Broker",
+        userid: int,
+        rolemask: int,
+        record: Optional["ModuleRecord"] = None,
+    ) -> None:
+        self._broker = broker
+        self.userid = userid
+        self.rolemask = rolemask
+        self._record = record
+        self._brokermod_host = _Host(record) if record is not None else None
+        self._futures: Dict[int, Future] = {}
+        self._next_matchtag = 1
+        self._methods: Dict[str, List[MessageWatcher]] = {}
+        self._handlers: List[MessageWatcher] = []
+        self._subscriptions: List[str] = []
+        self._stop: Optional[int] = None
+        self._exception: Optional[BaseException] = None
+        self.counters = {
+            "tx": {"request": 0, "response": 0, "event": 0, "control": 0},
+            "rx": {"request": 0, "response": 0, "event": 0, "control": 0},
+        }
+
+    # Messages out
+
+    def rpc(
+        self,
+        topic: str,
+        payload: Any = None,
+        nodeid: int = FLUX_NODEID_ANY,
+        flags: int = 0,
+    ) -> Future:
+        """Send a request; return a :class:`Future` for its response(s)."""
+        topic = _topic(topic)
+        msg = Message(
+            FLUX_MSGTYPE_REQUEST,
+            topic,
+            encode_payload(payload),
+            userid=self.userid,
+            rolemask=self.rolemask,
+            flags=flags,
+            nodeid=nodeid,
+        )
+        future = Future(self, topic)
+        if not flags & FLUX_RPC_NORESPONSE:
+            msg.matchtag = self._next_matchtag
+            self._next_matchtag += 1
+            self._futures[msg.matchtag] = future
+        msg.sender = self
+        self.counters["tx"]["request"] += 1
+        self._broker._route_request(msg)
+        return future
+
+    def respond(self, message: Message, payload: Any = None) -> None:
+        """Answer request *message* with *payload* (dict as JSON, str raw, bytes as is)."""
+        self._respond(message, encode_payload(payload), 0, None)
+
+    def respond_error(self, message: Message, errnum: int, errstr: Any = None) -> None:
+        """Answer request *message* with error *errnum* and optional text."""
+        if not errnum:
+            raise OSError(errno.EINVAL, "respond_error: errnum must not be 0")
+        if isinstance(errstr, bytes):
+            errstr = errstr.decode("utf-8", errors="replace")
+        self._respond(message, None, int(errnum), errstr)
+
+    def _respond(self, request: Message, payload: Optional[bytes], errnum: int, errstr: Optional[str]) -> None:
+        if not isinstance(request, Message) or request.type != FLUX_MSGTYPE_REQUEST:
+            raise OSError(errno.EINVAL, f"cannot respond to {request!r}: not a request")
+        if request.noresponse:
+            return
+        response = Message(
+            FLUX_MSGTYPE_RESPONSE,
+            request.topic,
+            payload,
+            userid=self.userid,
+            rolemask=self.rolemask,
+            flags=request.flags,
+            matchtag=request.matchtag,
+        )
+        response.errnum = errnum
+        response.errstr = errstr
+        self.counters["tx"]["response"] += 1
+        self._broker._route_response(self._record, request, response)
+
+    def event_send(self, topic: str, payload: Any = None) -> None:
+        """Publish an event to every subscriber."""
+        msg = Message(
+            FLUX_MSGTYPE_EVENT,
+            _topic(topic),
+            encode_payload(payload),
+            userid=self.userid,
+            rolemask=self.rolemask,
+        )
+        self.counters["tx"]["event"] += 1
+        self._broker._publish(msg)
+
+    def event_subscribe(self, topic: str) -> None:
+        """Receive events whose topic starts with *topic*."""
+        self._subscriptions.append(_topic(topic))
+
+    def event_unsubscribe(self, topic: str) -> None:
+        """Undo one :meth:`event_subscribe` of *topic*."""
+        topic = _topic(topic)
+        if topic not in self._subscriptions:
+            raise OSError(errno.ENOENT, f"not subscribed to {topic!r}")
+        self._subscriptions.remove(topic)
+
+    def log(self, level: int, fstring: Any) -> None:
+        """Send *fstring* to the broker log at syslog *level*."""
+        if isinstance(fstring, bytes):
+            fstring = fstring.decode("utf-8", errors="replace")
+        name = self._record.name if self._record is not None else "client"
+        self._broker._log(name, level, str(fstring))
+
+    # Watchers and the reactor
+
+    def msg_watcher_create(
+        self,
+        callback: Callable[..., Any],
+        type_mask: int = FLUX_MSGTYPE_ANY,
+        topic_glob: Optional[str] = "*",
+        args: Any = None,
+        match_tag: int = FLUX_MATCHTAG_NONE,
+        rolemask: Optional[int] = None,
+    ) -> MessageWatcher:
+        """Create a (stopped) watcher calling ``callback(h, w, msg, args)``."""
+        return MessageWatcher(self, callback, type_mask, topic_glob, args, rolemask)
+
+    def timer_watcher_create(
+        self, after: float, callback: Callable[..., Any], repeat: float = 0.0, args: Any = None
+    ) -> TimerWatcher:
+        """Create a (stopped) timer calling ``callback(h, w, revents, args)``."""
+        return TimerWatcher(self, after, callback, repeat, args)
+
+    def reactor_run(self, reactor: Any = None, flags: int = 0) -> int:
+        """Handle messages and timers until stopped; return 0, or -1 on error.
+
+        A Python exception raised by a watcher callback stops the reactor
+        and is raised from here, as with flux-core.
+        """
+        record = self._require_module("reactor_run")
+        broker = self._broker
+        self._stop = None
+        broker._set_running(record, pause=False)
+        while self._stop is None:
+            item = broker._scheduler.wait_for_work(record.ctx)
+            item()
+        rc, self._stop = self._stop, None
+        if self._exception is not None:
+            exc, self._exception = self._exception, None
+            raise exc
+        return rc
+
+    def reactor_stop(self, reactor: Any = None) -> None:
+        """Make :meth:`reactor_run` return 0 after the current callback."""
+        self._stop = 0
+
+    def reactor_stop_error(self, reactor: Any = None) -> None:
+        """Make :meth:`reactor_run` return -1 after the current callback."""
+        self._stop = -1
+
+    # Broker information
+
+    def get_rank(self) -> int:
+        """The rank of the broker this handle is connected to."""
+        return self._broker.rank
+
+    def attr_get(self, attr_name: str) -> str:
+        """The value of broker attribute *attr_name* (OSError ENOENT if unset)."""
+        try:
+            return self._broker.attrs[attr_name]
+        except KeyError:
+            raise OSError(errno.ENOENT, f"No such attribute: {attr_name}") from None
+
+    def service_register(self, name: str) -> Future:
+        """Route requests for service *name* to this module."""
+        record = self._require_module("service_register")
+        return self._broker._service_future(self, lambda: self._broker._add_service(name, record))
+
+    def service_unregister(self, name: str) -> Future:
+        """Stop routing requests for service *name* to this module."""
+        record = self._require_module("service_unregister")
+        return self._broker._service_future(self, lambda: self._broker._remove_service(name, record))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise NotImplementedError(
+            f"flux.Flux.{name} is not available on the in-memory broker "
+            f"(flux.membroker); run the module on a real Flux instance to use it"
+        )
+
+    # Messages in (called by the broker, in this handle's context)
+
+    def _add_watcher(self, watcher: MessageWatcher) -> None:
+        if watcher._exact and watcher.type_mask == FLUX_MSGTYPE_REQUEST:
+            self._methods.setdefault(watcher.topic_glob, []).insert(0, watcher)
+        else:
+            self._handlers.insert(0, watcher)
+
+    def _remove_watcher(self, watcher: MessageWatcher) -> None:
+        stack = self._methods.get(watcher.topic_glob, [])
+        if watcher in stack:
+            stack.remove(watcher)
+        if watcher in self._handlers:
+            self._handlers.remove(watcher)
+
+    def _post(self, item: Callable[[], None]) -> None:
+        ctx = self._record.ctx if self._record is not None else None
+        self._broker._scheduler.queue.append((ctx, item))
+
+    def _dispatch(self, msg: Message) -> None:
+        """Hand *msg* to the matching watchers, as libflux's dispatcher does."""
+        if msg.type == FLUX_MSGTYPE_REQUEST:
+            self.counters["rx"]["request"] += 1
+            for watcher in self._methods.get(msg.topic, ()):
+                if watcher.running:
+                    self._call(watcher, msg)
+                    return
+            for watcher in self._handlers:
+                if watcher.running and watcher.matches(msg):
+                    self._call(watcher, msg)
+                    return
+            if not msg.noresponse:
+                self.respond_error(msg, errno.ENOSYS, f"Unknown service method '{msg.topic}'")
+        elif msg.type == FLUX_MSGTYPE_EVENT:
+            self.counters["rx"]["event"] += 1
+            for watcher in list(self._handlers):
+                if watcher.running and watcher.matches(msg):
+                    self._call(watcher, msg)
+
+    def _call(self, watcher: MessageWatcher, msg: Message) -> None:
+        if not msg.rolemask & watcher.rolemask:
+            if msg.type == FLUX_MSGTYPE_REQUEST and not msg.noresponse:
+                if watcher.rolemask == FLUX_ROLE_OWNER:
+                    text = "Request requires owner credentials"
+                else:
+                    text = "Request rejected due to insufficient privilege"
+                self.respond_error(msg, errno.EPERM, text)
+            return
+        self._run_callback(watcher.callback, self, watcher, msg, watcher.args)
+
+    def _run_callback(self, callback: Callable[..., Any], *args: Any) -> None:
+        if self._record is None:  # a client: let the test see the error
+            callback(*args)
+            return
+        try:
+            callback(*args)
+        except Exception as exc:  # noqa: BLE001 - flux-core stops the reactor
+            self._exception = exc
+            self._stop = -1
+
+    def _receive_response(self, msg: Message) -> None:
+        self.counters["rx"]["response"] += 1
+        future = self._futures.get(msg.matchtag)
+        if future is None:
+            return
+        if msg.errnum or not msg.streaming:
+            del self._futures[msg.matchtag]
+        future._fulfill(msg)
+
+    def _require_module(self, method: str) -> "ModuleRecord":
+        if self._record is None:
+            raise NotImplementedError(
+                f"{method}() is for module handles; this is a client handle"
+            )
+        return self._record
+
+    def __repr__(self) -> str:
+        who = self._record.name if self._record is not None else "client"
+        return f"<flux.membroker.Handle {who} userid={self.userid} rolemask={self.rolemask:#x}>"
+
+
+def _topic(topic: Any) -> str:
+    if isinstance(topic, bytes):
+        topic = topic.decode("utf-8")
+    if not isinstance(topic, str):
+        raise TypeError(errno.EINVAL, f"Topic must be a string, not {type(topic)}")
+    return topic

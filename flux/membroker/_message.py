@@ -1,0 +1,143 @@
+"""Messages as the in-memory broker carries them (RFC 3, minus the wire)."""
+
+import json
+from typing import Any, Optional
+
+# Values of flux-core's constants of the same names.
+FLUX_MSGTYPE_REQUEST = 0x01
+FLUX_MSGTYPE_RESPONSE = 0x02
+FLUX_MSGTYPE_EVENT = 0x04
+FLUX_MSGTYPE_CONTROL = 0x08
+FLUX_MSGTYPE_ANY = 0x0F
+
+FLUX_ROLE_NONE = 0
+FLUX_ROLE_OWNER = 0x1
+FLUX_ROLE_USER = 0x2
+FLUX_ROLE_LOCAL = 0x4
+FLUX_ROLE_ALL = 0xFFFFFFFF
+
+FLUX_RPC_NORESPONSE = 1
+FLUX_RPC_STREAMING = 2
+
+FLUX_NODEID_ANY = 0xFFFFFFFF
+FLUX_NODEID_UPSTREAM = 0xFFFFFFFE
+FLUX_MATCHTAG_NONE = 0
+
+_TYPE_NAMES = {
+    FLUX_MSGTYPE_REQUEST: "request",
+    FLUX_MSGTYPE_RESPONSE: "response",
+    FLUX_MSGTYPE_EVENT: "event",
+    FLUX_MSGTYPE_CONTROL: "control",
+}
+
+
+def encode_payload(payload: Any) -> Optional[bytes]:
+    """Encode a payload the way ``flux.Flux.respond`` and ``rpc`` do.
+
+    None stays absent, a str is sent as its UTF-8 text (not JSON-quoted),
+    bytes are sent as they are, anything else as JSON.
+    """
+    if payload is None:
+        return None
+    if isinstance(payload, str):
+        return payload.encode("utf-8", errors="surrogateescape")
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    return json.dumps(payload, ensure_ascii=False).encode("utf-8", "surrogateescape")
+
+
+class Message:
+    """A message, offering what ``flux.message.Message`` offers.
+
+    ``topic``, ``payload`` (the payload decoded as JSON; TypeError when
+    there is none), ``payload_str`` (None when there is none), ``type``,
+    ``type_str``, ``userid`` and ``rolemask``, plus ``streaming`` and
+    ``noresponse`` for requests and ``errnum``/``errstr`` for responses.
+    """
+
+    __slots__ = (
+        "type",
+        "topic",
+        "_payload",
+        "userid",
+        "rolemask",
+        "flags",
+        "matchtag",
+        "nodeid",
+        "errnum",
+        "errstr",
+        "seq",
+        "sender",
+        "_brokermod_final",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        type_id: int,
+        topic: str,
+        payload: Optional[bytes] = None,
+        userid: int = 0,
+        rolemask: int = FLUX_ROLE_NONE,
+        flags: int = 0,
+        matchtag: int = FLUX_MATCHTAG_NONE,
+        nodeid: int = FLUX_NODEID_ANY,
+    ) -> None:
+        self.type = type_id
+        self.topic = topic
+        self._payload = payload
+        self.userid = userid
+        self.rolemask = rolemask
+        self.flags = flags
+        self.matchtag = matchtag
+        self.nodeid = nodeid
+        self.errnum = 0
+        self.errstr: Optional[str] = None
+        self.seq = 0
+        self.sender: Any = None
+        self._brokermod_final = False
+
+    @property
+    def payload_str(self) -> Optional[str]:
+        """The payload as text, or None when there is none."""
+        if self._payload is None:
+            return None
+        # libflux hands out the payload as a C string: it ends at a NUL.
+        return self._payload.split(b"\0", 1)[0].decode("utf-8")
+
+    @property
+    def payload(self) -> Any:
+        """The payload decoded as JSON (TypeError when there is none)."""
+        return json.loads(self.payload_str)  # type: ignore[arg-type]
+
+    @property
+    def payload_bytes(self) -> Optional[bytes]:
+        """The payload exactly as sent, or None."""
+        return self._payload
+
+    @property
+    def type_str(self) -> str:
+        """The message type as a word: request, response, event, control."""
+        return _TYPE_NAMES.get(self.type, "unknown")
+
+    @property
+    def streaming(self) -> bool:
+        """True for a request sent with FLUX_RPC_STREAMING."""
+        return bool(self.flags & FLUX_RPC_STREAMING)
+
+    @property
+    def noresponse(self) -> bool:
+        """True for a request sent with FLUX_RPC_NORESPONSE."""
+        return bool(self.flags & FLUX_RPC_NORESPONSE)
+
+    def decode(self) -> Any:
+        """Return ``(type, topic, payload_str)``; OSError for an error response."""
+        if self.type == FLUX_MSGTYPE_RESPONSE and self.errnum:
+            raise OSError(self.errnum, self.errstr or "")
+        return self.type, self.topic, self.payload_str
+
+    def __repr__(self) -> str:
+        return (
+            f"<Message {self.type_str} {self.topic!r} userid={self.userid} "
+            f"rolemask={self.rolemask:#x}>"
+        )

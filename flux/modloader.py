@@ -1,0 +1,261 @@
+"""Find, import and start a Python broker module file.
+
+The pieces here are shared by the real loader (:func:`main`, which speaks
+the RFC 5 module protocol to a Flux broker the way flux-core's
+``flux module-python-exec`` does) and by the in-memory broker
+(:mod:`flux.membroker`), so a module file loads the same way on both:
+
+* :func:`import_path` imports the file under its basename without the
+  ``.py`` suffix and keeps it in ``sys.modules`` while it runs;
+* :func:`resolve_entry_point` picks ``mod_main`` or the one
+  :class:`~flux.brokermod.BrokerModule` subclass defined in the file;
+* :func:`split_args` splits the module argument string on whitespace;
+* :func:`run_module` runs the entry point and turns what it raised into
+  the errno the broker reports.
+
+Every load error is a :class:`LoadError`, whose message is one line that
+names the file (and the line, where there is one) and the cause.
+"""
+
+import errno
+import importlib.util
+import os
+import sys
+import traceback
+from types import ModuleType
+from typing import Any, Callable, List, Optional, Sequence, TextIO
+
+from flux import _layout
+
+__all__ = [
+    "LoadError",
+    "import_path",
+    "load_entry_point",
+    "main",
+    "module_import_name",
+    "resolve_entry_point",
+    "run_module",
+    "split_args",
+]
+
+_THIS_FILE = os.path.abspath(__file__)
+
+
+class LoadError(Exception):
+    """A module file could not be loaded; ``str()`` is a one-line reason.
+
+    ``errno`` is the error number the broker reports for it.
+    """
+
+    def __init__(self, message: str, errnum: int = errno.EINVAL) -> None:
+        super().__init__(message)
+        self.errno = errnum
+
+
+def module_import_name(path: str) -> str:
+    """Return the Python module name for *path*: its basename minus ``.py``."""
+    base = os.path.basename(path)
+    return base[:-3] if base.endswith(".py") else base
+
+
+def split_args(modargs: Optional[str]) -> List[str]:
+    """Split a module argument string on whitespace (no quoting)."""
+    return modargs.split() if modargs else []
+
+
+def import_path(path: str) -> ModuleType:
+    """Import the module file at *path* and return the module.
+
+    The module is named after the file's basename without ``.py`` and is
+    in ``sys.modules`` under that name while it executes, so code that
+    looks itself up there (``@dataclass``, ``pickle``, ``typing``) works.
+    If that name belongs to another module already imported (a file named
+    ``json.py``), the file is imported as ``_flux_module_<name>`` instead of
+    replacing it.
+
+    :raises LoadError: naming the file (and line) when the file is missing,
+        does not compile, or raises while executing.
+    """
+    if not os.path.isfile(path):
+        raise LoadError(f"{path}: No such file or directory", errno.ENOENT)
+    name = module_import_name(path)
+    current = sys.modules.get(name)
+    if current is not None and not _same_file(current, path):
+        name = f"_flux_module_{name}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise LoadError(f"{path}: not a Python module file", errno.EINVAL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        del sys.modules[name]
+        where = f"{exc.filename or path}:{exc.lineno}" if exc.lineno else path
+        raise LoadError(f"{where}: SyntaxError: {exc.msg}") from None
+    except Exception as exc:
+        del sys.modules[name]
+        raise LoadError(f"{_where(exc, path)}: {_one_line(exc)}") from None
+    return module
+
+
+def forget_module(module: ModuleType) -> None:
+    """Drop *module* from ``sys.modules`` if it is still registered there."""
+    if sys.modules.get(module.__name__) is module:
+        del sys.modules[module.__name__]
+
+
+def resolve_entry_point(module: ModuleType) -> Callable[..., Any]:
+    """Return the entry point of an imported module file.
+
+    ``mod_main`` if the file defines it, else ``cls(h, *args).run()`` for
+    the single BrokerModule subclass defined in that file.
+
+    :raises LoadError: when there are zero or several such subclasses and
+        no ``mod_main``; the message names the file and the classes.
+    """
+    from flux.brokermod import resolve_entry_point as resolve
+
+    try:
+        return resolve(module)
+    except ValueError as exc:
+        raise LoadError(str(exc)) from None
+
+
+def load_entry_point(path: str) -> Callable[..., Any]:
+    """Import the file at *path* and return its entry point."""
+    return resolve_entry_point(import_path(path))
+
+
+def run_module(
+    h: Any,
+    path: str,
+    args: Sequence[str] = (),
+    stderr: Optional[TextIO] = None,
+    entry_point: Optional[Callable[..., Any]] = None,
+) -> int:
+    """Run a module file's entry point on handle *h*; return an errno (0 = ok).
+
+    Load errors and what ``mod_main`` raised are printed to *stderr* (by
+    default ``sys.stderr``, which the broker logs): one line for a load
+    error, a ValueError or an OSError; a traceback without the loader's
+    frames for anything else.  A ValueError gives EINVAL, an OSError its
+    errno (ECONNRESET if it has none), anything else ECONNRESET.
+    """
+    out = sys.stderr if stderr is None else stderr
+    base = os.path.basename(path)
+    try:
+        if entry_point is None:
+            entry_point = load_entry_point(path)
+        entry_point(h, *args)
+    except LoadError as exc:
+        print(f"{base}: {exc}" if not str(exc).startswith(path) else str(exc), file=out)
+        return exc.errno
+    except ValueError as exc:
+        print(f"{base}: {exc}", file=out)
+        return errno.EINVAL
+    except OSError as exc:
+        print(f"{base}: {exc.strerror or exc}", file=out)
+        return exc.errno or errno.ECONNRESET
+    except Exception as exc:  # noqa: BLE001 - reported as a runtime failure
+        print(f"{base}: module failed:", file=out)
+        print(_user_traceback(exc), end="", file=out)
+        return errno.ECONNRESET
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Load and run a module file as the broker's Python module loader.
+
+    Usage: ``flux module-python-exec PATH``.  Follows RFC 5: open a handle
+    on FLUX_MODULE_URI, initialize the module, register the standard
+    module methods, run the module, and finalize with its errno.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    prog = os.path.basename(argv[0]) if argv else "flux-module-python-exec"
+    if len(argv) != 2:
+        _die(prog, f"Usage: {prog} PATH")
+    path = argv[1]
+    uri = os.environ.get("FLUX_MODULE_URI")
+    if not uri:
+        _die(prog, "FLUX_MODULE_URI is not set")
+
+    _layout.prefer_this_package()
+    from _flux._core import ffi, lib
+    from flux.core.handle import Flux
+
+    try:
+        h = Flux(url=uri)
+    except OSError as exc:
+        _die(prog, f"flux_open: {exc}")
+
+    error = ffi.new("flux_error_t[1]")
+    args_p = ffi.new("char **")
+    if lib.flux_module_initialize(h.handle, args_p, error) < 0:
+        _die(prog, f"flux_module_initialize: {_error_text(ffi, error)}")
+    modargs = None
+    if args_p[0] != ffi.NULL:
+        modargs = ffi.string(args_p[0]).decode("utf-8")
+        lib.free(args_p[0])
+
+    name_p = ffi.cast("char *", lib.flux_aux_get(h.handle, b"flux::name"))
+    if name_p != ffi.NULL:
+        try:
+            from flux.proctitle import set_proctitle
+
+            set_proctitle(ffi.string(name_p).decode())
+        except ImportError:  # pragma: no cover - older flux-core
+            pass
+
+    if lib.flux_module_register_handlers(h.handle, error) < 0:
+        _die(prog, f"flux_module_register_handlers: {_error_text(ffi, error)}")
+
+    errnum = run_module(h, path, split_args(modargs))
+
+    error = ffi.new("flux_error_t[1]")
+    if lib.flux_module_finalize(h.handle, errnum, error) < 0:
+        _die(prog, f"flux_module_finalize: {_error_text(ffi, error)}")
+
+
+def _die(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _error_text(ffi: Any, error: Any) -> str:
+    return str(ffi.string(error[0].text).decode("utf-8", errors="replace"))
+
+
+def _same_file(module: ModuleType, path: str) -> bool:
+    filename = getattr(module, "__file__", None)
+    return bool(filename) and os.path.abspath(filename) == os.path.abspath(path)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _where(exc: BaseException, path: str) -> str:
+    """Return ``file:line`` of the deepest frame in *path*, else *path*."""
+    where = path
+    target = os.path.abspath(path)
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if os.path.abspath(frame.f_code.co_filename) == target:
+            where = f"{path}:{lineno}"
+    return where
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """Format *exc* without the frames of this loader."""
+    tb = exc.__traceback__
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in (
+        _THIS_FILE,
+        _BROKERMOD_FILE,
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+_BROKERMOD_FILE = os.path.join(os.path.dirname(_THIS_FILE), "brokermod.py")
