@@ -1,0 +1,53 @@
+"""Shared fixtures: an in-memory broker and a writer of module files."""
+
+import os
+import sys
+import textwrap
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+EXAMPLES = os.path.join(ROOT, "examples")
+
+from flux.membroker import Broker  # noqa: E402
+
+
+@pytest.fixture
+def broker():
+    """A fresh in-memory broker; every module still loaded is removed after."""
+    b = Broker()
+    yield b
+    if b.panicked is None:
+        b.close()
+
+
+@pytest.fixture
+def write_module(tmp_path):
+    """Write a module file: ``write_module("name.py", source) -> path``."""
+
+    def write(filename, source):
+        path = tmp_path / filename
+        path.write_text(textwrap.dedent(source))
+        return str(path)
+
+    return write
+
+
+@pytest.fixture
+def example():
+    """Path of a file in examples/: ``example("mymod.py")``."""
+
+    def path(name):
+        return os.path.join(EXAMPLES, name)
+
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_module_imports():
+    """Module files must not stay in sys.modules after their module exits."""
+    before = set(sys.modules)
+    yield
+    leaked = {name for name in set(sys.modules) - before if name.startswith("_flux_module_")}
+    assert not leaked, f"module files left in sys.modules: {sorted(leaked)}"

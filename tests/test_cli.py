@@ -1,0 +1,165 @@
+"""The flux-brokermod console command."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flux import _brokermod_cli as cli
+
+
+def run(args, capsys):
+    status = cli.main(args)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_run_answers_a_request_and_shows_the_log(example, capsys):
+    status, out, err = run(["run", "--rpc", "info", example("mymod.py")], capsys)
+    assert status == 0, err
+    assert 'mymod.info: {"name": "mymod"}' in out
+    assert out.splitlines()[0] == f"loaded mymod from {example('mymod.py')}"
+
+
+def test_run_passes_arguments_and_name(example, capsys):
+    status, out, _ = run(
+        ["run", "--name", "svc", "--rpc", "args", example("two_modules.py"), "--verbose", "--count=4"],
+        capsys,
+    )
+    assert status == 0
+    assert 'svc.args: {"args": ["--verbose", "--count=4"], "class": "Primary"}' in out
+
+
+def test_run_prints_errors_like_flux_rpc_and_exits_1(example, capsys):
+    status, out, _ = run(["run", "--rpc", "nosuch", example("mymod.py")], capsys)
+    assert status == 1
+    assert "mymod.nosuch: error ENOSYS: Unknown service method 'mymod.nosuch'" in out
+
+
+def test_run_as_guest_is_refused_by_owner_only_handlers(example, capsys):
+    status, out, _ = run(["run", "--guest", "--rpc", "status", "--rpc", "secret", example("status.py")], capsys)
+    assert 'status.status: {"running": true}' in out
+    assert "status.secret: error EPERM: Request requires owner credentials" in out
+    assert status == 1
+
+
+def test_run_sends_events_in_order_with_payloads(write_module, capsys):
+    path = write_module(
+        "ev.py",
+        """
+        from flux.brokermod import BrokerModule, event_handler, request_handler
+
+        class Ev(BrokerModule):
+            seen = []
+
+            @event_handler("note")
+            def note(self, msg):
+                self.seen.append(msg.payload["n"])
+
+            @request_handler("seen")
+            def seen_(self, msg):
+                self.handle.respond(msg, self.seen)
+        """,
+    )
+    status, out, _ = run(
+        ["run", "--event", 'ev.note={"n": 1}', "--event", 'ev.note={"n": 2}', "--rpc", "seen", path], capsys
+    )
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[1:4] == ["event ev.note: published", "event ev.note: published", "ev.seen: [1, 2]"]
+
+
+def test_run_sends_text_that_is_not_json_as_is(write_module, capsys):
+    path = write_module(
+        "echo.py",
+        """
+        from flux.brokermod import BrokerModule, request_handler
+
+        class Echo(BrokerModule):
+            @request_handler("echo")
+            def echo(self, msg):
+                self.handle.respond(msg, {"text": msg.payload_str})
+        """,
+    )
+    status, out, _ = run(["run", "--rpc", "echo=hello world", path], capsys)
+    assert status == 0
+    assert 'echo.echo: {"text": "hello world"}' in out
+
+
+def test_run_advances_virtual_time(write_module, capsys):
+    path = write_module(
+        "tick.py",
+        """
+        from flux.brokermod import BrokerModule
+
+        class Tick(BrokerModule):
+            def __init__(self, h, *args):
+                super().__init__(h, *args)
+                self.timer = h.timer_watcher_create(1.0, self.tick, repeat=1.0)
+                self.timer.start()
+
+            def tick(self, h, watcher, revents, arg):
+                self.log.info("tick")
+        """,
+    )
+    status, out, _ = run(["run", "--advance", "3", path], capsys)
+    assert status == 0
+    assert out.count("tick.info[0]: tick") == 3
+
+
+def test_load_failure_exits_nonzero_with_one_line(write_module, capsys):
+    path = write_module("broken.py", "def mod_main(h, *args:\n    pass\n")
+    status, out, err = run(["run", path], capsys)
+    assert status == 1
+    first = err.splitlines()[0]
+    assert first.startswith(f"flux-brokermod: load {path}: {path}:1: SyntaxError")
+    assert "Traceback" not in err
+
+
+def test_missing_file_exits_nonzero(capsys, tmp_path):
+    status, _, err = run(["run", str(tmp_path / "nope.py")], capsys)
+    assert status == 1
+    assert "No such file or directory" in err
+
+
+def test_setup_prints_the_loader_directory(capsys, monkeypatch):
+    monkeypatch.delenv("FLUX_EXEC_PATH_PREPEND", raising=False)
+    status, out, _ = run(["setup", "--check"], capsys)
+    assert status == 0
+    assert out.strip() == f"export FLUX_EXEC_PATH_PREPEND={cli.LIBEXEC_DIR}"
+    assert os.access(os.path.join(cli.LIBEXEC_DIR, "flux-module-python-exec.py"), os.X_OK)
+
+
+def test_setup_keeps_an_existing_prepend(capsys, monkeypatch):
+    monkeypatch.setenv("FLUX_EXEC_PATH_PREPEND", "/opt/mine")
+    status, out, _ = run(["setup"], capsys)
+    assert status == 0
+    assert out.strip() == f"export FLUX_EXEC_PATH_PREPEND={cli.LIBEXEC_DIR}:/opt/mine"
+
+
+def test_console_script_runs_as_a_module(example):
+    """The command works as a separate process (as the README runs it)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flux._brokermod_cli", "run", "--rpc", "ping={}", example("mymod.py")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"rolemask": 5' in result.stdout
+
+
+@pytest.mark.parametrize("bad", ["--rpc", "=x"])
+def test_empty_topic_is_reported(example, capsys, bad):
+    args = ["run", "--rpc", "=x", example("mymod.py")] if bad == "=x" else ["run", "--rpc", "", example("mymod.py")]
+    status, _, err = run(args, capsys)
+    assert status == 1
+    assert "empty topic" in err
+
+
+def test_event_topics_are_used_as_given(example, capsys):
+    status, out, _ = run(["run", "--event", "shutdown", "--rpc", "info", example("mymod.py")], capsys)
+    assert "event shutdown: published" in out
+    # the module stopped on the un-prefixed "shutdown" event, so info is unanswered
+    assert "mymod.info: error ENOSYS" in out
+    assert status == 1

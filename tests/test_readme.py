@@ -1,0 +1,45 @@
+"""The README's two commands are the ones CI and newcomers run."""
+
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def readme_commands():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    return re.findall(r"^    (python3 -m venv .*)$", text.split("---")[0], re.MULTILINE)
+
+
+def test_readme_starts_with_two_commands():
+    commands = readme_commands()
+    assert len(commands) == 2
+    assert "flux-brokermod run" in commands[0]
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = f.read()
+    assert readme_commands()[1] in ci.splitlines()
+
+
+def test_readme_example_file_exists():
+    paths = re.findall(r"(examples/\S+\.py)", readme_commands()[0])
+    assert paths and all(os.path.exists(os.path.join(ROOT, p)) for p in paths)
+
+
+def python_blocks():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return re.findall(r"```python\n(.*?)```", f.read(), re.DOTALL)
+
+
+def test_readme_module_and_test_snippets_work(tmp_path, monkeypatch):
+    """The README's module and its membroker test run as written."""
+    module_src, test_src = python_blocks()[:2]
+    (tmp_path / "mymod.py").write_text(module_src)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(test_src, "README-test", "exec"), namespace)
+    namespace["test_info"]()
