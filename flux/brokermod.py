@@ -280,9 +280,10 @@ def _exception_errno(exc: BaseException) -> int:
 
 
 def _exception_text(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror
-    elif isinstance(exc, KeyError) and len(exc.args) == 1:
+    """One line for the caller: the OSError's message, or ``Type: text``."""
+    if isinstance(exc, OSError) and str(exc.strerror or "").strip():
+        return str(exc.strerror).strip().splitlines()[0]
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
         text = f"missing key {exc.args[0]!r}"
     elif isinstance(exc, json.JSONDecodeError):
         text = f"payload is not JSON ({exc})"

@@ -1,0 +1,414 @@
+"""No request can take a module down: failing handlers, bad input, access
+control, registration rules, and a fuzzed dispatch path (in-memory broker)."""
+
+import errno
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flux.brokermod import BrokerModule, event_handler, request_handler
+from flux.membroker import FLUX_ROLE_OWNER, FLUX_ROLE_USER, FLUX_RPC_STREAMING, Broker
+
+FAILING = """
+import errno
+from flux.brokermod import BrokerModule, event_handler, request_handler
+
+
+class Failing(BrokerModule):
+    deferred = []
+    events = []
+
+    @request_handler("oserror")
+    def oserror(self, msg):
+        raise OSError(errno.EEXIST, "already there")
+
+    @request_handler("key")
+    def key(self, msg):
+        self.handle.respond(msg, {"x": msg.payload["x"]})
+
+    @request_handler("runtime")
+    def runtime(self, msg):
+        raise RuntimeError("something broke\\nsecond line")
+
+    @request_handler("answered")
+    def answered(self, msg):
+        self.handle.respond(msg, {"ok": True})
+        raise RuntimeError("after the answer")
+
+    @request_handler("stream")
+    def stream(self, msg):
+        self.handle.respond(msg, {"i": 0})
+        self.handle.respond(msg, {"i": 1})
+        raise ValueError("mid-stream")
+
+    @request_handler("defer")
+    def defer(self, msg):
+        self.deferred.append(msg)
+
+    @request_handler("release")
+    def release(self, msg):
+        for held in self.deferred:
+            self.handle.respond(held, {"late": True})
+        self.deferred.clear()
+        self.handle.respond(msg, None)
+
+    @event_handler("bad")
+    def bad_event(self, msg):
+        self.events.append(msg.payload["n"])
+        raise RuntimeError("event failed")
+
+    @request_handler("events")
+    def get_events(self, msg):
+        self.handle.respond(msg, self.events)
+"""
+
+
+@pytest.fixture
+def failing(broker, write_module):
+    broker.load(write_module("failing.py", FAILING))
+    return broker
+
+
+def error_of(future):
+    with pytest.raises(OSError) as info:
+        future.get()
+    return info.value.errno, info.value.strerror
+
+
+def test_oserror_becomes_its_errno_and_module_keeps_serving(failing):
+    assert error_of(failing.rpc("failing.oserror")) == (errno.EEXIST, "already there")
+    assert failing.rpc("failing.key", {"x": 1}).get() == {"x": 1}
+    assert failing.modules["failing"].state == "running"
+
+
+def test_traceback_goes_to_the_log_at_err_not_to_the_caller(failing):
+    code, text = error_of(failing.rpc("failing.runtime"))
+    assert (code, text) == (errno.EIO, "RuntimeError: something broke")
+    entries = [e for e in failing.log if e.name == "failing"]
+    assert entries[-1].level_name == "err"
+    assert entries[-1].text.startswith("request failing.runtime handler failed: Traceback")
+    assert 'raise RuntimeError("something broke' in entries[-1].text
+    assert "brokermod.py" not in entries[-1].text
+
+
+@pytest.mark.parametrize(
+    "payload, expected",
+    [
+        (None, "TypeError: request has no payload"),
+        ("not json", "JSONDecodeError: payload is not JSON (Expecting value: line 1 column 1 (char 0))"),
+        ({"y": 1}, "KeyError: missing key 'x'"),
+        ([1, 2], "TypeError: list indices must be integers or slices, not str"),
+    ],
+)
+def test_bad_payloads_get_eproto_saying_what_was_wrong(failing, payload, expected):
+    assert error_of(failing.rpc("failing.key", payload)) == (errno.EPROTO, expected)
+    assert failing.rpc("failing.key", {"x": 2}).get() == {"x": 2}
+
+
+def test_a_handler_that_answered_then_raised_sends_nothing_more(failing):
+    future = failing.rpc("failing.answered")
+    assert future.get() == {"ok": True}
+    future.reset()
+    with pytest.raises(OSError) as info:
+        future.wait_for(timeout=1.0)
+    assert info.value.errno == errno.ETIMEDOUT
+
+
+def test_streaming_request_gets_its_responses_then_one_error(failing):
+    future = failing.rpc("failing.stream", flags=FLUX_RPC_STREAMING)
+    got = []
+    for _ in range(2):
+        got.append(future.get())
+        future.reset()
+    assert got == [{"i": 0}, {"i": 1}]
+    assert error_of(future) == (errno.EPROTO, "ValueError: mid-stream")
+    future.reset()
+    with pytest.raises(OSError) as info:
+        future.wait_for(timeout=1.0)
+    assert info.value.errno == errno.ETIMEDOUT
+
+
+def test_deferred_responses_keep_working(failing):
+    held = failing.rpc("failing.defer")
+    failing.run_until_idle()
+    assert not held.is_ready()
+    failing.rpc("failing.release").get()
+    assert held.get() == {"late": True}
+
+
+def test_failing_event_handler_is_logged_and_module_survives(failing):
+    failing.event_send("failing.bad", {"n": 1})
+    failing.event_send("failing.bad", {"n": 2})
+    assert failing.rpc("failing.events").get() == [1, 2]
+    errors = [e.text for e in failing.log if e.name == "failing" and e.level_name == "err"]
+    assert len(errors) == 2 and all(t.startswith("event failing.bad handler failed") for t in errors)
+
+
+def test_unanswered_requests_fail_when_the_module_stops(failing):
+    held = failing.rpc("failing.defer")
+    failing.run_until_idle()
+    failing.remove("failing")
+    assert error_of(held) == (errno.EHOSTUNREACH, "module disconnect")
+
+
+def test_stop_on_error_restores_flux_cores_behaviour(write_module):
+    broker = Broker(attrs={"broker.module-nopanic": "1"})
+    path = write_module(
+        "strict.py",
+        """
+        from flux.brokermod import BrokerModule, request_handler
+
+        class Strict(BrokerModule):
+            stop_on_error = True
+
+            @request_handler("fail")
+            def fail(self, msg):
+                raise RuntimeError("no")
+        """,
+    )
+    broker.load(path)
+    assert error_of(broker.rpc("strict.fail")) == (errno.EIO, "RuntimeError: no")
+    broker.run_until_idle()
+    assert "strict" not in broker.modules
+    assert "broker.crit[0]: strict module runtime failure" in broker.dmesg()
+
+
+# Access control, for every kind of handler
+
+ACCESS = """
+from flux.brokermod import BrokerModule, event_handler, request_handler
+
+
+class Access(BrokerModule):
+    calls = []
+
+    @request_handler("owner")
+    def owner(self, msg):
+        self.calls.append(("owner", msg.rolemask))
+        self.handle.respond(msg, {})
+
+    @request_handler("guest", allow_guest=True)
+    def guest(self, msg):
+        self.calls.append(("guest", msg.rolemask))
+        self.handle.respond(msg, {"userid": msg.userid})
+
+    @event_handler("owner-ev")
+    def owner_ev(self, msg):
+        self.calls.append(("owner-ev", msg.rolemask))
+
+    @event_handler("guest-ev", allow_guest=True)
+    def guest_ev(self, msg):
+        self.calls.append(("guest-ev", msg.rolemask))
+
+    @request_handler("calls")
+    def get_calls(self, msg):
+        self.handle.respond(msg, self.calls)
+"""
+
+
+@pytest.fixture
+def access(broker, write_module):
+    broker.load(write_module("access.py", ACCESS))
+    return broker
+
+
+def test_guest_is_refused_by_owner_only_request_handler(access):
+    guest = access.connect(userid=1234, rolemask=FLUX_ROLE_USER)
+    assert error_of(guest.rpc("access.owner")) == (errno.EPERM, "Request requires owner credentials")
+    assert guest.rpc("access.guest").get() == {"userid": 1234}
+    assert access.rpc("access.calls").get() == [["guest", FLUX_ROLE_USER]]
+
+
+def test_guest_events_reach_only_allow_guest_event_handlers(access):
+    guest = access.connect(userid=1234, rolemask=FLUX_ROLE_USER)
+    guest.event_send("access.owner-ev")
+    guest.event_send("access.guest-ev")
+    access.event_send("access.owner-ev")
+    assert access.rpc("access.calls").get() == [["guest-ev", FLUX_ROLE_USER], ["owner-ev", 5]]
+
+
+# Registration you can trust
+
+
+def test_override_without_decorator_keeps_one_registration(broker):
+    class Base(BrokerModule):
+        @event_handler("tick")
+        def tick(self, msg):
+            self.seen.append("base")
+
+    class Child(Base):
+        seen = []
+
+        def tick(self, msg):
+            self.seen.append("child")
+
+    broker.load(Child, name="child")
+    broker.event_send("child.tick")
+    assert Child.seen == ["child"]
+
+
+def test_override_decorated_again_keeps_one_registration(broker):
+    class Base(BrokerModule):
+        @event_handler("tick")
+        def tick(self, msg):
+            self.seen.append("base")
+
+    class Child(Base):
+        seen = []
+
+        @event_handler("tick")
+        def tick(self, msg):
+            self.seen.append("child")
+
+    broker.load(Child, name="child")
+    broker.event_send("child.tick")
+    assert Child.seen == ["child"]
+
+
+def test_subclass_handler_for_a_base_topic_replaces_it(broker):
+    class Base(BrokerModule):
+        @request_handler("info")
+        def base_info(self, msg):
+            self.handle.respond(msg, "base")
+
+    class Child(Base):
+        @request_handler("info")
+        def child_info(self, msg):
+            self.handle.respond(msg, "child")
+
+    broker.load(Child, name="child")
+    assert broker.rpc("child.info").get_str() == "child"
+
+
+def test_two_handlers_for_one_topic_fail_at_class_definition():
+    with pytest.raises(TypeError) as info:
+
+        class Twice(BrokerModule):
+            @request_handler("info")
+            def first(self, msg):
+                pass
+
+            @request_handler("info")
+            def second(self, msg):
+                pass
+
+    assert str(info.value) == (
+        "test_two_handlers_for_one_topic_fail_at_class_definition.<locals>.Twice: "
+        "methods 'first' and 'second' both handle request '<name>.info'"
+    )
+
+
+@pytest.mark.parametrize("wrapper", [staticmethod, classmethod, property])
+def test_decorated_non_method_fails_at_class_definition(wrapper):
+    with pytest.raises(TypeError, match=f"must be a plain method, not a {wrapper.__name__}"):
+
+        class Odd(BrokerModule):
+            handler = wrapper(request_handler("x")(lambda *a: None))
+
+
+def test_decorator_on_a_non_function_fails_at_once():
+    with pytest.raises(TypeError, match=r"@request_handler\('x'\) must decorate a plain method"):
+        request_handler("x")(42)
+
+
+def test_topic_must_be_a_nonempty_string():
+    with pytest.raises(TypeError, match="topic must be a non-empty string"):
+        event_handler("")
+
+
+# Fuzzing the dispatch path
+
+FUZZ = """
+import errno
+from flux.brokermod import BrokerModule, event_handler, request_handler
+
+
+class Fuzz(BrokerModule):
+    owner_calls = []
+
+    @request_handler("echo", allow_guest=True)
+    def echo(self, msg):
+        self.handle.respond(msg, {"got": msg.payload})
+
+    @request_handler("secret")
+    def secret(self, msg):
+        self.owner_calls.append(msg.rolemask)
+        self.handle.respond(msg, {"n": len(msg.payload)})
+
+    @request_handler("boom", allow_guest=True)
+    def boom(self, msg):
+        raise OSError(errno.EIO, str(msg.payload_str)[:20])
+
+    @request_handler("glob.*", allow_guest=True)
+    def glob(self, msg):
+        self.handle.respond(msg, msg.topic)
+
+    @event_handler("ev")
+    def ev(self, msg):
+        self.owner_calls.append(msg.rolemask)
+        msg.payload["key"]
+"""
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+_payload = st.one_of(_json, st.text(max_size=12), st.binary(max_size=12).map(lambda b: b.replace(b"\0", b"")))
+_topic = st.one_of(
+    st.sampled_from(["fuzz.echo", "fuzz.secret", "fuzz.boom", "fuzz.glob.x", "fuzz.nosuch", "fuzz.ping", "other.x"]),
+    st.text(alphabet="abcfuz.-*?", min_size=1, max_size=12),
+)
+_message = st.tuples(
+    st.sampled_from(["request", "event"]),
+    _topic,
+    _payload,
+    st.sampled_from([FLUX_ROLE_OWNER | 4, FLUX_ROLE_USER, 0, FLUX_ROLE_OWNER, 0xFFFF]),
+    st.integers(min_value=0, max_value=2**32 - 1),
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_broker(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "fuzz.py"
+    path.write_text(FUZZ)
+    b = Broker(attrs={"broker.module-nopanic": "1"})
+    b.load(str(path))
+    yield b
+    b.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(_message, min_size=1, max_size=6))
+def test_fuzzed_messages_never_crash_and_every_request_gets_one_answer(fuzz_broker, messages):
+    futures = []
+    for kind, topic, payload, rolemask, userid in messages:
+        client = fuzz_broker.connect(userid=userid, rolemask=rolemask)
+        if kind == "event":
+            client.event_send(topic, payload)
+        else:
+            futures.append(client.rpc(topic, payload))
+    for future in futures:
+        try:
+            future.get_str()
+        except OSError as exc:
+            assert exc.errno not in (errno.EDEADLK, errno.ETIMEDOUT), exc
+        future.reset()
+        with pytest.raises(OSError) as info:
+            future.wait_for(timeout=0.0)
+        assert info.value.errno == errno.ETIMEDOUT  # no second answer
+    assert "fuzz" in fuzz_broker.modules
+    assert fuzz_broker.rpc("fuzz.ping", {}).get()["rank"] == 0
+    calls = fuzz_broker.rpc("fuzz.ping", {}).get()  # module still answers
+    assert calls["userid"] == fuzz_broker.owner
+    owner_calls = json.loads(json.dumps(_owner_calls(fuzz_broker)))
+    assert all(rolemask & FLUX_ROLE_OWNER for rolemask in owner_calls)
+
+
+def _owner_calls(broker):
+    import sys
+
+    module = next(m for name, m in sys.modules.items() if name.endswith("fuzz") and hasattr(m, "Fuzz"))
+    return module.Fuzz.owner_calls
