@@ -16,6 +16,8 @@ machine without flux-core.
 import errno
 import inspect
 import json
+import os
+import sys
 import syslog
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
@@ -368,7 +370,7 @@ class BrokerModule:
         considers the module running when the reactor starts.  See
         flux_module_set_running(3).
         """
-        host = getattr(self._h, "_brokermod_host", None)
+        host = _host_of(self._h)
         if host is not None:
             host.set_running()
             return
@@ -383,7 +385,7 @@ class BrokerModule:
         Bits are set from outside with
         ``flux module debug --setbit N <module name>``.
         """
-        host = getattr(self._h, "_brokermod_host", None)
+        host = _host_of(self._h)
         if host is not None:
             return bool(host.debug_test(flag, clear))
         from _flux._core import lib
@@ -403,9 +405,19 @@ class BrokerModule:
         """Run the reactor until the module is stopped.
 
         Raises OSError if the reactor stopped with an error (for example
-        after :meth:`stop_error`) or a callback outside the handlers failed.
+        after :meth:`stop_error`) or a callback outside the handlers (a
+        timer, a future's continuation) raised: an OSError is raised as it
+        is, any other exception is logged with its traceback and raised as
+        the ``__cause__`` of an OSError (ECONNRESET).
         """
-        if self._h.reactor_run() < 0 or self._stopped_with_error:
+        try:
+            rc = self._h.reactor_run()
+        except OSError:
+            raise
+        except Exception as exc:
+            self._callback_failed("reactor callback", exc, stop=False)
+            raise OSError(errno.ECONNRESET, f"reactor exited with error: {_exception_text(exc)}") from exc
+        if rc < 0 or self._stopped_with_error:
             raise OSError(errno.ECONNRESET, "reactor exited with error")
 
     def _register_handlers(self) -> None:
@@ -458,12 +470,10 @@ class BrokerModule:
             except OSError as respond_exc:
                 self.log.error(f"could not answer {msg.topic}: {respond_exc}")
 
-    def _callback_failed(self, what: str, exc: BaseException) -> None:
-        # Skip the dispatch frame: the traceback starts in the handler.
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-        lines = traceback.format_exception(type(exc), exc, tb)
+    def _callback_failed(self, what: str, exc: BaseException, stop: bool = True) -> None:
+        lines = traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__))
         self._h.log(syslog.LOG_ERR, f"{what} handler failed: {''.join(lines).rstrip()}")
-        if self.stop_on_error:
+        if stop and self.stop_on_error:
             self.stop_error()
 
 
@@ -482,7 +492,7 @@ class _AnswerTracker:
 
     @classmethod
     def install(cls, h: Any) -> "_AnswerTracker":
-        tracker = getattr(h, "_brokermod_answers", None)
+        tracker = _instance_attr(h, "_brokermod_answers")
         if tracker is None:
             tracker = cls(h)
             h._brokermod_answers = tracker
@@ -506,7 +516,7 @@ class _AnswerTracker:
     @staticmethod
     def is_final(message: Any) -> bool:
         """Return True if *message* already got a final answer."""
-        return getattr(message, "_brokermod_final", False)
+        return getattr(message, "_brokermod_final", False) is True
 
 
 def _mark_final(message: Any) -> None:
@@ -526,8 +536,35 @@ def _is_streaming(message: Any) -> bool:
     return bool(lib.flux_msg_is_streaming(getattr(message, "handle", message)))
 
 
+def _instance_attr(obj: Any, name: str) -> Any:
+    """Read an attribute set on *obj* itself, or None.
+
+    Plain getattr() will not do: flux-core's handle answers any unknown
+    attribute with a stand-in object instead of raising AttributeError.
+    """
+    try:
+        return vars(obj).get(name)
+    except TypeError:  # no __dict__
+        return None
+
+
+def _host_of(h: Any) -> Any:
+    """The in-memory broker's module host behind *h*, or None on real Flux."""
+    return _instance_attr(h, "_brokermod_host")
+
+
+def _user_frames(tb: Any) -> Any:
+    """Skip the leading traceback frames that belong to the flux package
+    (this dispatch code, the broker's reactor): start in the user's code."""
+    flux_pkg = sys.modules.get("flux")
+    roots = tuple(os.path.join(p, "") for p in getattr(flux_pkg, "__path__", ()))
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename.startswith(roots):
+        tb = tb.tb_next
+    return tb
+
+
 def _broker_module_name(h: Any) -> str:
-    host = getattr(h, "_brokermod_host", None)
+    host = _host_of(h)
     if host is not None:
         return str(host.name)
     from _flux._core import ffi, lib

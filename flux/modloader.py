@@ -90,11 +90,15 @@ def import_path(path: str) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
-        del sys.modules[name]
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
         where = f"{exc.filename or path}:{exc.lineno}" if exc.lineno else path
         raise LoadError(f"{where}: SyntaxError: {exc.msg}") from None
-    except Exception as exc:
-        del sys.modules[name]
+    except (Exception, SystemExit) as exc:
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
+        if isinstance(exc, SystemExit):
+            raise LoadError(f"{_where(exc, path)}: exited while importing ({_exit_text(exc)})") from None
         raise LoadError(f"{_where(exc, path)}: {_one_line(exc)}") from None
     return module
 
@@ -149,7 +153,7 @@ def run_module(
             entry_point = load_entry_point(path)
         entry_point(h, *args)
     except LoadError as exc:
-        print(f"{base}: {exc}" if not str(exc).startswith(path) else str(exc), file=out)
+        print(exc, file=out)
         return exc.errno
     except ValueError as exc:
         print(f"{base}: {exc}", file=out)
@@ -157,6 +161,13 @@ def run_module(
     except OSError as exc:
         print(f"{base}: {exc.strerror or exc}", file=out)
         return exc.errno or errno.ECONNRESET
+    except SystemExit as exc:
+        # sys.exit() in a module (argparse on bad arguments does it): exit
+        # status 0 is a normal exit, anything else an invalid argument.
+        if exc.code in (None, 0):
+            return 0
+        print(f"{base}: exited ({_exit_text(exc)})", file=out)
+        return errno.EINVAL
     except Exception as exc:  # noqa: BLE001 - reported as a runtime failure
         print(f"{base}: module failed:", file=out)
         print(_user_traceback(exc), end="", file=out)
@@ -229,6 +240,12 @@ def _error_text(ffi: Any, error: Any) -> str:
 def _same_file(module: ModuleType, path: str) -> bool:
     filename = getattr(module, "__file__", None)
     return bool(filename) and os.path.abspath(filename) == os.path.abspath(path)
+
+
+def _exit_text(exc: SystemExit) -> str:
+    if isinstance(exc.code, int) or exc.code is None:
+        return f"sys.exit({exc.code})"
+    return str(exc.code).strip().splitlines()[0] if str(exc.code).strip() else "sys.exit()"
 
 
 def _one_line(exc: BaseException) -> str:

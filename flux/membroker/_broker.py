@@ -6,11 +6,10 @@ import io
 import os
 import resource
 import syslog
-import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
-from flux import _layout
+from flux import _layout, modloader
 from flux.membroker._handle import Future, Handle, TimerWatcher
 from flux.membroker._message import (
     FLUX_MSGTYPE_EVENT,
@@ -62,7 +61,10 @@ class BrokerPanic(RuntimeError):
 
 
 class LogEntry:
-    """One broker log record, as ``flux dmesg`` shows it."""
+    """One broker log record, as ``flux dmesg`` shows it.
+
+    ``timestamp`` is the broker's virtual clock when the record was made.
+    """
 
     __slots__ = ("timestamp", "name", "level", "rank", "text")
 
@@ -238,7 +240,9 @@ class Broker:
             raise ModuleError(errno.EEXIST, f"{name}: File exists")
         if name in self._services:
             raise ModuleError(errno.EEXIST, f"{name}: service is already registered: File exists")
-        record = Module(self, name, path, tuple(args))
+        # The broker passes arguments to the loader as one space-joined
+        # string, which the loader splits on whitespace.
+        record = Module(self, name, path, tuple(modloader.split_args(" ".join(args))))
         self._register_standard_methods(record)
         self._modules[name] = record
         self._services[name] = record
@@ -274,9 +278,11 @@ class Broker:
             raise ValueError("cannot move the clock backwards")
         target = self.now + seconds
         self.run_until_idle()
-        while self._timers and self._timers[0][0] <= target:
-            self.now = max(self.now, self._timers[0][0])
+        due = self._next_timer_due()
+        while due is not None and due <= target:
+            self.now = max(self.now, due)
             self.run_until_idle()
+            due = self._next_timer_due()
         self.now = target
         self.run_until_idle()
 
@@ -310,30 +316,41 @@ class Broker:
             self._check_alive()
             if self._scheduler.step() or self._fire_due_timers():
                 continue
-            if self._timers and self._timers[0][0] <= limit:
-                self.now = max(self.now, self._timers[0][0])
+            due = self._next_timer_due()
+            if due is not None and due <= limit:
+                self.now = max(self.now, due)
                 continue
             if timeout >= 0:
                 self.now = limit
                 raise OSError(errno.ETIMEDOUT, f"{what}: timed out after {timeout:g} virtual seconds")
-            if self._timers:
+            if due is not None:
                 raise OSError(errno.ETIMEDOUT, f"{what}: no answer within {MAX_WAIT:g} virtual seconds")
             raise OSError(errno.EDEADLK, f"{what}: no answer, and nothing left to run")
 
     def _arm_timer(self, watcher: TimerWatcher, due: float) -> None:
-        watcher.due = due
+        # Each arming gets a new sequence number; heap entries of earlier
+        # armings are stale and skipped when they come up.
         self._timer_seq += 1
+        watcher.due = due
+        watcher.armed_seq = self._timer_seq
         heapq.heappush(self._timers, (due, self._timer_seq, watcher))
 
     def _disarm_timer(self, watcher: TimerWatcher) -> None:
         watcher.due = None
+        watcher.armed_seq = 0
+
+    def _next_timer_due(self) -> Optional[float]:
+        while self._timers and self._timers[0][1] != self._timers[0][2].armed_seq:
+            heapq.heappop(self._timers)
+        return self._timers[0][0] if self._timers else None
 
     def _fire_due_timers(self) -> bool:
         fired = False
-        while self._timers and self._timers[0][0] <= self.now:
-            due, _, watcher = heapq.heappop(self._timers)
+        while self._next_timer_due() is not None and self._timers[0][0] <= self.now:
+            _, _, watcher = heapq.heappop(self._timers)
+            watcher.armed_seq = 0
             record = watcher.handle._record
-            if watcher.due != due or record is None or record.state == EXITED:
+            if record is None or record.state == EXITED:
                 continue
             self._scheduler.queue.append((record.ctx, watcher._fire))
             fired = True
@@ -350,7 +367,6 @@ class Broker:
 
     def _module_main(self, record: Module, entry: Optional[Callable[..., Any]]) -> None:
         """What the loader does, in the module's own context."""
-        from flux import modloader
 
         imported = None
         errnum = 0
@@ -381,8 +397,7 @@ class Broker:
         name = record.name
         record.errnum = errnum
         record.state = EXITED
-        for line in record.stderr.getvalue().splitlines():
-            self.stderr.append(line)
+        self.stderr.extend(record.stderr.getvalue().splitlines())
         self._log("broker", syslog.LOG_DEBUG, f"module {name} exited")
         if errnum:
             self._log("broker", syslog.LOG_ERR, f"{name}: {os.strerror(errnum)}")
@@ -471,7 +486,16 @@ class Broker:
         return future
 
     def _log(self, name: str, level: int, text: str) -> None:
-        self.log.append(LogEntry(time.time(), name, level, self.rank, text))
+        """Record a message as the broker's log does: in the ring buffer at
+        ``log-level`` and below, on stderr at ``log-stderr-level`` and below."""
+        # A message of several lines becomes one record per line, as
+        # flux dmesg shows a module's multi-line message.
+        for line in text.splitlines() or [""]:
+            entry = LogEntry(self.now, name, level, self.rank, line)
+            if level <= _int_attr(self.attrs, "log-level", syslog.LOG_DEBUG):
+                self.log.append(entry)
+            if level <= _int_attr(self.attrs, "log-stderr-level", syslog.LOG_ERR):
+                self.stderr.append(str(entry))
 
     # Standard module methods (libflux's flux_module_register_handlers)
 
@@ -553,6 +577,13 @@ class Broker:
 
     def _shutdown(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
         h.reactor_stop()
+
+
+def _int_attr(attrs: Dict[str, str], name: str, default: int) -> int:
+    try:
+        return int(attrs.get(name, default))
+    except ValueError:
+        return default
 
 
 def _entry_point_of(module: Callable[..., Any]) -> Callable[..., Any]:

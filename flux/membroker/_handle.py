@@ -181,10 +181,14 @@ class TimerWatcher:
         self.repeat = float(repeat)
         self.args = args
         self.due: Optional[float] = None
+        self.armed_seq = 0
 
     def start(self) -> "TimerWatcher":
-        """Arm the timer: it fires *after* seconds from now on the broker clock."""
-        if self.due is None:
+        """Arm the timer: it fires *after* seconds from now on the broker clock.
+
+        Starting a timer that is already armed changes nothing, as in libev.
+        """
+        if not self.armed_seq:
             self.handle._broker._arm_timer(self, self.handle._broker.now + self.after)
         return self
 
@@ -206,7 +210,7 @@ class TimerWatcher:
 
     def _fire(self) -> None:
         self.due = None
-        if self.repeat > 0:
+        if self.repeat > 0 and not self.armed_seq:
             self.handle._broker._arm_timer(self, self.handle._broker.now + self.repeat)
         self.handle._run_callback(self.callback, self.handle, self, 0, self.args)
 

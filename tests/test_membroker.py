@@ -1,0 +1,1070 @@
+"""The in-memory broker (flux.membroker) behaves like a real Flux instance.
+
+Every expectation here comes from ../shared/flux-facts.md (measured on
+flux-core 0.88.0) or from the issue that specifies the broker.
+"""
+
+import errno
+import json
+import os
+import sys
+import syslog
+
+import pytest
+
+from flux.brokermod import BrokerModule, event_handler, request_handler
+from flux.membroker import (
+    FLUX_MSGTYPE_EVENT,
+    FLUX_MSGTYPE_REQUEST,
+    FLUX_ROLE_LOCAL,
+    FLUX_ROLE_OWNER,
+    FLUX_ROLE_USER,
+    FLUX_RPC_STREAMING,
+    Broker,
+    BrokerPanic,
+    ModuleError,
+)
+
+GUEST = 1234
+OWNER_ROLEMASK = FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL  # 0x5, as measured
+
+
+def guest(broker):
+    """A client handle with a guest's credentials."""
+    return broker.connect(userid=GUEST, rolemask=FLUX_ROLE_USER)
+
+
+def error_of(future):
+    """The OSError that ``future.get()`` raises."""
+    with pytest.raises(OSError) as info:
+        future.get()
+    return info.value
+
+
+def crit_texts(broker):
+    return [e.text for e in broker.log if e.level == syslog.LOG_CRIT]
+
+
+# Modules used by several tests -------------------------------------------
+
+
+class Echo(BrokerModule):
+    """Tells the caller what it received and who sent it."""
+
+    @request_handler("inspect", allow_guest=True)
+    def inspect(self, msg):
+        try:
+            payload, error = msg.payload, None
+        except (TypeError, ValueError) as exc:
+            payload, error = None, type(exc).__name__
+        self.handle.respond(
+            msg,
+            {
+                "topic": msg.topic,
+                "payload": payload,
+                "payload_str": msg.payload_str,
+                "error": error,
+                "type": msg.type,
+                "type_str": msg.type_str,
+                "userid": msg.userid,
+                "rolemask": msg.rolemask,
+            },
+        )
+
+    @request_handler("owner-only")
+    def owner_only(self, msg):
+        self.log.info("owner-only handler ran")
+        self.handle.respond(msg, {"ran": True})
+
+
+class Responder(BrokerModule):
+    """Answers with each kind of payload."""
+
+    @request_handler("dict")
+    def as_dict(self, msg):
+        self.handle.respond(msg, {"a": [1, "x"], "b": None})
+
+    @request_handler("str")
+    def as_str(self, msg):
+        self.handle.respond(msg, "hello")
+
+    @request_handler("json-str")
+    def as_json_str(self, msg):
+        self.handle.respond(msg, '{"k": 1}')
+
+    @request_handler("bytes")
+    def as_bytes(self, msg):
+        self.handle.respond(msg, b"raw \x01 bytes")
+
+    @request_handler("empty")
+    def empty(self, msg):
+        self.handle.respond(msg)
+
+    @request_handler("busy")
+    def busy(self, msg):
+        self.handle.respond_error(msg, errno.EBUSY, "try again later")
+
+    @request_handler("count")
+    def count(self, msg):
+        for i in range(msg.payload["n"]):
+            self.handle.respond(msg, {"i": i})
+        self.handle.respond_error(msg, errno.ENODATA)
+
+
+class Hoarder(BrokerModule):
+    """Accepts requests and never answers them."""
+
+    @request_handler("hold")
+    def hold(self, msg):
+        self.held = msg
+
+
+class Stopper(BrokerModule):
+    @request_handler("stop")
+    def stop_request(self, msg):
+        self.handle.respond(msg, {})
+        self.stop()
+
+    @request_handler("fail")
+    def fail_request(self, msg):
+        self.stop_error()  # the request is never answered
+
+    @event_handler("fail")
+    def fail_event(self, msg):
+        self.stop_error()
+
+
+class Doubler(BrokerModule):
+    @request_handler("double")
+    def double(self, msg):
+        self.handle.respond(msg, {"x": msg.payload["x"] * 2})
+
+
+class SyncCaller(BrokerModule):
+    @request_handler("quad")
+    def quad(self, msg):
+        x = self.handle.rpc("doubler.double", {"x": msg.payload["x"]}).get()["x"]
+        y = self.handle.rpc("doubler.double", {"x": x}).get()["x"]
+        self.handle.respond(msg, {"x": y})
+
+
+class AsyncCaller(BrokerModule):
+    @request_handler("quad")
+    def quad(self, msg):
+        def doubled(future, request):
+            self.handle.respond(request, {"x": future.get()["x"] * 2})
+
+        self.handle.rpc("doubler.double", msg.payload).then(doubled, msg)
+
+
+class Clock(BrokerModule):
+    """Answers ``clock.wait {"seconds": N}`` after N virtual seconds."""
+
+    @request_handler("wait")
+    def wait(self, msg):
+        def ring(h, watcher, revents, request):
+            h.respond(request, {"waited": request.payload["seconds"]})
+
+        timer = self.handle.timer_watcher_create(msg.payload["seconds"], ring, args=msg)
+        timer.start()
+        self._timers = getattr(self, "_timers", []) + [timer]
+
+
+# Request routing -------------------------------------------------------------
+
+
+def test_request_is_routed_by_exact_topic(broker):
+    broker.load(Echo, name="echo")
+    assert broker.rpc("echo.inspect", {"x": 1}).get()["topic"] == "echo.inspect"
+
+
+def test_request_is_routed_to_a_glob_watcher(broker):
+    def mod_main(h):
+        def cb(h, watcher, msg, arg):
+            h.respond(msg, {"topic": msg.topic})
+
+        h.msg_watcher_create(cb, FLUX_MSGTYPE_REQUEST, "globmod.glob.*").start()
+        h.reactor_run()
+
+    broker.load(mod_main, name="globmod")
+    assert broker.rpc("globmod.glob.a").get() == {"topic": "globmod.glob.a"}
+    assert broker.rpc("globmod.glob.b").get() == {"topic": "globmod.glob.b"}
+    assert error_of(broker.rpc("globmod.other")).errno == errno.ENOSYS
+
+
+def test_most_recently_registered_handler_for_a_topic_wins(broker):
+    def mod_main(h):
+        def first(h, watcher, msg, arg):
+            h.respond(msg, {"handler": "first"})
+
+        def second(h, watcher, msg, arg):
+            h.respond(msg, {"handler": "second"})
+
+        h.msg_watcher_create(first, FLUX_MSGTYPE_REQUEST, "twice.x").start()
+        h.msg_watcher_create(second, FLUX_MSGTYPE_REQUEST, "twice.x").start()
+        h.reactor_run()
+
+    broker.load(mod_main, name="twice")
+    assert broker.rpc("twice.x").get() == {"handler": "second"}
+
+
+def test_module_handler_overrides_standard_stats_get(broker):
+    class OwnStats(BrokerModule):
+        @request_handler("stats-get")
+        def stats(self, msg):
+            self.handle.respond(msg, {"custom": True})
+
+    broker.load(OwnStats, name="ownstats")
+    assert broker.rpc("ownstats.stats-get").get() == {"custom": True}
+
+
+def test_unknown_method_of_loaded_module_is_enosys(broker, example):
+    broker.load(example("mymod.py"))
+    err = error_of(broker.rpc("mymod.nosuch"))
+    assert err.errno == errno.ENOSYS
+    assert err.strerror == "Unknown service method 'mymod.nosuch'"
+
+
+def test_unknown_service_is_enosys(broker):
+    err = error_of(broker.rpc("x.y"))
+    assert err.errno == errno.ENOSYS
+    assert err.strerror == "No service matching x.y is registered"
+
+
+def test_guest_on_owner_only_handler_is_eperm_and_handler_never_runs(broker):
+    broker.load(Echo, name="echo")
+    err = error_of(guest(broker).rpc("echo.owner-only"))
+    assert err.errno == errno.EPERM
+    assert err.strerror == "Request requires owner credentials"
+    assert "echo.info[0]: owner-only handler ran" not in broker.dmesg()
+
+
+def test_owner_on_owner_only_handler_runs_it(broker):
+    broker.load(Echo, name="echo")
+    assert broker.rpc("echo.owner-only").get() == {"ran": True}
+    assert "echo.info[0]: owner-only handler ran" in broker.dmesg()
+
+
+def test_owner_request_has_rolemask_0x5_and_owner_userid(broker):
+    broker.load(Echo, name="echo")
+    reply = broker.rpc("echo.inspect").get()
+    assert reply["rolemask"] == 0x5 == OWNER_ROLEMASK
+    assert reply["userid"] == broker.owner == os.getuid()
+
+
+def test_guest_request_has_guest_userid_and_rolemask(broker):
+    broker.load(Echo, name="echo")
+    reply = guest(broker).rpc("echo.inspect").get()
+    assert (reply["userid"], reply["rolemask"]) == (GUEST, FLUX_ROLE_USER)
+
+
+def test_connect_with_other_userid_defaults_to_guest_rolemask(broker):
+    broker.load(Echo, name="echo")
+    reply = broker.connect(userid=GUEST).rpc("echo.inspect").get()
+    assert (reply["userid"], reply["rolemask"]) == (GUEST, FLUX_ROLE_USER)
+
+
+# Events ------------------------------------------------------------------------
+
+
+def subscriber_main(h):
+    """Subscribes to the prefix "foo", handles exactly "foo.bar"."""
+    h.event_subscribe("foo")
+
+    def on_bar(h, watcher, msg, arg):
+        h.log(syslog.LOG_INFO, f"handled {msg.topic} ({msg.type_str})")
+
+    h.msg_watcher_create(on_bar, FLUX_MSGTYPE_EVENT, "foo.bar").start()
+    h.reactor_run()
+
+
+def test_event_subscription_is_a_prefix_but_handler_matches_exactly(broker):
+    broker.load(subscriber_main, name="sub")
+    for topic in ["foo.bar", "foo.baz", "foobar", "other.bar"]:
+        broker.event_send(topic)
+    assert broker.dmesg("sub") == ["sub.info[0]: handled foo.bar (event)"]
+    # foo.bar, foo.baz and foobar were delivered; other.bar was not.
+    assert broker.rpc("sub.stats-get").get()["rx"]["event"] == 3
+
+
+def test_unsubscribed_module_gets_no_events(broker):
+    def mod_main(h):
+        h.event_subscribe("foo")
+        h.event_subscribe("bar")
+        h.event_unsubscribe("foo")
+        h.reactor_run()
+
+    broker.load(mod_main, name="unsub")
+    broker.event_send("foo.x")
+    broker.event_send("bar.x")
+    assert broker.rpc("unsub.stats-get").get()["rx"]["event"] == 1
+
+
+def test_event_handler_decorator_receives_events_with_its_topic(broker):
+    class Listener(BrokerModule):
+        @event_handler("ping-all")
+        def on_ping(self, msg):
+            self.log.info(f"event {msg.topic} payload {msg.payload}")
+
+    broker.load(Listener, name="listener")
+    broker.event_send("listener.ping-all", {"n": 1})
+    assert broker.dmesg("listener") == [
+        "listener.info[0]: event listener.ping-all payload {'n': 1}"
+    ]
+
+
+def test_guest_event_never_reaches_owner_only_event_handler(broker):
+    broker.load(subscriber_main, name="sub")
+    guest(broker).event_send("foo.bar")
+    broker.run_until_idle()
+    assert broker.dmesg("sub") == []
+    broker.event_send("foo.bar")
+    assert broker.dmesg("sub") == ["sub.info[0]: handled foo.bar (event)"]
+
+
+def test_module_event_reaches_another_module(broker):
+    def publisher(h):
+        def publish(h, watcher, msg, arg):
+            h.event_send("foo.bar", {"from": "pub"})
+            h.respond(msg, None)
+
+        h.msg_watcher_create(publish, FLUX_MSGTYPE_REQUEST, "pub.go").start()
+        h.reactor_run()
+
+    broker.load(subscriber_main, name="sub")
+    broker.load(publisher, name="pub")
+    assert broker.rpc("pub.go").get() is None
+    broker.run_until_idle()
+    assert broker.dmesg("sub") == ["sub.info[0]: handled foo.bar (event)"]
+
+
+# Responses -----------------------------------------------------------------------
+
+
+def test_respond_dict_is_sent_as_json(broker):
+    broker.load(Responder, name="resp")
+    text = broker.rpc("resp.dict").get_str()
+    assert json.loads(text) == {"a": [1, "x"], "b": None}
+
+
+def test_respond_str_is_sent_raw_not_json_quoted(broker):
+    broker.load(Responder, name="resp")
+    assert broker.rpc("resp.str").get_str() == "hello"
+
+
+def test_respond_str_holding_json_decodes_with_get(broker):
+    broker.load(Responder, name="resp")
+    assert broker.rpc("resp.json-str").get() == {"k": 1}
+
+
+def test_respond_bytes_is_sent_as_is(broker):
+    broker.load(Responder, name="resp")
+    assert broker.rpc("resp.bytes").get_str() == "raw \x01 bytes"
+
+
+def test_respond_without_payload_gives_none(broker):
+    broker.load(Responder, name="resp")
+    future = broker.rpc("resp.empty")
+    assert future.get_str() is None
+    assert future.get() is None
+
+
+def test_respond_error_gives_caller_oserror_with_errno_and_text(broker):
+    broker.load(Responder, name="resp")
+    err = error_of(broker.rpc("resp.busy"))
+    assert err.errno == errno.EBUSY
+    assert err.strerror == "try again later"
+
+
+def test_streaming_request_gets_several_responses_ended_by_enodata(broker):
+    broker.load(Responder, name="resp")
+    future = broker.rpc("resp.count", {"n": 3}, flags=FLUX_RPC_STREAMING)
+    got = []
+    for _ in range(10):
+        try:
+            got.append(future.get()["i"])
+        except OSError as exc:
+            assert exc.errno == errno.ENODATA
+            break
+        future.reset()
+    else:
+        pytest.fail("the stream never ended")
+    assert got == [0, 1, 2]
+
+
+def test_streaming_responses_reach_then_callback_each_time(broker):
+    broker.load(Responder, name="resp")
+    seen = []
+
+    def on_response(future):
+        try:
+            seen.append(future.get()["i"])
+        except OSError as exc:
+            seen.append(errno.errorcode[exc.errno])
+        future.reset()
+
+    broker.rpc("resp.count", {"n": 2}, flags=FLUX_RPC_STREAMING).then(on_response)
+    broker.run_until_idle()
+    assert seen == [0, 1, "ENODATA"]
+
+
+# Messages ---------------------------------------------------------------------------
+
+
+def test_msg_payload_without_payload_raises_typeerror_and_payload_str_is_none(broker):
+    broker.load(Echo, name="echo")
+    reply = broker.rpc("echo.inspect").get()
+    assert reply["error"] == "TypeError"
+    assert reply["payload_str"] is None
+
+
+def test_message_attributes_of_a_request(broker):
+    broker.load(Echo, name="echo")
+    reply = broker.rpc("echo.inspect", {"x": [1, 2]}).get()
+    assert reply["topic"] == "echo.inspect"
+    assert reply["payload"] == {"x": [1, 2]}
+    assert json.loads(reply["payload_str"]) == {"x": [1, 2]}
+    assert reply["type"] == FLUX_MSGTYPE_REQUEST
+    assert reply["type_str"] == "request"
+    assert reply["error"] is None
+
+
+def test_request_str_payload_arrives_raw(broker):
+    broker.load(Echo, name="echo")
+    reply = broker.rpc("echo.inspect", "plain text").get()
+    assert reply["payload_str"] == "plain text"
+    assert reply["error"] == "JSONDecodeError"
+
+
+# Standard module methods ------------------------------------------------------------
+
+
+def test_ping_echoes_payload_with_route_userid_rolemask_rank(broker):
+    broker.load(Echo, name="echo")
+    reply = broker.rpc("echo.ping", {"seq": 7, "pad": "xyz"}).get()
+    assert reply["seq"] == 7 and reply["pad"] == "xyz"
+    assert reply["userid"] == broker.owner
+    assert reply["rolemask"] == OWNER_ROLEMASK
+    assert reply["rank"] == 0
+    assert isinstance(reply["route"], str) and reply["route"]
+
+
+def test_ping_is_allowed_for_guests(broker):
+    broker.load(Echo, name="echo")
+    reply = guest(broker).rpc("echo.ping", {"seq": 1}).get()
+    assert (reply["seq"], reply["userid"], reply["rolemask"]) == (1, GUEST, FLUX_ROLE_USER)
+
+
+@pytest.mark.parametrize("payload", [[1, 2], "not json", 5, None])
+def test_ping_with_non_object_payload_is_eproto(broker, payload):
+    broker.load(Echo, name="echo")
+    assert error_of(broker.rpc("echo.ping", payload)).errno == errno.EPROTO
+
+
+def test_stats_get_has_tx_rx_counts_of_each_message_kind(broker):
+    broker.load(Echo, name="echo")
+    stats = broker.rpc("echo.stats-get").get()
+    kinds = {"request", "response", "event", "control"}
+    assert set(stats) == {"tx", "rx"}
+    assert set(stats["tx"]) == kinds and set(stats["rx"]) == kinds
+
+
+def test_stats_get_counts_change_as_messages_flow(broker):
+    broker.load(Doubler, name="doubler")
+    broker.load(SyncCaller, name="sync")
+    before = broker.rpc("sync.stats-get").get()
+    broker.rpc("sync.quad", {"x": 1}).get()
+    broker.event_send("unrelated.topic")  # not subscribed: not counted
+    after = broker.rpc("sync.stats-get").get()
+    # quad + this stats-get arrived; two doubler requests went out;
+    # the first stats-get's and quad's responses went out.
+    assert after["rx"]["request"] - before["rx"]["request"] == 2
+    assert after["tx"]["request"] - before["tx"]["request"] == 2
+    assert after["rx"]["response"] - before["rx"]["response"] == 2
+    assert after["tx"]["response"] - before["tx"]["response"] == 2
+    assert after["rx"]["event"] == before["rx"]["event"]
+
+
+def test_stats_get_counts_received_events(broker):
+    broker.load(subscriber_main, name="sub")
+    broker.event_send("foo.bar")
+    broker.event_send("foo.bar")
+    stats = broker.rpc("sub.stats-get").get()
+    assert stats["rx"]["event"] == 2
+
+
+def test_stats_clear_request_zeroes_counters(broker):
+    broker.load(Echo, name="echo")
+    for _ in range(3):
+        broker.rpc("echo.inspect").get()
+    assert broker.rpc("echo.stats-clear").get() is None
+    stats = broker.rpc("echo.stats-get").get()
+    assert stats["rx"]["request"] == 1  # this stats-get
+    assert stats["tx"]["response"] == 1  # the stats-clear response
+
+
+def test_stats_clear_event_zeroes_counters(broker):
+    broker.load(Echo, name="echo")
+    for _ in range(3):
+        broker.rpc("echo.inspect").get()
+    broker.event_send("echo.stats-clear")
+    stats = broker.rpc("echo.stats-get").get()
+    assert stats["rx"]["request"] == 1
+    assert stats["tx"]["response"] == 0
+    assert stats["rx"]["event"] == 0
+
+
+def test_stats_clear_is_owner_only(broker):
+    broker.load(Echo, name="echo")
+    assert error_of(guest(broker).rpc("echo.stats-clear")).errno == errno.EPERM
+
+
+def test_debug_setbit_clrbit_set_clr(broker):
+    broker.load(Echo, name="echo")
+
+    def debug(op, flags=0):
+        return broker.rpc("echo.debug", {"op": op, "flags": flags}).get()
+
+    assert debug("setbit", 4) == {"flags": 4}
+    assert debug("setbit", 1) == {"flags": 5}
+    assert debug("clrbit", 4) == {"flags": 1}
+    assert debug("set", 8) == {"flags": 8}
+    assert debug("clr") == {"flags": 0}
+
+
+@pytest.mark.parametrize(
+    "payload", [{"op": "toggle", "flags": 1}, {"op": "setbit"}, {"flags": 1}, None]
+)
+def test_debug_bad_request_is_eproto(broker, payload):
+    broker.load(Echo, name="echo")
+    assert error_of(broker.rpc("echo.debug", payload)).errno == errno.EPROTO
+
+
+def test_debug_bits_are_seen_by_debug_test(broker):
+    class Debuggable(BrokerModule):
+        @request_handler("check")
+        def check(self, msg):
+            self.handle.respond(msg, {"bit": self.debug_test(4, clear=True)})
+
+    broker.load(Debuggable, name="dbg")
+    assert broker.rpc("dbg.check").get() == {"bit": False}
+    broker.rpc("dbg.debug", {"op": "setbit", "flags": 4}).get()
+    assert broker.rpc("dbg.check").get() == {"bit": True}
+    assert broker.rpc("dbg.check").get() == {"bit": False}  # cleared
+
+
+def test_rusage_reports_resource_usage(broker):
+    broker.load(Echo, name="echo")
+    usage = broker.rpc("echo.rusage").get()
+    for field in ("utime", "stime", "maxrss", "minflt", "nvcsw"):
+        assert isinstance(usage[field], (int, float)), field
+    assert usage["maxrss"] > 0
+
+
+def shutdown_logger_main(h):
+    rc = h.reactor_run()
+    h.log(syslog.LOG_INFO, f"reactor_run returned {rc}")
+
+
+def test_remove_sends_shutdown_and_module_exits(broker):
+    broker.load(shutdown_logger_main, name="sd")
+    broker.remove("sd")
+    assert "sd" not in broker.modules
+    assert broker.dmesg("sd") == ["sd.info[0]: reactor_run returned 0"]
+    err = error_of(broker.rpc("sd.ping", {}))
+    assert err.strerror == "No service matching sd.ping is registered"
+
+
+def test_remove_is_a_shutdown_request(broker):
+    class Watching(BrokerModule):
+        @request_handler("shutdown")
+        def shutdown(self, msg):
+            self.log.info(f"got {msg.topic}")
+            self.stop()
+
+    broker.load(Watching, name="watching")
+    broker.remove("watching")
+    assert broker.dmesg("watching") == ["watching.info[0]: got watching.shutdown"]
+
+
+def test_shutdown_request_from_owner_stops_module(broker):
+    broker.load(shutdown_logger_main, name="sd")
+    broker.rpc("sd.shutdown")
+    broker.run_until_idle()
+    assert "sd" not in broker.modules
+
+
+def test_shutdown_request_from_guest_is_eperm(broker):
+    broker.load(shutdown_logger_main, name="sd")
+    assert error_of(guest(broker).rpc("sd.shutdown")).errno == errno.EPERM
+    assert "sd" in broker.modules
+
+
+def test_remove_unknown_module_is_enoent(broker):
+    with pytest.raises(ModuleError) as info:
+        broker.remove("nosuch")
+    assert info.value.errno == errno.ENOENT
+
+
+# Logging -------------------------------------------------------------------------
+
+
+def test_log_records_read_like_flux_dmesg(broker, example):
+    broker.load(example("logging_levels.py"), name="logmod")
+    broker.rpc("logmod.emit").get()
+    lines = broker.dmesg("logmod")
+    assert "logmod.warning[0]: level warning" in lines
+    assert "logmod.err[0]: level error" in lines
+    assert "logmod.crit[0]: level critical" in lines
+    assert "logmod.debug[0]: level debug" in lines
+    assert len(lines) == 8
+
+
+def test_handle_log_uses_module_name_and_level(broker):
+    def mod_main(h):
+        h.log(syslog.LOG_NOTICE, "starting up")
+        h.reactor_run()
+
+    broker.load(mod_main, name="noisy")
+    assert broker.dmesg("noisy") == ["noisy.notice[0]: starting up"]
+
+
+def test_log_records_show_the_broker_rank():
+    with Broker(rank=2, size=4) as broker:
+        broker.load(Echo, name="echo")
+        broker.rpc("echo.owner-only").get()
+        assert broker.dmesg("echo") == ["echo.info[2]: owner-only handler ran"]
+
+
+# stop, stop_error and runtime failures -----------------------------------------------
+
+
+def test_stop_ends_module_cleanly(broker):
+    broker.load(Stopper, name="stopper")
+    assert broker.rpc("stopper.stop").get() == {}
+    broker.run_until_idle()
+    assert "stopper" not in broker.modules
+    assert broker.panicked is None
+    assert crit_texts(broker) == []
+    assert error_of(broker.rpc("stopper.stop")).errno == errno.ENOSYS
+
+
+def test_stop_error_with_nopanic_is_reported_as_runtime_failure():
+    broker = Broker(attrs={"broker.module-nopanic": "1"})
+    broker.load(Stopper, name="stopper")
+    err = error_of(broker.rpc("stopper.fail"))
+    assert (err.errno, err.strerror) == (errno.EHOSTUNREACH, "module disconnect")
+    assert "stopper module runtime failure" in crit_texts(broker)
+    assert "stopper: Connection reset by peer" in [e.text for e in broker.log]
+    assert broker.panicked is None
+    assert "stopper" not in broker.modules
+    broker.load(Echo, name="echo")  # the broker is still up
+    assert broker.rpc("echo.ping", {}).get()["rank"] == 0
+    broker.close()
+
+
+def test_stop_error_without_nopanic_panics_the_broker(broker):
+    broker.load(Echo, name="echo")
+    broker.load(Stopper, name="stopper")
+    broker.event_send("stopper.fail")
+    assert broker.panicked is not None
+    assert "stopper module runtime failure" in broker.panicked
+    assert any("stopper module runtime failure" in text for text in crit_texts(broker))
+    with pytest.raises(BrokerPanic):
+        broker.rpc("echo.ping", {})
+    with pytest.raises(BrokerPanic):
+        broker.load(Doubler, name="doubler")
+    with pytest.raises(BrokerPanic):
+        broker.event_send("anything")
+
+
+# set_running ------------------------------------------------------------------------
+
+
+def slow_start_main(h, *args):
+    """Does 10 virtual seconds of synchronous start-up work."""
+    module = Echo(h, *args)
+    if "early" in args:
+        module.set_running()
+    h.rpc("clock.wait", {"seconds": 10}).get()
+    module.run()
+
+
+def test_load_returns_when_reactor_runs_without_set_running(broker):
+    broker.load(Clock, name="clock")
+    broker.load(slow_start_main, name="echo")
+    assert broker.now == 10
+    assert broker.modules["echo"].state == "running"
+
+
+def test_load_returns_at_set_running_before_startup_work(broker):
+    broker.load(Clock, name="clock")
+    broker.load(slow_start_main, "early", name="echo")
+    assert broker.now == 0
+    assert broker.modules["echo"].state == "running"
+    assert broker.rpc("echo.owner-only").get() == {"ran": True}
+    assert broker.now == 10
+
+
+def test_module_exiting_before_running_fails_load(broker):
+    def mod_main(h):
+        raise OSError(errno.EEXIST, "already there")
+
+    with pytest.raises(ModuleError) as info:
+        broker.load(mod_main, name="early_exit")
+    assert info.value.errno == errno.EEXIST
+    assert "early_exit" not in broker.modules
+
+
+# Arguments and names ---------------------------------------------------------------
+
+ARGS_MODULE = """
+from flux.brokermod import BrokerModule, request_handler
+
+class ArgsModule(BrokerModule):
+    @request_handler("info")
+    def info(self, msg):
+        self.handle.respond(msg, {"name": self.name, "args": list(self.args)})
+"""
+
+
+def test_module_arguments_reach_the_module(broker, write_module):
+    path = write_module("argsmod.py", ARGS_MODULE)
+    broker.load(path, "--verbose", "count=4")
+    assert broker.rpc("argsmod.info").get() == {"name": "argsmod", "args": ["--verbose", "count=4"]}
+
+
+def test_name_renames_module_and_its_topics(broker, write_module):
+    path = write_module("argsmod.py", ARGS_MODULE)
+    broker.load(path, "x", name="renamed")
+    assert broker.rpc("renamed.info").get() == {"name": "renamed", "args": ["x"]}
+    assert error_of(broker.rpc("argsmod.info")).errno == errno.ENOSYS
+
+
+def test_same_file_loads_twice_under_two_names(broker, write_module):
+    path = write_module("argsmod.py", ARGS_MODULE)
+    broker.load(path, "a")
+    broker.load(path, "b", name="second")
+    assert broker.rpc("argsmod.info").get()["args"] == ["a"]
+    assert broker.rpc("second.info").get()["args"] == ["b"]
+
+
+def test_default_name_is_basename_up_to_first_dot(broker, write_module):
+    path = write_module("happy.v2.py", ARGS_MODULE)
+    broker.load(path)
+    assert broker.rpc("happy.info").get()["name"] == "happy"
+
+
+def test_loading_class_without_name_is_refused(broker):
+    with pytest.raises(ValueError):
+        broker.load(Echo)
+
+
+def test_module_calling_sys_exit_fails_load_and_is_not_left_loaded(write_module):
+    path = write_module(
+        "argp_exit_mod.py",
+        """
+        import argparse
+
+        def mod_main(h, *args):
+            parser = argparse.ArgumentParser(prog="argp_exit_mod")
+            parser.add_argument("--count", type=int)
+            parser.parse_args(args)
+            h.reactor_run()
+        """,
+    )
+    broker = Broker()
+    try:
+        with pytest.raises(ModuleError) as info:
+            broker.load(path, "--bogus")
+        assert info.value.errno != 0
+        assert "argp_exit_mod" not in broker.modules
+        broker.close()
+    finally:
+        sys.modules.pop("argp_exit_mod", None)
+
+
+# Several modules -------------------------------------------------------------------
+
+
+def test_module_calls_another_synchronously_inside_handler(broker):
+    broker.load(Doubler, name="doubler")
+    broker.load(SyncCaller, name="sync")
+    assert broker.rpc("sync.quad", {"x": 3}).get() == {"x": 12}
+
+
+def test_module_calls_another_with_then_callback(broker):
+    broker.load(Doubler, name="doubler")
+    broker.load(AsyncCaller, name="async")
+    assert broker.rpc("async.quad", {"x": 5}).get() == {"x": 20}
+
+
+def test_several_requests_in_flight_through_modules(broker):
+    broker.load(Doubler, name="doubler")
+    broker.load(AsyncCaller, name="async")
+    futures = [broker.rpc("async.quad", {"x": x}) for x in range(4)]
+    assert [f.get()["x"] for f in futures] == [0, 4, 8, 12]
+
+
+def test_unanswered_requests_get_ehostunreach_when_module_exits(broker):
+    broker.load(Hoarder, name="hoarder")
+    futures = [broker.rpc("hoarder.hold") for _ in range(2)]
+    broker.run_until_idle()
+    broker.remove("hoarder")
+    for future in futures:
+        err = error_of(future)
+        assert (err.errno, err.strerror) == (errno.EHOSTUNREACH, "module disconnect")
+
+
+def test_get_on_request_nobody_answers_is_edeadlk_not_a_hang(broker):
+    broker.load(Hoarder, name="hoarder")
+    assert error_of(broker.rpc("hoarder.hold")).errno == errno.EDEADLK
+
+
+# The handle ------------------------------------------------------------------------
+
+
+def test_unsupported_flux_method_raises_notimplemented_naming_it(broker):
+    h = broker.connect()
+    with pytest.raises(NotImplementedError, match="event_recv"):
+        h.event_recv()
+
+
+def test_unsupported_flux_method_in_module_raises_notimplemented(broker):
+    class Prober(BrokerModule):
+        @request_handler("probe")
+        def probe(self, msg):
+            try:
+                self.handle.signal_watcher_create(2, lambda *a: None)
+            except NotImplementedError as exc:
+                self.handle.respond(msg, {"error": str(exc)})
+
+    broker.load(Prober, name="prober")
+    assert "signal_watcher_create" in broker.rpc("prober.probe").get()["error"]
+
+
+def test_attr_get_rank_size_and_get_rank():
+    def mod_main(h):
+        def info(h, watcher, msg, arg):
+            h.respond(
+                msg,
+                {"rank": h.attr_get("rank"), "size": h.attr_get("size"), "get_rank": h.get_rank()},
+            )
+
+        h.msg_watcher_create(info, FLUX_MSGTYPE_REQUEST, "attrs.info").start()
+        h.reactor_run()
+
+    with Broker(rank=1, size=4) as broker:
+        broker.load(mod_main, name="attrs")
+        assert broker.rpc("attrs.info").get() == {"rank": "1", "size": "4", "get_rank": 1}
+
+
+def test_attr_get_unknown_attribute_is_enoent(broker):
+    with pytest.raises(OSError) as info:
+        broker.connect().attr_get("no-such-attribute")
+    assert info.value.errno == errno.ENOENT
+
+
+def test_reactor_stop_error_makes_reactor_run_return_minus_one(broker):
+    def mod_main(h):
+        def quit_(h, watcher, msg, arg):
+            h.respond(msg, None)
+            h.reactor_stop_error()
+
+        h.msg_watcher_create(quit_, FLUX_MSGTYPE_REQUEST, "rs.quit").start()
+        rc = h.reactor_run()
+        h.log(syslog.LOG_INFO, f"reactor_run returned {rc}")
+
+    broker.load(mod_main, name="rs")
+    broker.rpc("rs.quit").get()
+    broker.run_until_idle()
+    assert broker.dmesg("rs") == ["rs.info[0]: reactor_run returned -1"]
+    assert "rs" not in broker.modules
+
+
+def test_stopped_msg_watcher_takes_no_requests(broker):
+    def mod_main(h):
+        def cb(h, watcher, msg, arg):
+            h.respond(msg, {"ok": True})
+            watcher.stop()
+
+        h.msg_watcher_create(cb, FLUX_MSGTYPE_REQUEST, "once.x").start()
+        h.reactor_run()
+
+    broker.load(mod_main, name="once")
+    assert broker.rpc("once.x").get() == {"ok": True}
+    assert error_of(broker.rpc("once.x")).errno == errno.ENOSYS
+
+
+# Timers and the virtual clock ---------------------------------------------------------
+
+
+def timer_module(broker, fired, *timers):
+    """A mod_main arming timers (label, after, repeat); firing records (label, now)."""
+
+    def mod_main(h):
+        def ring(h, watcher, revents, label):
+            fired.append((label, broker.now))
+
+        for label, after, repeat in timers:
+            h.timer_watcher_create(after, ring, repeat=repeat, args=label).start()
+        h.reactor_run()
+
+    return mod_main
+
+
+def test_timer_fires_only_when_clock_advances_past_it(broker):
+    fired = []
+    broker.load(timer_module(broker, fired, ("t", 5.0, 0.0)), name="timers")
+    broker.advance(4.9)
+    assert fired == []
+    broker.advance(0.1)
+    assert fired == [("t", 5.0)]
+    broker.advance(100)
+    assert fired == [("t", 5.0)]
+
+
+def test_nothing_fires_without_advance(broker):
+    fired = []
+    broker.load(timer_module(broker, fired, ("t", 0.5, 0.0)), name="timers")
+    broker.rpc("timers.ping", {}).get()
+    broker.run_until_idle()
+    assert fired == []
+    assert broker.now == 0
+
+
+def test_timers_fire_in_due_order(broker):
+    fired = []
+    timers = [("late", 3.0, 0.0), ("early", 1.0, 0.0), ("mid", 2.0, 0.0)]
+    broker.load(timer_module(broker, fired, *timers), name="timers")
+    broker.advance(10)
+    assert fired == [("early", 1.0), ("mid", 2.0), ("late", 3.0)]
+    assert broker.now == 10
+
+
+def test_repeating_timer_fires_every_repeat_seconds(broker):
+    fired = []
+    broker.load(timer_module(broker, fired, ("r", 1.0, 2.0)), name="timers")
+    broker.advance(6)
+    assert fired == [("r", 1.0), ("r", 3.0), ("r", 5.0)]
+
+
+def test_timer_stopped_and_restarted_at_once_fires_once(broker):
+    fired = []
+
+    def mod_main(h):
+        timer = h.timer_watcher_create(1.0, lambda h, w, revents, arg: fired.append(broker.now))
+        timer.start()
+        timer.stop()
+        timer.start()
+        h.reactor_run()
+
+    broker.load(mod_main, name="restart")
+    broker.advance(5)
+    assert fired == [1.0]
+
+
+def test_repeating_timer_restarted_in_its_callback_fires_once_per_period(broker):
+    fired = []
+
+    def mod_main(h):
+        def ring(h, watcher, revents, arg):
+            fired.append(broker.now)
+            watcher.stop()
+            watcher.start()
+
+        h.timer_watcher_create(1.0, ring, repeat=1.0).start()
+        h.reactor_run()
+
+    broker.load(mod_main, name="restart")
+    broker.advance(3)
+    assert fired == [1.0, 2.0, 3.0]
+
+
+def test_get_lets_virtual_time_pass_to_next_timer(broker):
+    broker.load(Clock, name="clock")
+    assert broker.rpc("clock.wait", {"seconds": 30}).get() == {"waited": 30}
+    assert broker.now == 30
+
+
+def test_advance_backwards_is_refused(broker):
+    with pytest.raises(ValueError):
+        broker.advance(-1)
+
+
+# Determinism -------------------------------------------------------------------------
+
+
+def run_scenario():
+    order = []
+    broker = Broker()
+
+    def make(name):
+        def mod_main(h):
+            def ring(h, watcher, revents, arg):
+                order.append(f"{name} timer")
+                h.log(syslog.LOG_INFO, f"timer at {broker.now}")
+                h.event_send("tick", {"from": name})
+
+            def on_tick(h, watcher, msg, arg):
+                order.append(f"{name} got tick from {msg.payload['from']}")
+
+            h.event_subscribe("tick")
+            h.msg_watcher_create(on_tick, FLUX_MSGTYPE_EVENT, "tick").start()
+            h.timer_watcher_create(1.0, ring, repeat=1.0).start()
+            h.reactor_run()
+
+        return mod_main
+
+    broker.load(make("a"), name="a")
+    broker.load(make("b"), name="b")
+    broker.load(Doubler, name="doubler")
+    broker.load(AsyncCaller, name="async")
+    futures = [broker.rpc("async.quad", {"x": x}) for x in range(3)]
+    broker.advance(2.5)
+    order.extend(f.get()["x"] for f in futures)
+    broker.close()
+    return order, broker.dmesg()
+
+
+def test_same_scenario_twice_gives_identical_logs_and_order():
+    first = run_scenario()
+    second = run_scenario()
+    assert first == second
+    order, _ = first
+    # Work runs in arrival order: both timers (due at 1.0), then the
+    # deliveries of a's event, then those of b's.
+    assert order[:6] == [
+        "a timer",
+        "b timer",
+        "a got tick from a",
+        "b got tick from a",
+        "a got tick from b",
+        "b got tick from b",
+    ]
+    assert order[-3:] == [0, 4, 8]
+
+
+# Load errors -------------------------------------------------------------------------
+
+
+def test_loading_missing_file_is_enoent(broker, tmp_path):
+    with pytest.raises(ModuleError) as info:
+        broker.load(str(tmp_path / "nosuch.py"))
+    assert info.value.errno == errno.ENOENT
+    assert "nosuch.py" in str(info.value)
+
+
+def test_loading_a_name_already_loaded_is_eexist(broker, example):
+    broker.load(example("mymod.py"))
+    with pytest.raises(ModuleError) as info:
+        broker.load(Echo, name="mymod")
+    assert info.value.errno == errno.EEXIST
+    assert broker.rpc("mymod.info").get() == {"name": "mymod"}
+
+
+def test_loading_the_same_file_twice_is_eexist(broker, example):
+    broker.load(example("mymod.py"))
+    with pytest.raises(ModuleError) as info:
+        broker.load(example("mymod.py"))
+    assert info.value.errno == errno.EEXIST
