@@ -51,3 +51,8 @@ def _no_leaked_module_imports():
     yield
     leaked = {name for name in set(sys.modules) - before if name.startswith("_flux_module_")}
     assert not leaked, f"module files left in sys.modules: {sorted(leaked)}"
+
+
+# The package's pytest plugin (registered by its entry point when installed);
+# imported here too so the suite also runs from a plain checkout.
+from flux.brokermod_testing import flux_instance, membroker  # noqa: E402,F401

@@ -1,0 +1,318 @@
+"""Pytest fixtures for module authors: an in-memory broker and a real instance.
+
+Installed as a pytest plugin with the package, so these fixtures are
+available in any test suite once ``flux-brokermod`` is installed:
+
+``membroker``
+    A fresh :class:`flux.membroker.Broker`; every module still loaded is
+    removed afterwards.
+
+``flux_instance``
+    A private real Flux instance (``flux start``) whose ``.py`` modules run
+    on this library (see ``flux-brokermod setup``), torn down afterwards.
+    Skipped, with the reason, when flux-core 0.84 or newer is not on
+    ``PATH`` (or at ``$FLUX_BROKERMOD_FLUX``).
+
+Example::
+
+    def test_info(flux_instance):
+        flux_instance.load("mymod.py")
+        assert flux_instance.rpc("mymod.info").get() == {"name": "mymod"}
+"""
+
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import pytest
+
+from flux._brokermod_cli import LIBEXEC_DIR
+
+__all__ = ["FluxInstance", "find_flux", "flux_instance", "membroker"]
+
+#: Oldest flux-core whose loader runs Python modules.
+MIN_FLUX_VERSION = (0, 84, 0)
+
+_RPC_SCRIPT = r"""
+import json, sys
+import flux
+from flux.constants import FLUX_RPC_STREAMING
+topic, payload, nodeid, streaming = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+h = flux.Flux()
+f = h.rpc(topic, payload if payload is not None else None, nodeid=nodeid,
+          flags=FLUX_RPC_STREAMING if streaming else 0)
+out = []
+while True:
+    try:
+        out.append({"payload": f.get_str()})
+    except OSError as exc:
+        out.append({"errno": exc.errno, "error": exc.strerror})
+        break
+    if not streaming:
+        break
+    f.reset()
+print(json.dumps(out))
+"""
+
+
+def find_flux() -> Optional[str]:
+    """Return the ``flux`` command to use, or None.
+
+    ``$FLUX_BROKERMOD_FLUX`` if set, else ``flux`` on ``PATH``.
+    """
+    configured = os.environ.get("FLUX_BROKERMOD_FLUX")
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    return shutil.which("flux")
+
+
+def flux_version(flux: str) -> Optional[tuple]:
+    """Return flux-core's version as a tuple of ints, or None."""
+    try:
+        out = subprocess.run([flux, "version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"commands:\s+(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(part) for part in match.groups()) if match else None
+
+
+def skip_reason() -> Optional[str]:
+    """Why real-instance tests cannot run here, or None if they can."""
+    flux = find_flux()
+    if flux is None:
+        return "no real Flux: flux-core 0.84+ not found on PATH (or $FLUX_BROKERMOD_FLUX)"
+    version = flux_version(flux)
+    if version is None:
+        return f"no real Flux: `{flux} version` did not report a version"
+    if version < MIN_FLUX_VERSION:
+        found = ".".join(map(str, version))
+        return f"no real Flux: {flux} is flux-core {found}, Python modules need 0.84+"
+    return None
+
+
+class RPCResult:
+    """The answer(s) to one request made by :meth:`FluxInstance.rpc`."""
+
+    def __init__(self, topic: str, answers: List[Dict[str, Any]]) -> None:
+        self.topic = topic
+        self.answers = answers
+
+    def get_str(self) -> Optional[str]:
+        """The first response's payload text; OSError if it was an error."""
+        first = self.answers[0]
+        if "errno" in first:
+            raise OSError(first["errno"], first["error"])
+        return first["payload"]
+
+    def get(self) -> Any:
+        """The first response's payload decoded as JSON."""
+        text = self.get_str()
+        return None if text is None else json.loads(text)
+
+    def stream(self) -> List[Any]:
+        """Every payload of a streaming request, decoded, before its end."""
+        return [json.loads(a["payload"]) for a in self.answers if "payload" in a]
+
+
+class FluxInstance:
+    """A private Flux instance started with ``flux start``.
+
+    Commands run inside it with :meth:`flux`; the helpers :meth:`load`,
+    :meth:`remove`, :meth:`rpc` and :meth:`dmesg` wrap the usual ones.
+    """
+
+    def __init__(
+        self,
+        flux: str,
+        size: int = 1,
+        attrs: Optional[Dict[str, str]] = None,
+        setup: bool = True,
+        timeout: float = 120.0,
+    ) -> None:
+        self.flux_command = flux
+        self.size = size
+        self.attrs = dict(attrs or {})
+        self.setup = setup
+        self.timeout = timeout
+        self.uri: Optional[str] = None
+        self._proc: Optional["subprocess.Popen[str]"] = None
+        self._stderr = tempfile.NamedTemporaryFile(prefix="flux-instance-", suffix=".err")
+
+    def environment(self) -> Dict[str, str]:
+        """The environment ``flux start`` runs with."""
+        env = dict(os.environ)
+        if self.setup:
+            prepend = env.get("FLUX_EXEC_PATH_PREPEND", "")
+            env["FLUX_EXEC_PATH_PREPEND"] = ":".join(p for p in [LIBEXEC_DIR, prepend] if p)
+        return env
+
+    def start(self) -> "FluxInstance":
+        """Start the instance and wait for its URI."""
+        cmd = [self.flux_command, "start", f"--test-size={self.size}"]
+        cmd += [f"-S{key}={value}" for key, value in self.attrs.items()]
+        cmd += ["sh", "-c", 'echo "$FLUX_URI"; exec cat']
+        self._proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=self.environment(),
+            text=True,
+            start_new_session=True,
+        )
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], self.timeout)
+        line = self._proc.stdout.readline().strip() if ready else ""
+        if not line:
+            self.stop()
+            raise RuntimeError(f"flux start gave no URI: {self.stderr()[-2000:]}")
+        self.uri = line
+        return self
+
+    def stop(self) -> int:
+        """Shut the instance down (killing it if it does not stop in time)."""
+        proc = self._proc
+        if proc is None:
+            return 0
+        self._proc = None
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            return proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait(timeout=30)
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def stderr(self) -> str:
+        """What the brokers printed on stderr so far."""
+        with open(self._stderr.name, errors="replace") as f:
+            return f.read()
+
+    def flux(self, *args: str, env: Optional[Dict[str, str]] = None, timeout: Optional[float] = None) -> "subprocess.CompletedProcess[str]":
+        """Run ``flux ARGS`` inside the instance; return the completed process."""
+        if self.uri is None:
+            raise RuntimeError("the instance is not running")
+        full_env = self.environment()
+        full_env["FLUX_URI"] = self.uri
+        full_env.update(env or {})
+        return subprocess.run(
+            [self.flux_command, *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout or self.timeout,
+        )
+
+    def load(self, path: str, *args: str, name: Optional[str] = None, rank: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
+        """``flux module load [--name NAME] PATH ARGS``; AssertionError if it fails.
+
+        With *rank* (an idset such as ``all``), load it on those ranks with
+        ``flux exec -r RANK``.
+        """
+        cmd = ["module", "load"] + (["--name", name] if name else []) + [os.path.abspath(path), *args]
+        if rank is not None:
+            cmd = ["exec", "-r", rank, "flux", *cmd]
+        result = self.flux(*cmd)
+        if result.returncode != 0:
+            raise AssertionError(f"flux {' '.join(cmd)} failed: {result.stderr.strip()}")
+        return result
+
+    def remove(self, name: str, rank: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
+        """``flux module remove NAME``; AssertionError if it fails."""
+        cmd = ["module", "remove", name]
+        if rank is not None:
+            cmd = ["exec", "-r", rank, "flux", *cmd]
+        result = self.flux(*cmd)
+        if result.returncode != 0:
+            raise AssertionError(f"flux {' '.join(cmd)} failed: {result.stderr.strip()}")
+        return result
+
+    def rpc(
+        self,
+        topic: str,
+        payload: Any = None,
+        nodeid: int = 0xFFFFFFFF,
+        streaming: bool = False,
+        guest: bool = False,
+    ) -> RPCResult:
+        """Send a request from a separate client process; return its answers.
+
+        With *guest*, the client masquerades as a guest (userid 1234,
+        rolemask FLUX_ROLE_USER), as the instance owner may for tests.
+        """
+        env = {"FLUX_HANDLE_USERID": "1234", "FLUX_HANDLE_ROLEMASK": "0x2"} if guest else None
+        result = self.flux(
+            "python", "-c", _RPC_SCRIPT, topic, json.dumps(payload), str(nodeid), "1" if streaming else "0", env=env
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"rpc {topic} client failed: {result.stderr.strip()}")
+        return RPCResult(topic, json.loads(result.stdout))
+
+    def dmesg(self) -> List[str]:
+        """``flux dmesg`` lines, without their timestamps."""
+        out = self.flux("dmesg").stdout
+        return [re.sub(r"^\S+\s", "", line, count=1) for line in out.splitlines()]
+
+    def __enter__(self) -> "FluxInstance":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def start_instance(size: int = 1, attrs: Optional[Dict[str, str]] = None, setup: bool = True) -> FluxInstance:
+    """Start a :class:`FluxInstance`, or skip the calling test with the reason."""
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    flux = find_flux()
+    assert flux is not None
+    return FluxInstance(flux, size=size, attrs=attrs, setup=setup).start()
+
+
+@pytest.fixture
+def flux_instance() -> Iterator[FluxInstance]:
+    """A private one-broker Flux instance running ``.py`` modules on this library."""
+    instance = start_instance(attrs={"broker.module-nopanic": "1"})
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture
+def membroker() -> Iterator[Any]:
+    """A fresh in-memory broker (:class:`flux.membroker.Broker`)."""
+    from flux.membroker import Broker
+
+    broker = Broker()
+    try:
+        yield broker
+    finally:
+        if broker.panicked is None:
+            broker.close()
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll *predicate* (for real-instance tests only) until true or timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def module_names(instance: FluxInstance) -> Sequence[str]:
+    """Names in ``flux module list`` of *instance*."""
+    lines = instance.flux("module", "list").stdout.splitlines()[1:]
+    return [line.split()[0] for line in lines if line.strip()]
