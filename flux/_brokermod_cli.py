@@ -12,6 +12,7 @@ instance load ``.py`` modules with this project's loader and
 
 import argparse
 import errno
+import hashlib
 import json
 import os
 import shlex
@@ -165,12 +166,56 @@ def run(options: argparse.Namespace, out: Any = None, err: Any = None) -> int:
     return status
 
 
+_LOADER_COPY = """#!/usr/bin/env python3
+# flux module-python-exec for flux-brokermod installed in {site}
+# (written by `flux-brokermod setup`: the installed copy is not executable).
+import sys
+
+if {site!r} not in sys.path:
+    sys.path.append({site!r})
+
+from flux.modloader import main
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def loader_dir() -> str:
+    """Return a directory holding an executable ``flux-module-python-exec.py``.
+
+    flux(1) only runs a ``flux-NAME.py`` that is executable, and installing
+    from a wheel drops the file's executable bit.  So: the packaged
+    directory if its script is executable (or can be made so), else a copy
+    written under ``$XDG_CACHE_HOME/flux-brokermod``.
+    """
+    if os.access(LOADER_SCRIPT, os.R_OK | os.X_OK):
+        return LIBEXEC_DIR
+    try:
+        os.chmod(LOADER_SCRIPT, os.stat(LOADER_SCRIPT).st_mode | 0o111)
+        return LIBEXEC_DIR
+    except OSError:
+        pass
+    site = os.path.dirname(os.path.dirname(LIBEXEC_DIR))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    digest = hashlib.sha1(site.encode()).hexdigest()[:12]
+    target = os.path.join(cache, "flux-brokermod", f"libexec-{digest}")
+    os.makedirs(target, exist_ok=True)
+    script = os.path.join(target, os.path.basename(LOADER_SCRIPT))
+    with open(script, "w") as f:
+        f.write(_LOADER_COPY.format(site=site))
+    os.chmod(script, 0o755)
+    return target
+
+
 def setup_lines(check: bool = False) -> List[str]:
     """Return the ``export`` lines for ``flux-brokermod setup``."""
-    if check and not os.access(LOADER_SCRIPT, os.R_OK | os.X_OK):
-        raise OSError(errno.EACCES, f"{LOADER_SCRIPT} is not an executable file")
+    directory = loader_dir()
+    script = os.path.join(directory, os.path.basename(LOADER_SCRIPT))
+    if check and not os.access(script, os.R_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"{script} is not an executable file")
     prepend = os.environ.get("FLUX_EXEC_PATH_PREPEND", "")
-    parts = [LIBEXEC_DIR] + [p for p in prepend.split(":") if p and p != LIBEXEC_DIR]
+    parts = [directory] + [p for p in prepend.split(":") if p and p != directory]
     return [f"export FLUX_EXEC_PATH_PREPEND={shlex.quote(':'.join(parts))}"]
 
 

@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
-from flux._brokermod_cli import LIBEXEC_DIR
+from flux._brokermod_cli import LIBEXEC_DIR, loader_dir
 
 __all__ = ["FluxInstance", "find_flux", "flux_instance", "membroker"]
 
@@ -150,7 +150,7 @@ class FluxInstance:
         env = dict(os.environ)
         if self.setup:
             prepend = env.get("FLUX_EXEC_PATH_PREPEND", "")
-            env["FLUX_EXEC_PATH_PREPEND"] = ":".join(p for p in [LIBEXEC_DIR, prepend] if p)
+            env["FLUX_EXEC_PATH_PREPEND"] = ":".join(p for p in [loader_dir(), prepend] if p)
         return env
 
     def start(self) -> "FluxInstance":

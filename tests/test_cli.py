@@ -163,3 +163,47 @@ def test_event_topics_are_used_as_given(example, capsys):
     # the module stopped on the un-prefixed "shutdown" event, so info is unanswered
     assert "mymod.info: error ENOSYS" in out
     assert status == 1
+
+
+def test_setup_writes_an_executable_copy_when_the_installed_one_is_not(tmp_path, monkeypatch, capsys):
+    """A wheel install drops the executable bit; setup then writes a copy."""
+    libexec = tmp_path / "site" / "flux" / "_libexec"
+    libexec.mkdir(parents=True)
+    script = libexec / "flux-module-python-exec.py"
+    script.write_text("# not executable\n")
+    script.chmod(0o644)
+    monkeypatch.setattr(cli, "LIBEXEC_DIR", str(libexec))
+    monkeypatch.setattr(cli, "LOADER_SCRIPT", str(script))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("FLUX_EXEC_PATH_PREPEND", raising=False)
+    real_chmod = os.chmod
+
+    def chmod(path, mode):
+        if str(path) == str(script):
+            raise PermissionError(1, "read-only site-packages")
+        real_chmod(path, mode)
+
+    monkeypatch.setattr(cli.os, "chmod", chmod)
+    status, out, _ = run(["setup", "--check"], capsys)
+    assert status == 0
+    directory = out.strip().split("=", 1)[1]
+    assert directory.startswith(str(tmp_path / "cache" / "flux-brokermod" / "libexec-"))
+    copy = os.path.join(directory, "flux-module-python-exec.py")
+    assert os.access(copy, os.X_OK)
+    with open(copy) as f:
+        text = f.read()
+    assert repr(str(tmp_path / "site")) in text and "from flux.modloader import main" in text
+
+
+def test_setup_makes_the_installed_script_executable_when_it_can(tmp_path, monkeypatch, capsys):
+    libexec = tmp_path / "flux" / "_libexec"
+    libexec.mkdir(parents=True)
+    script = libexec / "flux-module-python-exec.py"
+    script.write_text("# not executable yet\n")
+    script.chmod(0o644)
+    monkeypatch.setattr(cli, "LIBEXEC_DIR", str(libexec))
+    monkeypatch.setattr(cli, "LOADER_SCRIPT", str(script))
+    monkeypatch.delenv("FLUX_EXEC_PATH_PREPEND", raising=False)
+    status, out, _ = run(["setup", "--check"], capsys)
+    assert status == 0 and out.strip() == f"export FLUX_EXEC_PATH_PREPEND={libexec}"
+    assert os.access(str(script), os.X_OK)
