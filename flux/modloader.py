@@ -20,6 +20,7 @@ names the file (and the line, where there is one) and the cause.
 import errno
 import importlib.util
 import os
+import signal
 import sys
 import traceback
 from types import ModuleType
@@ -221,11 +222,30 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if lib.flux_module_register_handlers(h.handle, error) < 0:
         _die(prog, f"flux_module_register_handlers: {_error_text(ffi, error)}")
 
+    sigterm = _stop_reactor_on_sigterm(h)
     errnum = run_module(h, path, split_args(modargs))
+    sigterm.stop()
 
     error = ffi.new("flux_error_t[1]")
     if lib.flux_module_finalize(h.handle, errnum, error) < 0:
         _die(prog, f"flux_module_finalize: {_error_text(ffi, error)}")
+
+
+def _stop_reactor_on_sigterm(h: Any) -> Any:
+    """Make SIGTERM stop the module's reactor, so the module exits cleanly.
+
+    A broker shutting down sends SIGTERM to the module processes still
+    loaded; without this, Python dies of it and the broker reports a
+    "module runtime failure" (and ``flux start`` exits 1).
+    """
+
+    def on_sigterm(handle: Any, watcher: Any, signum: int, arg: Any) -> None:
+        handle.reactor_stop()
+
+    watcher = h.signal_watcher_create(signal.SIGTERM, on_sigterm)
+    watcher.start()
+    watcher.unref()  # do not keep the reactor alive on its own
+    return watcher
 
 
 def _die(prog: str, message: str) -> None:

@@ -418,3 +418,16 @@ def test_flux_instance_fixture_for_module_authors(flux_instance):
     assert flux_instance.rpc("mymod.info").get() == {"name": "mymod"}
     assert flux_instance.environment()["FLUX_EXEC_PATH_PREPEND"].split(":")[0].endswith("_libexec")
 
+
+
+def test_instance_shutdown_with_a_module_still_loaded_is_clean():
+    """flux-core's loader dies of the broker's SIGTERM at shutdown ("module
+    runtime failure", flux start exits 1); this loader stops the reactor."""
+    instance = start_instance()
+    try:
+        instance.load(os.path.join(EXAMPLES, "mymod.py"))
+        assert instance.rpc("mymod.info").get() == {"name": "mymod"}
+    finally:
+        rc = instance.stop()
+    assert rc == 0
+    assert "runtime failure" not in instance.stderr()

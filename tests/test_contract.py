@@ -1,0 +1,423 @@
+"""One suite, two brokers: every claim of shared/flux-facts.md, checked on
+the in-memory broker always and on a real instance when flux-core is here.
+
+The same test body runs against both through a small common interface
+(load, rpc, event, dmesg...), so the in-memory broker cannot drift from
+what a real broker does.
+"""
+
+import errno
+import json
+import os
+import textwrap
+
+import pytest
+
+from flux.brokermod_testing import RPCResult, module_names, skip_reason, start_instance, wait_for
+from flux.membroker import FLUX_ROLE_USER, FLUX_RPC_STREAMING, Broker, ModuleError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUEST = 1234
+
+
+class MemTarget:
+    """The in-memory broker behind the contract interface."""
+
+    real = False
+
+    def __init__(self):
+        self.broker = Broker(attrs={"broker.module-nopanic": "1"})
+
+    def load(self, path, *args, name=None):
+        self.broker.load(path, *args, name=name)
+
+    def load_error(self, path, *args, name=None):
+        """Load that must fail: return (errno or None, broker stderr text)."""
+        before = len(self.broker.stderr)
+        with pytest.raises(ModuleError) as info:
+            self.broker.load(path, *args, name=name)
+        return info.value.errno, "\n".join(self.broker.stderr[before:] + [str(info.value)])
+
+    def remove(self, name):
+        self.broker.remove(name)
+
+    def rpc(self, topic, payload=None, streaming=False, guest=False):
+        client = self.broker.connect(userid=GUEST, rolemask=FLUX_ROLE_USER) if guest else self.broker.connect()
+        future = client.rpc(topic, payload, flags=FLUX_RPC_STREAMING if streaming else 0)
+        answers = []
+        while True:
+            try:
+                answers.append({"payload": future.get_str()})
+            except OSError as exc:
+                answers.append({"errno": exc.errno, "error": exc.strerror})
+                break
+            if not streaming:
+                break
+            future.reset()
+        return RPCResult(topic, answers)
+
+    def event(self, topic, payload=None, guest=False):
+        client = self.broker.connect(userid=GUEST, rolemask=FLUX_ROLE_USER) if guest else self.broker.connect()
+        client.event_send(topic, payload)
+        self.broker.run_until_idle()
+
+    def dmesg(self):
+        return self.broker.dmesg()
+
+    def modules(self):
+        return list(self.broker.modules)
+
+    def owner(self):
+        return self.broker.owner
+
+    def settle(self, predicate, what):
+        self.broker.run_until_idle()
+        assert predicate(), what
+
+    def close(self):
+        if self.broker.panicked is None:
+            self.broker.close()
+
+
+class RealTarget:
+    """A real Flux instance behind the contract interface."""
+
+    real = True
+
+    def __init__(self, instance):
+        self.instance = instance
+
+    def load(self, path, *args, name=None):
+        self.instance.load(path, *args, name=name)
+
+    def load_error(self, path, *args, name=None):
+        before = len(self.instance.stderr())
+        cmd = ["module", "load"] + (["--name", name] if name else []) + [path, *args]
+        result = self.instance.flux(*cmd)
+        assert result.returncode != 0, f"load of {path} should have failed"
+        text = self.instance.stderr()[before:] + result.stderr
+        codes = {os.strerror(code): code for code in errno.errorcode}
+        found = [code for message, code in codes.items() if message in result.stderr]
+        return (found[0] if found else None), text
+
+    def remove(self, name):
+        self.instance.remove(name)
+
+    def rpc(self, topic, payload=None, streaming=False, guest=False):
+        return self.instance.rpc(topic, payload, streaming=streaming, guest=guest)
+
+    def event(self, topic, payload=None, guest=False):
+        env = {"FLUX_HANDLE_USERID": str(GUEST), "FLUX_HANDLE_ROLEMASK": "0x2"} if guest else None
+        args = ["event", "pub", topic] + ([json.dumps(payload)] if payload is not None else [])
+        result = self.instance.flux(*args, env=env)
+        assert result.returncode == 0, result.stderr
+
+    def dmesg(self):
+        return self.instance.dmesg()
+
+    def modules(self):
+        return module_names(self.instance)
+
+    def owner(self):
+        return os.getuid()
+
+    def settle(self, predicate, what):
+        wait_for(predicate, what=what)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def real_instance():
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    instance = start_instance(attrs={"broker.module-nopanic": "1"})
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(params=["membroker", "real"])
+def target(request):
+    if request.param == "membroker":
+        t = MemTarget()
+    else:
+        t = RealTarget(request.getfixturevalue("real_instance"))
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(filename, source):
+        path = tmp_path / filename
+        path.write_text(textwrap.dedent(source))
+        return str(path)
+
+    return write
+
+
+def error_of(result):
+    with pytest.raises(OSError) as info:
+        result.get_str()
+    return info.value.errno, info.value.strerror
+
+
+PROBE = """
+import errno, json
+from flux.brokermod import BrokerModule, event_handler, request_handler
+
+
+class Probe(BrokerModule):
+    seen = []
+
+    @request_handler("creds", allow_guest=True)
+    def creds(self, msg):
+        self.handle.respond(msg, {"userid": msg.userid, "rolemask": msg.rolemask})
+
+    @request_handler("owner")
+    def owner(self, msg):
+        self.seen.append("owner-handler-ran")
+        self.handle.respond(msg, {})
+
+    @request_handler("dict")
+    def as_dict(self, msg):
+        self.handle.respond(msg, {"a": 1})
+
+    @request_handler("str")
+    def as_str(self, msg):
+        self.handle.respond(msg, "hello")
+
+    @request_handler("error")
+    def as_error(self, msg):
+        self.handle.respond_error(msg, errno.EEXIST, "custom text")
+
+    @request_handler("stream")
+    def stream(self, msg):
+        for i in range(3):
+            self.handle.respond(msg, {"i": i})
+        self.handle.respond_error(msg, errno.ENODATA)
+
+    @request_handler("nopayload")
+    def nopayload(self, msg):
+        try:
+            msg.payload
+            raised = None
+        except TypeError:
+            raised = "TypeError"
+        self.handle.respond(msg, {"raised": raised, "payload_str": msg.payload_str})
+
+    @request_handler("seen")
+    def get_seen(self, msg):
+        self.handle.respond(msg, self.seen)
+
+    @event_handler("ev")
+    def ev(self, msg):
+        self.seen.append("ev:" + msg.topic)
+
+    @request_handler("log")
+    def log_(self, msg):
+        self.log.warning("level warning")
+        self.log.error("level err")
+        self.log.critical("level crit")
+        self.handle.respond(msg, None)
+"""
+
+
+@pytest.fixture
+def probe(target, write):
+    target.load(write("probe.py", PROBE))
+    yield target
+    if "probe" in target.modules():
+        target.remove("probe")
+
+
+# Loading
+
+
+def test_name_is_basename_up_to_first_dot(target, write):
+    path = write("dotted.name.py", PROBE)
+    target.load(path)
+    assert "dotted" in target.modules()
+    assert target.rpc("dotted.dict").get() == {"a": 1}
+    target.remove("dotted")
+
+
+def test_name_option_wins(target, write):
+    target.load(write("probe.py", PROBE), name="other")
+    assert target.rpc("other.dict").get() == {"a": 1}
+    target.remove("other")
+
+
+def test_arguments_are_split_on_whitespace(target, write):
+    path = write(
+        "args.py",
+        """
+        from flux.brokermod import BrokerModule, request_handler
+
+        class Args(BrokerModule):
+            @request_handler("args")
+            def args_(self, msg):
+                self.handle.respond(msg, list(self.args))
+        """,
+    )
+    target.load(path, "a  b", "c")
+    assert target.rpc("args.args").get() == ["a", "b", "c"]
+    target.remove("args")
+
+
+def test_valueerror_at_start_is_einval_without_traceback(target, write):
+    path = write("valerr.py", "def mod_main(h, *args):\n    raise ValueError('bad option')\n")
+    code, text = target.load_error(path)
+    assert code == errno.EINVAL
+    assert "valerr.py: bad option" in text and "Traceback" not in text
+    assert "broker.err[0]: valerr: Invalid argument" in target.dmesg()
+
+
+def test_oserror_at_start_gives_its_errno(target, write):
+    path = write("exists.py", "import errno\ndef mod_main(h, *args):\n    raise OSError(errno.EEXIST, 'taken')\n")
+    code, _ = target.load_error(path)
+    assert code == errno.EEXIST
+
+
+def test_syntax_error_and_missing_entry_point_fail_the_load(target, write):
+    _, text = target.load_error(write("syntax.py", "def f(:\n"))
+    assert "syntax.py:1: SyntaxError" in text
+    _, text = target.load_error(write("empty.py", "x = 1\n"))
+    assert "empty.py: no mod_main() and no BrokerModule subclass" in text
+
+
+def test_missing_file_fails_before_any_loader(target, tmp_path):
+    _, text = target.load_error(str(tmp_path / "absent.py"))
+    assert "could not canonicalize module path" in text
+
+
+# Requests
+
+
+def test_unknown_method_is_enosys(probe):
+    assert error_of(probe.rpc("probe.nosuch")) == (errno.ENOSYS, "Unknown service method 'probe.nosuch'")
+
+
+def test_guest_gets_eperm_and_handler_never_runs(probe):
+    assert error_of(probe.rpc("probe.owner", guest=True)) == (errno.EPERM, "Request requires owner credentials")
+    assert probe.rpc("probe.seen").get() == []
+
+
+def test_credentials_of_owner_and_guest(probe):
+    assert probe.rpc("probe.creds").get() == {"userid": probe.owner(), "rolemask": 0x5}
+    assert probe.rpc("probe.creds", guest=True).get() == {"userid": GUEST, "rolemask": 0x2}
+
+
+def test_respond_encodings_and_errors(probe):
+    assert probe.rpc("probe.dict").get_str() == '{"a": 1}'
+    assert probe.rpc("probe.str").get_str() == "hello"
+    assert error_of(probe.rpc("probe.error")) == (errno.EEXIST, "custom text")
+
+
+def test_streaming_ends_with_enodata(probe):
+    result = probe.rpc("probe.stream", streaming=True)
+    assert result.stream() == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert result.answers[-1]["errno"] == errno.ENODATA
+
+
+def test_payload_of_request_without_payload(probe):
+    assert probe.rpc("probe.nopayload").get() == {"raised": "TypeError", "payload_str": None}
+
+
+def test_failing_handler_answers_and_module_survives(target, write):
+    path = write(
+        "fails.py",
+        """
+        from flux.brokermod import BrokerModule, request_handler
+
+        class Fails(BrokerModule):
+            @request_handler("x")
+            def x(self, msg):
+                raise RuntimeError("broken")
+        """,
+    )
+    target.load(path)
+    assert error_of(target.rpc("fails.x")) == (errno.EIO, "RuntimeError: broken")
+    assert "fails" in target.modules()
+    assert any(line.startswith("fails.err[0]: request fails.x handler failed") for line in target.dmesg())
+    target.remove("fails")
+
+
+# Events
+
+
+def test_event_subscription_is_prefix_but_handler_matches_exactly(probe):
+    probe.event("probe.ev.more")
+    probe.event("probe.ev")
+    probe.settle(lambda: "ev:probe.ev" in probe.rpc("probe.seen").get(), "probe.ev to arrive")
+    assert probe.rpc("probe.seen").get() == ["ev:probe.ev"]
+
+
+def test_guest_event_never_reaches_owner_only_handler(probe):
+    probe.event("probe.ev", guest=True)
+    probe.event("probe.ev")  # a marker: events arrive in order
+    probe.settle(lambda: probe.rpc("probe.seen").get() != [], "the owner's event")
+    assert probe.rpc("probe.seen").get() == ["ev:probe.ev"]
+
+
+# Standard module methods
+
+
+def test_ping_echoes_and_adds_route_and_credentials(probe):
+    answer = probe.rpc("probe.ping", {"seq": 7}).get()
+    assert answer["seq"] == 7
+    assert (answer["userid"], answer["rolemask"], answer["rank"]) == (probe.owner(), 5, 0)
+    assert "!" in answer["route"]
+    assert probe.rpc("probe.ping", {}, guest=True).get()["userid"] == GUEST
+
+
+def test_stats_get_counts_and_stats_clear_resets(probe):
+    # How many times libflux counts one message is its own business (a real
+    # module counts each request twice); the contract is the shape, growth
+    # and reset.
+    first = probe.rpc("probe.stats-get").get()
+    assert set(first) == {"tx", "rx"}
+    assert set(first["rx"]) == {"request", "response", "event", "control"}
+    for _ in range(5):
+        probe.rpc("probe.dict").get()
+    grown = probe.rpc("probe.stats-get").get()
+    assert grown["rx"]["request"] >= first["rx"]["request"] + 5
+    assert grown["tx"]["response"] >= first["tx"]["response"] + 5
+    assert probe.rpc("probe.stats-clear").get_str() is None
+    cleared = probe.rpc("probe.stats-get").get()
+    assert 1 <= cleared["rx"]["request"] <= 2
+    assert cleared["tx"]["response"] <= 1
+
+
+def test_debug_bits(probe):
+    assert probe.rpc("probe.debug", {"op": "setbit", "flags": 0x4}).get() == {"flags": 4}
+    assert probe.rpc("probe.debug", {"op": "setbit", "flags": 0x1}).get() == {"flags": 5}
+    assert probe.rpc("probe.debug", {"op": "clrbit", "flags": 0x4}).get() == {"flags": 1}
+    assert probe.rpc("probe.debug", {"op": "clr", "flags": 0}).get() == {"flags": 0}
+    assert error_of(probe.rpc("probe.debug", {"op": "bogus", "flags": 0}))[0] == errno.EPROTO
+
+
+def test_config_reload_and_rusage(probe):
+    assert probe.rpc("probe.config-reload", {}).get_str() is None
+    usage = probe.rpc("probe.rusage").get()
+    assert {"utime", "stime", "maxrss"} <= set(usage)
+
+
+def test_shutdown_is_what_remove_sends(probe):
+    assert error_of(probe.rpc("probe.shutdown", guest=True))[0] == errno.EPERM
+    probe.remove("probe")
+    assert "probe" not in probe.modules()
+
+
+# Logging
+
+
+def test_log_lines_look_like_flux_dmesg(probe):
+    probe.rpc("probe.log").get()
+    lines = probe.dmesg()
+    for expected in ["probe.warning[0]: level warning", "probe.err[0]: level err", "probe.crit[0]: level crit"]:
+        assert expected in lines
