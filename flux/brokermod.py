@@ -28,12 +28,14 @@ __all__ = [
     "event_handler",
     "request_handler",
     "resolve_entry_point",
+    "timer_handler",
 ]
 
 # Values of flux-core's FLUX_MSGTYPE_* and FLUX_ROLE_* (RFC 3), so that this
 # module does not need flux-core's compiled bindings to be imported.
 _MSGTYPE_REQUEST = 0x01
 _MSGTYPE_EVENT = 0x04
+_TIMER = 0  # not a message type: marks a timer_handler
 _ROLE_OWNER = 0x1
 _ROLE_USER = 0x2
 
@@ -207,6 +209,36 @@ def event_handler(
     return decorator
 
 
+def timer_handler(after: float, repeat: float = 0.0) -> Callable[[_F], _F]:
+    """Mark a method to be called as ``method(self)`` on a timer.
+
+    The timer starts when the module is created: the method runs *after*
+    seconds once the reactor runs, then every *repeat* seconds if *repeat*
+    is positive.  Like the message handlers, an exception it raises is
+    logged with its traceback and the module keeps running (unless
+    :attr:`BrokerModule.stop_on_error`).  Timers made directly with
+    ``self.handle.timer_watcher_create()`` keep flux-core's rule instead:
+    an exception stops the reactor and :meth:`BrokerModule.run` raises
+    OSError.
+    """
+    for value, what in ((after, "after"), (repeat, "repeat")):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise TypeError(f"@timer_handler: {what} must be a number of seconds >= 0, not {value!r}")
+
+    def decorator(func: _F) -> _F:
+        spec = {
+            "msgtype": _TIMER,
+            "topic": getattr(func, "__name__", "?"),
+            "prefix": False,
+            "after": float(after),
+            "repeat": float(repeat),
+        }
+        _mark(func, spec, "timer_handler")
+        return func
+
+    return decorator
+
+
 def _handler_spec(cls: type, attr: str, value: Any) -> Optional[Dict[str, Any]]:
     """Return the handler spec carried by a class attribute, if any.
 
@@ -229,6 +261,8 @@ def _handler_spec(cls: type, attr: str, value: Any) -> Optional[Dict[str, Any]]:
 
 
 def _describe(spec: Dict[str, Any]) -> str:
+    if spec["msgtype"] == _TIMER:
+        return f"timer {spec['topic']!r}"
     kind = "request" if spec["msgtype"] == _MSGTYPE_REQUEST else "event"
     topic = spec["topic"] if not spec["prefix"] else f"<name>.{spec['topic']}"
     return f"{kind} {topic!r}"
@@ -295,6 +329,21 @@ def _exception_text(exc: BaseException) -> str:
         text = str(exc).strip()
     first_line = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+
+
+def _request_error_text(msg: Any, exc: BaseException) -> str:
+    """The caller's error text; names a payload that is not a JSON object."""
+    if isinstance(exc, (TypeError, KeyError, AttributeError)) and not isinstance(exc, OSError):
+        try:
+            payload = json.loads(msg.payload_str)
+        except (TypeError, ValueError):
+            payload = {}
+        if not isinstance(payload, dict):
+            kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+                type(payload), "number"
+            )
+            return f"{type(exc).__name__}: payload is not a JSON object (got a JSON {kind})"
+    return _exception_text(exc)
 
 
 class BrokerModule:
@@ -423,8 +472,15 @@ class BrokerModule:
     def _register_handlers(self) -> None:
         h = self._h
         for attr, spec in type(self)._flux_handlers.items():
-            topic = f"{self._name}.{spec['topic']}" if spec["prefix"] else spec["topic"]
             method = getattr(self, attr)
+            if spec["msgtype"] == _TIMER:
+                timer = h.timer_watcher_create(
+                    spec["after"], self._timer_callback(attr, method), repeat=spec["repeat"]
+                )
+                timer.start()
+                self._watchers.append(timer)
+                continue
+            topic = f"{self._name}.{spec['topic']}" if spec["prefix"] else spec["topic"]
             rolemask = _ROLE_OWNER | _ROLE_USER if spec.get("allow_guest") else None
             if spec["msgtype"] == _MSGTYPE_EVENT:
                 h.event_subscribe(topic)
@@ -460,13 +516,22 @@ class BrokerModule:
 
         return callback
 
+    def _timer_callback(self, attr: str, method: Callable[[], Any]) -> Callable[..., None]:
+        def callback(h: Any, watcher: Any, revents: int, arg: Any) -> None:
+            try:
+                method()
+            except Exception as exc:  # noqa: BLE001 - logged, module survives
+                self._callback_failed(f"timer {attr}", exc)
+
+        return callback
+
     def _request_failed(
         self, msg: Any, exc: BaseException, answered: "_AnswerTracker"
     ) -> None:
         self._callback_failed(f"request {msg.topic}", exc)
         if not answered.is_final(msg):
             try:
-                self._h.respond_error(msg, _exception_errno(exc), _exception_text(exc))
+                self._h.respond_error(msg, _exception_errno(exc), _request_error_text(msg, exc))
             except OSError as respond_exc:
                 self.log.error(f"could not answer {msg.topic}: {respond_exc}")
 

@@ -218,6 +218,15 @@ class Probe(BrokerModule):
     def ev(self, msg):
         self.seen.append("ev:" + msg.topic)
 
+    @event_handler("bad")
+    def bad_ev(self, msg):
+        self.seen.append("bad")
+        raise RuntimeError("event handler failed on purpose")
+
+    @event_handler("open", allow_guest=True)
+    def open_ev(self, msg):
+        self.seen.append("open:%d" % msg.userid)
+
     @request_handler("log")
     def log_(self, msg):
         self.log.warning("level warning")
@@ -362,6 +371,21 @@ def test_guest_event_never_reaches_owner_only_handler(probe):
     probe.event("probe.ev")  # a marker: events arrive in order
     probe.settle(lambda: probe.rpc("probe.seen").get() != [], "the owner's event")
     assert probe.rpc("probe.seen").get() == ["ev:probe.ev"]
+
+
+def test_guest_event_reaches_allow_guest_event_handler(probe):
+    probe.event("probe.open", guest=True)
+    probe.settle(lambda: probe.rpc("probe.seen").get() != [], "the guest's event")
+    assert probe.rpc("probe.seen").get() == [f"open:{GUEST}"]
+
+
+def test_failing_event_handler_is_logged_and_module_survives(probe):
+    probe.event("probe.bad")
+    probe.settle(lambda: probe.rpc("probe.seen").get() == ["bad"], "the event")
+    lines = probe.dmesg()
+    assert "probe.err[0]: event probe.bad handler failed: Traceback (most recent call last):" in lines
+    assert "probe.err[0]: RuntimeError: event handler failed on purpose" in lines
+    assert probe.rpc("probe.dict").get() == {"a": 1}
 
 
 # Standard module methods

@@ -431,3 +431,35 @@ def test_instance_shutdown_with_a_module_still_loaded_is_clean():
         rc = instance.stop()
     assert rc == 0
     assert "runtime failure" not in instance.stderr()
+
+
+def test_failing_timer_handler_is_logged_and_module_keeps_running(flux, write):
+    path = write(
+        "ticker.py",
+        """
+        from flux.brokermod import BrokerModule, request_handler, timer_handler
+
+        class Ticker(BrokerModule):
+            ticks = 0
+
+            @timer_handler(0.05, repeat=0.05)
+            def tick(self):
+                self.ticks += 1
+                raise RuntimeError("tick failed")
+
+            @request_handler("ticks")
+            def get_ticks(self, msg):
+                self.handle.respond(msg, {"ticks": self.ticks})
+        """,
+    )
+    flux.load(path)
+    try:
+        from flux.brokermod_testing import wait_for
+
+        wait_for(lambda: flux.rpc("ticker.ticks").get()["ticks"] >= 3, what="three ticks")
+        lines = flux.dmesg()
+        assert "ticker.err[0]: timer tick handler failed: Traceback (most recent call last):" in lines
+        assert "ticker.err[0]: RuntimeError: tick failed" in lines
+        assert "ticker" in module_names(flux)
+    finally:
+        flux.remove("ticker")

@@ -9,7 +9,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flux.brokermod import BrokerModule, event_handler, request_handler
-from flux.membroker import FLUX_ROLE_OWNER, FLUX_ROLE_USER, FLUX_RPC_STREAMING, Broker
+from flux.brokermod import timer_handler
+from flux.membroker import (
+    FLUX_MSGTYPE_CONTROL,
+    FLUX_MSGTYPE_EVENT,
+    FLUX_MSGTYPE_REQUEST,
+    FLUX_MSGTYPE_RESPONSE,
+    FLUX_ROLE_OWNER,
+    FLUX_ROLE_USER,
+    FLUX_RPC_STREAMING,
+    Broker,
+    Message,
+)
+from flux.membroker._message import encode_payload
 
 FAILING = """
 import errno
@@ -101,7 +113,8 @@ def test_traceback_goes_to_the_log_at_err_not_to_the_caller(failing):
         (None, "TypeError: request has no payload"),
         ("not json", "JSONDecodeError: payload is not JSON (Expecting value: line 1 column 1 (char 0))"),
         ({"y": 1}, "KeyError: missing key 'x'"),
-        ([1, 2], "TypeError: list indices must be integers or slices, not str"),
+        ([1, 2], "TypeError: payload is not a JSON object (got a JSON array)"),
+        ("42", "TypeError: payload is not a JSON object (got a JSON number)"),
     ],
 )
 def test_bad_payloads_get_eproto_saying_what_was_wrong(failing, payload, expected):
@@ -366,7 +379,7 @@ _topic = st.one_of(
     st.text(alphabet="abcfuz.-*?", min_size=1, max_size=12),
 )
 _message = st.tuples(
-    st.sampled_from(["request", "event"]),
+    st.sampled_from(["request", "event", "raw-request", "raw-event", "response", "control"]),
     _topic,
     _payload,
     st.sampled_from([FLUX_ROLE_OWNER | 4, FLUX_ROLE_USER, 0, FLUX_ROLE_OWNER, 0xFFFF]),
@@ -392,8 +405,16 @@ def test_fuzzed_messages_never_crash_and_every_request_gets_one_answer(fuzz_brok
         client = fuzz_broker.connect(userid=userid, rolemask=rolemask)
         if kind == "event":
             client.event_send(topic, payload)
-        else:
+        elif kind == "request":
             futures.append(client.rpc(topic, payload))
+        else:
+            msgtype = {
+                "raw-request": FLUX_MSGTYPE_REQUEST,
+                "raw-event": FLUX_MSGTYPE_EVENT,
+                "response": FLUX_MSGTYPE_RESPONSE,
+                "control": FLUX_MSGTYPE_CONTROL,
+            }[kind]
+            client.send(Message(msgtype, topic, encode_payload(payload), userid=0, rolemask=FLUX_ROLE_OWNER))
     for future in futures:
         try:
             future.get_str()
@@ -416,3 +437,85 @@ def _owner_calls(broker):
 
     module = next(m for name, m in sys.modules.items() if name.endswith("fuzz") and hasattr(m, "Fuzz"))
     return module.Fuzz.owner_calls
+
+
+# Timers declared with @timer_handler
+
+
+def test_failing_timer_is_logged_and_module_keeps_running(broker):
+    class Ticker(BrokerModule):
+        ticks = []
+
+        @timer_handler(1.0, repeat=1.0)
+        def tick(self):
+            self.ticks.append(self.handle._broker.now)
+            raise RuntimeError("tick failed")
+
+        @request_handler("alive")
+        def alive(self, msg):
+            self.handle.respond(msg, {"alive": True})
+
+    broker.load(Ticker, name="ticker")
+    broker.advance(3)
+    assert Ticker.ticks == [1.0, 2.0, 3.0]
+    assert broker.rpc("ticker.alive").get() == {"alive": True}
+    starts = [line for line in broker.dmesg("ticker") if "timer tick handler failed: Traceback" in line]
+    assert len(starts) == 3
+    assert broker.dmesg("ticker")[-1] == "ticker.err[0]: RuntimeError: tick failed"
+
+
+def test_failing_timer_with_stop_on_error_stops_the_module(write_module):
+    broker = Broker(attrs={"broker.module-nopanic": "1"})
+
+    class Strict(BrokerModule):
+        stop_on_error = True
+
+        @timer_handler(0.5)
+        def once(self):
+            raise RuntimeError("no")
+
+    broker.load(Strict, name="strict")
+    broker.advance(1)
+    assert "strict" not in broker.modules
+    assert "broker.crit[0]: strict module runtime failure" in broker.dmesg()
+
+
+def test_timer_handler_rejects_bad_times():
+    with pytest.raises(TypeError, match="after must be a number of seconds >= 0"):
+        timer_handler(-1)
+    with pytest.raises(TypeError, match="repeat must be a number of seconds >= 0"):
+        timer_handler(1, repeat="soon")
+
+
+def test_raw_timer_keeps_flux_cores_rule_run_raises_oserror(broker):
+    class Raw(BrokerModule):
+        def __init__(self, h, *args):
+            super().__init__(h, *args)
+            self.timer = h.timer_watcher_create(1.0, self.ring)
+            self.timer.start()
+
+        def ring(self, h, watcher, revents, arg):
+            raise RuntimeError("raw timer")
+
+    broker_attrs = Broker(attrs={"broker.module-nopanic": "1"})
+    broker_attrs.load(Raw, name="raw")
+    broker_attrs.advance(1)
+    assert "raw" not in broker_attrs.modules
+    assert "broker.err[0]: raw: Connection reset by peer" in broker_attrs.dmesg()
+
+
+def test_send_stamps_the_senders_credentials(broker):
+    class Who(BrokerModule):
+        seen = []
+
+        @event_handler("who", allow_guest=True)
+        def who(self, msg):
+            self.seen.append((msg.userid, msg.rolemask))
+
+    broker.load(Who, name="who")
+    guest = broker.connect(userid=1234, rolemask=FLUX_ROLE_USER)
+    guest.send(Message(FLUX_MSGTYPE_EVENT, "who.who", None, userid=0, rolemask=FLUX_ROLE_OWNER))
+    broker.run_until_idle()
+    assert Who.seen == [(1234, FLUX_ROLE_USER)]
+    with pytest.raises(TypeError, match="send\\(\\) takes a flux.membroker.Message"):
+        guest.send("who.who")

@@ -336,6 +336,28 @@ class Handle:
         self.counters["tx"]["response"] += 1
         self._broker._route_response(self._record, request, response)
 
+    def send(self, message: Message, flags: int = 0) -> None:
+        """Send a message you built yourself (any type), as ``flux.Flux.send``.
+
+        The broker stamps it with this handle's credentials, as a real
+        broker does for a guest's messages.  A request is routed by topic
+        (its response is then lost: use :meth:`rpc` to get one), an event is
+        published, a response or control message is dropped by the broker.
+        """
+        if not isinstance(message, Message):
+            raise TypeError(f"send() takes a flux.membroker.Message, not {type(message).__name__}")
+        message.userid = self.userid
+        message.rolemask = self.rolemask
+        kind = {FLUX_MSGTYPE_REQUEST: "request", FLUX_MSGTYPE_EVENT: "event"}.get(message.type, "control")
+        if message.type == FLUX_MSGTYPE_RESPONSE:
+            kind = "response"
+        self.counters["tx"][kind] += 1
+        if message.type == FLUX_MSGTYPE_REQUEST:
+            message.sender = self
+            self._broker._route_request(message)
+        elif message.type == FLUX_MSGTYPE_EVENT:
+            self._broker._publish(message)
+
     def event_send(self, topic: str, payload: Any = None) -> None:
         """Publish an event to every subscriber."""
         msg = Message(
