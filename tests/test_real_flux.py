@@ -463,3 +463,17 @@ def test_failing_timer_handler_is_logged_and_module_keeps_running(flux, write):
         assert "ticker" in module_names(flux)
     finally:
         flux.remove("ticker")
+
+
+def test_readme_real_instance_snippet(flux_instance, tmp_path, monkeypatch):
+    import re
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.DOTALL)
+    module_src = blocks[0]
+    snippet = next(b for b in blocks if "def test_on_real_flux" in b)
+    (tmp_path / "mymod.py").write_text(module_src)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet, "README-real", "exec"), namespace)
+    namespace["test_on_real_flux"](flux_instance)
