@@ -219,17 +219,15 @@ class FluxInstance:
         With *rank* (an idset such as ``all``), load it on those ranks with
         ``flux exec -r RANK``.
         """
-        cmd = ["module", "load"] + (["--name", name] if name else []) + [os.path.abspath(path), *args]
-        if rank is not None:
-            cmd = ["exec", "-r", rank, "flux", *cmd]
-        result = self.flux(*cmd)
-        if result.returncode != 0:
-            raise AssertionError(f"flux {' '.join(cmd)} failed: {result.stderr.strip()}")
-        return result
+        options = ["--name", name] if name else []
+        return self._module_command(["load", *options, os.path.abspath(path), *args], rank)
 
     def remove(self, name: str, rank: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
         """``flux module remove NAME``; AssertionError if it fails."""
-        cmd = ["module", "remove", name]
+        return self._module_command(["remove", name], rank)
+
+    def _module_command(self, args: List[str], rank: Optional[str]) -> "subprocess.CompletedProcess[str]":
+        cmd = ["module", *args]
         if rank is not None:
             cmd = ["exec", "-r", rank, "flux", *cmd]
         result = self.flux(*cmd)

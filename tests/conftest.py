@@ -35,6 +35,12 @@ def write_module(tmp_path):
 
 
 @pytest.fixture
+def write(write_module):
+    """Short name for :func:`write_module`."""
+    return write_module
+
+
+@pytest.fixture
 def example():
     """Path of a file in examples/: ``example("mymod.py")``."""
 

@@ -13,10 +13,10 @@ from flux import _layout
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_code_runs_on_python_3_8():
-    """vermin finds nothing in flux/ or examples/ that needs Python newer than 3.8."""
-    vermin = pytest.importorskip("vermin")
-    result = subprocess.run(
+def _vermin(*paths):
+    """Run vermin for a 3.8 floor on *paths*; return the completed process."""
+    pytest.importorskip("vermin")
+    return subprocess.run(
         [
             sys.executable,
             "-c",
@@ -25,35 +25,24 @@ def test_code_runs_on_python_3_8():
             "--violations",
             "--no-tips",
             "--eval-annotations",
-            os.path.join(ROOT, "flux"),
-            os.path.join(ROOT, "examples"),
+            *paths,
         ],
         capture_output=True,
         text=True,
     )
-    assert vermin is not None
+
+
+def test_code_runs_on_python_3_8():
+    """vermin finds nothing in flux/ or examples/ that needs Python newer than 3.8."""
+    result = _vermin(os.path.join(ROOT, "flux"), os.path.join(ROOT, "examples"))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_vermin_would_catch_a_newer_feature(tmp_path):
     """The floor check is real: a 3.9-only construct fails it."""
-    pytest.importorskip("vermin")
     newer = tmp_path / "newer.py"
     newer.write_text("import zoneinfo\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from vermin import main; sys.exit(main())",
-            "--target=3.8-",
-            "--violations",
-            "--no-tips",
-            str(newer),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0
+    assert _vermin(str(newer)).returncode != 0
 
 
 def test_public_names_of_flux_cores_brokermod_exist():

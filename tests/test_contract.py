@@ -12,6 +12,7 @@ import os
 import textwrap
 
 import pytest
+from _helpers import error_of
 
 from flux.brokermod_testing import RPCResult, module_names, skip_reason, start_instance, wait_for
 from flux.membroker import FLUX_ROLE_USER, FLUX_RPC_STREAMING, Broker, ModuleError
@@ -148,22 +149,6 @@ def target(request):
         t = RealTarget(request.getfixturevalue("real_instance"))
     yield t
     t.close()
-
-
-@pytest.fixture
-def write(tmp_path):
-    def write(filename, source):
-        path = tmp_path / filename
-        path.write_text(textwrap.dedent(source))
-        return str(path)
-
-    return write
-
-
-def error_of(result):
-    with pytest.raises(OSError) as info:
-        result.get_str()
-    return info.value.errno, info.value.strerror
 
 
 PROBE = """

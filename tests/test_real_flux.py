@@ -10,6 +10,7 @@ import os
 import textwrap
 
 import pytest
+from _helpers import error_of
 
 from flux.brokermod_testing import module_names, skip_reason, start_instance
 
@@ -29,22 +30,6 @@ def flux():
         yield instance
     finally:
         instance.stop()
-
-
-@pytest.fixture
-def write(tmp_path):
-    def write(filename, source):
-        path = tmp_path / filename
-        path.write_text(textwrap.dedent(source))
-        return str(path)
-
-    return write
-
-
-def error_of(result):
-    with pytest.raises(OSError) as info:
-        result.get_str()
-    return info.value.errno, info.value.strerror
 
 
 def test_load_ping_list_stats_remove(flux):

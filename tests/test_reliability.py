@@ -5,6 +5,7 @@ import errno
 import json
 
 import pytest
+from _helpers import error_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -81,12 +82,6 @@ class Failing(BrokerModule):
 def failing(broker, write_module):
     broker.load(write_module("failing.py", FAILING))
     return broker
-
-
-def error_of(future):
-    with pytest.raises(OSError) as info:
-        future.get()
-    return info.value.errno, info.value.strerror
 
 
 def test_oserror_becomes_its_errno_and_module_keeps_serving(failing):
