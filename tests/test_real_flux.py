@@ -462,3 +462,18 @@ def test_readme_real_instance_snippet(flux_instance, tmp_path, monkeypatch):
     namespace = {}
     exec(compile(snippet, "README-real", "exec"), namespace)
     namespace["test_on_real_flux"](flux_instance)
+
+
+@pytest.mark.parametrize("scheduler", ["sched-fifo", "sched-backfill"])
+def test_flux_cores_other_python_schedulers_run_jobs_on_this_library(flux, scheduler):
+    """flux-core's Scheduler subclasses (flux/scheduler.py) run unchanged."""
+    flux.remove("sched-simple")
+    try:
+        loaded = flux.flux("module", "load", scheduler)
+        assert loaded.returncode == 0, loaded.stderr
+        run = flux.flux("run", "hostname")
+        assert run.returncode == 0 and run.stdout.strip() == os.uname().nodename
+        flux.remove(scheduler)
+    finally:
+        flux.flux("module", "load", "sched-simple")
+    assert "sched-simple" in module_names(flux)
