@@ -263,6 +263,37 @@ def test_arguments_are_split_on_whitespace(target, write):
     target.remove("args")
 
 
+def test_module_file_is_imported_under_its_basename_in_sys_modules(target, write):
+    """flux-core's importer would name happy.py "ha" and leave it out of
+    sys.modules (breaking @dataclass with postponed annotations)."""
+    path = write(
+        "happy.py",
+        """
+        from __future__ import annotations
+
+        import sys
+        from dataclasses import dataclass
+
+        from flux.brokermod import BrokerModule, request_handler
+
+
+        @dataclass
+        class Point:
+            x: int
+
+
+        class Happy(BrokerModule):
+            @request_handler("who")
+            def who(self, msg):
+                self.handle.respond(msg, {"name": __name__, "registered": sys.modules.get(__name__) is not None,
+                                          "point": Point(3).x})
+        """,
+    )
+    target.load(path)
+    assert target.rpc("happy.who").get() == {"name": "happy", "registered": True, "point": 3}
+    target.remove("happy")
+
+
 def test_valueerror_at_start_is_einval_without_traceback(target, write):
     path = write("valerr.py", "def mod_main(h, *args):\n    raise ValueError('bad option')\n")
     code, text = target.load_error(path)
