@@ -121,6 +121,27 @@ class RPCResult:
         return [json.loads(a["payload"]) for a in self.answers if "payload" in a]
 
 
+class PendingRPC:
+    """A request sent by :meth:`FluxInstance.start_rpc`, not yet answered."""
+
+    def __init__(self, topic: str, proc: "subprocess.Popen[str]", timeout: float) -> None:
+        self.topic = topic
+        self._proc = proc
+        self._timeout = timeout
+
+    def wait(self) -> RPCResult:
+        """Wait for the answer(s) and return them."""
+        try:
+            out, err = self._proc.communicate(timeout=self._timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+            raise AssertionError(f"rpc {self.topic}: no answer in {self._timeout:g} s") from None
+        if self._proc.returncode != 0:
+            raise AssertionError(f"rpc {self.topic} client failed: {err.strip()}")
+        return RPCResult(self.topic, json.loads(out))
+
+
 class FluxInstance:
     """A private Flux instance started with ``flux start``.
 
@@ -255,6 +276,31 @@ class FluxInstance:
         if result.returncode != 0:
             raise AssertionError(f"rpc {topic} client failed: {result.stderr.strip()}")
         return RPCResult(topic, json.loads(result.stdout))
+
+    def start_rpc(
+        self,
+        topic: str,
+        payload: Any = None,
+        nodeid: int = 0xFFFFFFFF,
+        streaming: bool = False,
+        guest: bool = False,
+    ) -> "PendingRPC":
+        """Like :meth:`rpc`, but return at once; ``.wait()`` gives the result."""
+        if self.uri is None:
+            raise RuntimeError("the instance is not running")
+        env = self.environment()
+        env["FLUX_URI"] = self.uri
+        if guest:
+            env.update(FLUX_HANDLE_USERID="1234", FLUX_HANDLE_ROLEMASK="0x2")
+        args = [topic, json.dumps(payload), str(nodeid), "1" if streaming else "0"]
+        proc = subprocess.Popen(
+            [self.flux_command, "python", "-c", _RPC_SCRIPT, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        return PendingRPC(topic, proc, self.timeout)
 
     def dmesg(self) -> List[str]:
         """``flux dmesg`` lines, without their timestamps."""

@@ -57,6 +57,19 @@ class MemTarget:
             future.reset()
         return RPCResult(topic, answers)
 
+    def start_rpc(self, topic, payload=None):
+        future = self.broker.connect().rpc(topic, payload)
+        self.broker.run_until_idle()
+
+        class Pending:
+            def wait(self_):
+                try:
+                    return RPCResult(topic, [{"payload": future.get_str()}])
+                except OSError as exc:
+                    return RPCResult(topic, [{"errno": exc.errno, "error": exc.strerror}])
+
+        return Pending()
+
     def event(self, topic, payload=None, guest=False):
         client = self.broker.connect(userid=GUEST, rolemask=FLUX_ROLE_USER) if guest else self.broker.connect()
         client.event_send(topic, payload)
@@ -106,6 +119,9 @@ class RealTarget:
 
     def rpc(self, topic, payload=None, streaming=False, guest=False):
         return self.instance.rpc(topic, payload, streaming=streaming, guest=guest)
+
+    def start_rpc(self, topic, payload=None):
+        return self.instance.start_rpc(topic, payload)
 
     def event(self, topic, payload=None, guest=False):
         env = {"FLUX_HANDLE_USERID": str(GUEST), "FLUX_HANDLE_ROLEMASK": "0x2"} if guest else None
@@ -194,6 +210,34 @@ class Probe(BrokerModule):
         except TypeError:
             raised = "TypeError"
         self.handle.respond(msg, {"raised": raised, "payload_str": msg.payload_str})
+
+    @request_handler("answered")
+    def answered(self, msg):
+        self.handle.respond(msg, {"ok": True})
+        raise RuntimeError("after the answer")
+
+    @request_handler("midstream")
+    def midstream(self, msg):
+        self.handle.respond(msg, {"i": 0})
+        self.handle.respond(msg, {"i": 1})
+        raise ValueError("mid-stream")
+
+    held = []
+
+    @request_handler("hold")
+    def hold(self, msg):
+        self.held.append(msg)
+
+    @request_handler("held")
+    def get_held(self, msg):
+        self.handle.respond(msg, len(self.held))
+
+    @request_handler("release")
+    def release(self, msg):
+        for held in self.held:
+            self.handle.respond(held, {"late": True})
+        del self.held[:]
+        self.handle.respond(msg, None)
 
     @request_handler("seen")
     def get_seen(self, msg):
@@ -370,6 +414,36 @@ def test_failing_handler_answers_and_module_survives(target, write):
     assert "fails" in target.modules()
     assert any(line.startswith("fails.err[0]: request fails.x handler failed") for line in target.dmesg())
     target.remove("fails")
+
+
+def _responses_sent(target):
+    return target.rpc("probe.stats-get").get()["tx"]["response"]
+
+
+def test_a_handler_that_answered_then_raised_sends_nothing_more(probe):
+    before = _responses_sent(probe)
+    assert probe.rpc("probe.answered").get() == {"ok": True}
+    # the stats-get answer before, plus exactly one answer to "answered"
+    assert _responses_sent(probe) - before == 2
+
+
+def test_stream_failing_midway_gets_its_responses_then_one_error(probe):
+    before = _responses_sent(probe)
+    result = probe.rpc("probe.midstream", streaming=True)
+    assert result.stream() == [{"i": 0}, {"i": 1}]
+    assert result.answers[-1] == {"errno": errno.EPROTO, "error": "ValueError: mid-stream"}
+    assert _responses_sent(probe) - before == 4  # stats-get, two responses, one error
+
+
+def test_deferred_answer_and_disconnect_when_the_module_stops(probe):
+    later = probe.start_rpc("probe.hold")
+    probe.settle(lambda: probe.rpc("probe.held").get() == 1, "the request to be held")
+    probe.rpc("probe.release").get()
+    assert later.wait().get() == {"late": True}
+    never = probe.start_rpc("probe.hold")
+    probe.settle(lambda: probe.rpc("probe.held").get() == 1, "the request to be held")
+    probe.remove("probe")
+    assert error_of(never.wait()) == (errno.EHOSTUNREACH, "module disconnect")
 
 
 # Events
