@@ -203,6 +203,7 @@ class FluxInstance:
         if proc is None:
             return 0
         self._proc = None
+        self.uri = None
         try:
             if proc.stdin is not None:
                 proc.stdin.close()

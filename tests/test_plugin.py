@@ -1,5 +1,6 @@
 """The pytest fixtures the package installs for module authors."""
 
+import json
 import os
 
 import pytest
@@ -54,3 +55,65 @@ def test_instance_environment_puts_the_loader_first(monkeypatch):
     monkeypatch.setenv("FLUX_EXEC_PATH_PREPEND", "/opt/other")
     instance = brokermod_testing.FluxInstance("flux")
     assert instance.environment()["FLUX_EXEC_PATH_PREPEND"] == f"{brokermod_testing.LIBEXEC_DIR}:/opt/other"
+
+
+FAKE = os.path.join(ROOT, "tests", "data", "fake_flux.py")
+
+
+@pytest.fixture
+def fake_instance(tmp_path, monkeypatch):
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_FLUX_LOG", str(log))
+    monkeypatch.setenv("FLUX_BROKERMOD_FLUX", FAKE)
+    instance = brokermod_testing.start_instance(attrs={"broker.module-nopanic": "1"})
+    instance.calls = lambda: [json.loads(line) for line in log.read_text().splitlines()]
+    yield instance
+    instance.stop()
+
+
+def test_instance_starts_with_the_setup_and_reports_its_uri(fake_instance):
+    assert fake_instance.uri == "local:///tmp/fake-flux"
+    start = next(c for c in fake_instance.calls() if c["args"][0] == "start")
+    assert start["args"][:3] == ["start", "--test-size=1", "-Sbroker.module-nopanic=1"]
+    assert fake_instance.stop() == 0
+
+
+def test_load_and_remove_build_flux_module_commands(fake_instance, tmp_path):
+    fake_instance.load("mod.py", "a", "b", name="svc")
+    fake_instance.remove("svc", rank="all")
+    calls = [c for c in fake_instance.calls() if c["args"][0] in ("module", "exec")]
+    assert calls[0]["args"] == ["module", "load", "--name", "svc", os.path.abspath("mod.py"), "a", "b"]
+    assert calls[1]["args"] == ["exec", "-r", "all", "flux", "module", "remove", "svc"]
+    assert all(c["uri"] == "local:///tmp/fake-flux" for c in calls)
+    with pytest.raises(AssertionError, match="flux module load fail failed: flux-module: load fail: Invalid argument"):
+        fake_instance._module_command(["load", "fail"], None)
+
+
+def test_rpc_and_start_rpc_carry_payload_and_guest_credentials(fake_instance):
+    assert fake_instance.rpc("a.b", {"x": 1}).get() == {"topic": "a.b", "payload": {"x": 1}}
+    with pytest.raises(OSError) as info:
+        fake_instance.rpc("a.error").get()
+    assert info.value.errno == 2
+    pending = fake_instance.start_rpc("c.d", [1], guest=True)
+    assert pending.wait().get() == {"topic": "c.d", "payload": [1]}
+    guest_call = [c for c in fake_instance.calls() if c["args"][0] == "python"][-1]
+    assert guest_call["userid"] == "1234"
+
+
+def test_dmesg_drops_timestamps(fake_instance):
+    assert fake_instance.dmesg() == ["broker.info[0]: hello", "mymod.err[0]: oops"]
+
+
+def test_stop_kills_an_instance_that_does_not_exit(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_FLUX_HANG", "1")
+    instance = brokermod_testing.FluxInstance(FAKE, timeout=1.0).start()
+    assert instance.uri == "local:///tmp/fake-flux"
+    assert instance.stop() == -9  # SIGKILL after the timeout
+    with pytest.raises(RuntimeError, match="not running"):
+        instance.flux("module", "list")
+
+
+def test_flux_instance_fixture_tears_down(fake_instance):
+    assert brokermod_testing.module_names is not None
+    fake_instance.stop()
+    assert fake_instance.stop() == 0  # stopping twice is harmless
