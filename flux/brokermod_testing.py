@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
-from flux._brokermod_cli import LIBEXEC_DIR, loader_dir
+from flux._brokermod_cli import loader_dir
 
 __all__ = ["FluxInstance", "find_flux", "flux_instance", "membroker"]
 
@@ -270,13 +270,7 @@ class FluxInstance:
         With *guest*, the client masquerades as a guest (userid 1234,
         rolemask FLUX_ROLE_USER), as the instance owner may for tests.
         """
-        env = {"FLUX_HANDLE_USERID": "1234", "FLUX_HANDLE_ROLEMASK": "0x2"} if guest else None
-        result = self.flux(
-            "python", "-c", _RPC_SCRIPT, topic, json.dumps(payload), str(nodeid), "1" if streaming else "0", env=env
-        )
-        if result.returncode != 0:
-            raise AssertionError(f"rpc {topic} client failed: {result.stderr.strip()}")
-        return RPCResult(topic, json.loads(result.stdout))
+        return self.start_rpc(topic, payload, nodeid, streaming, guest).wait()
 
     def start_rpc(
         self,

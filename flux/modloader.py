@@ -39,9 +39,6 @@ __all__ = [
     "split_args",
 ]
 
-_THIS_FILE = os.path.abspath(__file__)
-
-
 class LoadError(Exception):
     """A module file could not be loaded; ``str()`` is a one-line reason.
 
@@ -285,14 +282,7 @@ def _where(exc: BaseException, path: str) -> str:
 
 
 def _user_traceback(exc: BaseException) -> str:
-    """Format *exc* without the frames of this loader."""
-    tb = exc.__traceback__
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in (
-        _THIS_FILE,
-        _BROKERMOD_FILE,
-    ):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    """Format *exc* without the leading frames of the flux package (this loader)."""
+    from flux.brokermod import _user_frames
 
-
-_BROKERMOD_FILE = os.path.join(os.path.dirname(_THIS_FILE), "brokermod.py")
+    return "".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__)))

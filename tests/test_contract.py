@@ -9,7 +9,6 @@ what a real broker does.
 import errno
 import json
 import os
-import textwrap
 
 import pytest
 from _helpers import error_of

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from flux import brokermod_testing
+from flux import _brokermod_cli, brokermod_testing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +54,7 @@ def test_rpc_result_decodes_answers():
 def test_instance_environment_puts_the_loader_first(monkeypatch):
     monkeypatch.setenv("FLUX_EXEC_PATH_PREPEND", "/opt/other")
     instance = brokermod_testing.FluxInstance("flux")
-    assert instance.environment()["FLUX_EXEC_PATH_PREPEND"] == f"{brokermod_testing.LIBEXEC_DIR}:/opt/other"
+    assert instance.environment()["FLUX_EXEC_PATH_PREPEND"] == f"{_brokermod_cli.LIBEXEC_DIR}:/opt/other"
 
 
 FAKE = os.path.join(ROOT, "tests", "data", "fake_flux.py")

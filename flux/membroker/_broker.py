@@ -24,7 +24,7 @@ from flux.membroker._message import (
     FLUX_RPC_NORESPONSE,
     Message,
 )
-from flux.membroker._scheduler import DONE, Context, Scheduler
+from flux.membroker._scheduler import Context, Scheduler
 
 #: How far :meth:`Future.get` lets the virtual clock run while it waits.
 MAX_WAIT = 3600.0

@@ -27,8 +27,7 @@ from flux.membroker._message import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from flux.membroker._broker import Broker, ModuleRecord
-    from flux.membroker._scheduler import Context
+    from flux.membroker._broker import Broker, Module
 
 
 class Future:
@@ -224,7 +223,7 @@ class TimerWatcher:
 class _Host:
     """What BrokerModule asks of the broker, for a module's handle."""
 
-    def __init__(self, record: "ModuleRecord") -> None:
+    def __init__(self, record: "Module") -> None:
         self._record = record
 
     @property
@@ -256,7 +255,7 @@ class Handle:
         broker: "Broker",
         userid: int,
         rolemask: int,
-        record: Optional["ModuleRecord"] = None,
+        record: Optional["Module"] = None,
     ) -> None:
         self._broker = broker
         self.userid = userid
@@ -348,9 +347,7 @@ class Handle:
             raise TypeError(f"send() takes a flux.membroker.Message, not {type(message).__name__}")
         message.userid = self.userid
         message.rolemask = self.rolemask
-        kind = {FLUX_MSGTYPE_REQUEST: "request", FLUX_MSGTYPE_EVENT: "event"}.get(message.type, "control")
-        if message.type == FLUX_MSGTYPE_RESPONSE:
-            kind = "response"
+        kind = message.type_str if message.type_str in self.counters["tx"] else "control"
         self.counters["tx"][kind] += 1
         if message.type == FLUX_MSGTYPE_REQUEST:
             message.sender = self
@@ -535,7 +532,7 @@ class Handle:
             del self._futures[msg.matchtag]
         future._fulfill(msg)
 
-    def _require_module(self, method: str) -> "ModuleRecord":
+    def _require_module(self, method: str) -> "Module":
         if self._record is None:
             raise NotImplementedError(
                 f"{method}() is for module handles; this is a client handle"
