@@ -596,9 +596,23 @@ def _is_streaming(message: Any) -> bool:
     # attributes to libflux, which is slow and never has "streaming".
     if getattr(type(message), "streaming", None) is not None:
         return bool(message.streaming)
-    from _flux._core import lib
+    return bool(_libflux().flux_msg_is_streaming(getattr(message, "handle", message)))
 
-    return bool(lib.flux_msg_is_streaming(getattr(message, "handle", message)))
+
+_LIBFLUX: Any = None
+
+
+def _libflux() -> Any:
+    """flux-core's compiled library, imported once, on first use.
+
+    Called on every response sent on a real instance: no import there.
+    """
+    global _LIBFLUX
+    if _LIBFLUX is None:
+        from _flux._core import lib
+
+        _LIBFLUX = lib
+    return _LIBFLUX
 
 
 def _instance_attr(obj: Any, name: str) -> Any:
