@@ -147,6 +147,10 @@ class FluxInstance:
 
     Commands run inside it with :meth:`flux`; the helpers :meth:`load`,
     :meth:`remove`, :meth:`rpc` and :meth:`dmesg` wrap the usual ones.
+    *attrs* are broker attributes (``flux start -SKEY=VALUE``); *setup*
+    runs ``.py`` modules on this library's loader (False: flux-core's);
+    *env* adds variables to the environment of the instance and of every
+    command run in it.
     """
 
     def __init__(
@@ -156,12 +160,14 @@ class FluxInstance:
         attrs: Optional[Dict[str, str]] = None,
         setup: bool = True,
         timeout: float = 120.0,
+        env: Optional[Dict[str, str]] = None,
     ) -> None:
         self.flux_command = flux
         self.size = size
         self.attrs = dict(attrs or {})
         self.setup = setup
         self.timeout = timeout
+        self.env = dict(env or {})
         self.uri: Optional[str] = None
         self._proc: Optional["subprocess.Popen[str]"] = None
         self._stderr = tempfile.NamedTemporaryFile(prefix="flux-instance-", suffix=".err")
@@ -169,6 +175,7 @@ class FluxInstance:
     def environment(self) -> Dict[str, str]:
         """The environment ``flux start`` runs with."""
         env = dict(os.environ)
+        env.update(self.env)
         if self.setup:
             prepend = env.get("FLUX_EXEC_PATH_PREPEND", "")
             env["FLUX_EXEC_PATH_PREPEND"] = ":".join(p for p in [loader_dir(), prepend] if p)
@@ -231,6 +238,7 @@ class FluxInstance:
             [self.flux_command, *args],
             capture_output=True,
             text=True,
+            errors="replace",  # a module may log bytes that are not UTF-8
             env=full_env,
             timeout=timeout or self.timeout,
         )
@@ -309,14 +317,19 @@ class FluxInstance:
         self.stop()
 
 
-def start_instance(size: int = 1, attrs: Optional[Dict[str, str]] = None, setup: bool = True) -> FluxInstance:
+def start_instance(
+    size: int = 1,
+    attrs: Optional[Dict[str, str]] = None,
+    setup: bool = True,
+    env: Optional[Dict[str, str]] = None,
+) -> FluxInstance:
     """Start a :class:`FluxInstance`, or skip the calling test with the reason."""
     reason = skip_reason()
     if reason is not None:
         pytest.skip(reason)
     flux = find_flux()
     assert flux is not None
-    return FluxInstance(flux, size=size, attrs=attrs, setup=setup).start()
+    return FluxInstance(flux, size=size, attrs=attrs, setup=setup, env=env).start()
 
 
 @pytest.fixture

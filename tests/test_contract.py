@@ -7,141 +7,12 @@ what a real broker does.
 """
 
 import errno
-import json
-import os
 
 import pytest
 from _helpers import error_of
+from _targets import GUEST, MemTarget, RealTarget
 
-from flux.brokermod_testing import RPCResult, module_names, skip_reason, start_instance, wait_for
-from flux.membroker import FLUX_ROLE_USER, FLUX_RPC_STREAMING, Broker, ModuleError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GUEST = 1234
-
-
-class MemTarget:
-    """The in-memory broker behind the contract interface."""
-
-    real = False
-
-    def __init__(self):
-        self.broker = Broker(attrs={"broker.module-nopanic": "1"})
-
-    def load(self, path, *args, name=None):
-        self.broker.load(path, *args, name=name)
-
-    def load_error(self, path, *args, name=None):
-        """Load that must fail: return (errno or None, broker stderr text)."""
-        before = len(self.broker.stderr)
-        with pytest.raises(ModuleError) as info:
-            self.broker.load(path, *args, name=name)
-        return info.value.errno, "\n".join(self.broker.stderr[before:] + [str(info.value)])
-
-    def remove(self, name):
-        self.broker.remove(name)
-
-    def rpc(self, topic, payload=None, streaming=False, guest=False):
-        client = self.broker.connect(userid=GUEST, rolemask=FLUX_ROLE_USER) if guest else self.broker.connect()
-        future = client.rpc(topic, payload, flags=FLUX_RPC_STREAMING if streaming else 0)
-        answers = []
-        while True:
-            try:
-                answers.append({"payload": future.get_str()})
-            except OSError as exc:
-                answers.append({"errno": exc.errno, "error": exc.strerror})
-                break
-            if not streaming:
-                break
-            future.reset()
-        return RPCResult(topic, answers)
-
-    def start_rpc(self, topic, payload=None):
-        future = self.broker.connect().rpc(topic, payload)
-        self.broker.run_until_idle()
-
-        class Pending:
-            def wait(self_):
-                try:
-                    return RPCResult(topic, [{"payload": future.get_str()}])
-                except OSError as exc:
-                    return RPCResult(topic, [{"errno": exc.errno, "error": exc.strerror}])
-
-        return Pending()
-
-    def event(self, topic, payload=None, guest=False):
-        client = self.broker.connect(userid=GUEST, rolemask=FLUX_ROLE_USER) if guest else self.broker.connect()
-        client.event_send(topic, payload)
-        self.broker.run_until_idle()
-
-    def dmesg(self):
-        return self.broker.dmesg()
-
-    def modules(self):
-        return list(self.broker.modules)
-
-    def owner(self):
-        return self.broker.owner
-
-    def settle(self, predicate, what):
-        self.broker.run_until_idle()
-        assert predicate(), what
-
-    def close(self):
-        if self.broker.panicked is None:
-            self.broker.close()
-
-
-class RealTarget:
-    """A real Flux instance behind the contract interface."""
-
-    real = True
-
-    def __init__(self, instance):
-        self.instance = instance
-
-    def load(self, path, *args, name=None):
-        self.instance.load(path, *args, name=name)
-
-    def load_error(self, path, *args, name=None):
-        before = len(self.instance.stderr())
-        cmd = ["module", "load"] + (["--name", name] if name else []) + [path, *args]
-        result = self.instance.flux(*cmd)
-        assert result.returncode != 0, f"load of {path} should have failed"
-        text = self.instance.stderr()[before:] + result.stderr
-        codes = {os.strerror(code): code for code in errno.errorcode}
-        found = [code for message, code in codes.items() if message in result.stderr]
-        return (found[0] if found else None), text
-
-    def remove(self, name):
-        self.instance.remove(name)
-
-    def rpc(self, topic, payload=None, streaming=False, guest=False):
-        return self.instance.rpc(topic, payload, streaming=streaming, guest=guest)
-
-    def start_rpc(self, topic, payload=None):
-        return self.instance.start_rpc(topic, payload)
-
-    def event(self, topic, payload=None, guest=False):
-        env = {"FLUX_HANDLE_USERID": str(GUEST), "FLUX_HANDLE_ROLEMASK": "0x2"} if guest else None
-        args = ["event", "pub", topic] + ([json.dumps(payload)] if payload is not None else [])
-        result = self.instance.flux(*args, env=env)
-        assert result.returncode == 0, result.stderr
-
-    def dmesg(self):
-        return self.instance.dmesg()
-
-    def modules(self):
-        return module_names(self.instance)
-
-    def owner(self):
-        return os.getuid()
-
-    def settle(self, predicate, what):
-        wait_for(predicate, what=what)
-
-    def close(self):
-        pass
+from flux.brokermod_testing import skip_reason, start_instance
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +30,7 @@ def real_instance():
 @pytest.fixture(params=["membroker", "real"])
 def target(request):
     if request.param == "membroker":
-        t = MemTarget()
+        t = MemTarget(attrs={"broker.module-nopanic": "1"})
     else:
         t = RealTarget(request.getfixturevalue("real_instance"))
     yield t

@@ -11,6 +11,7 @@ import sys
 import syslog
 
 import pytest
+from _helpers import raised_by
 
 from flux.brokermod import BrokerModule, event_handler, request_handler
 from flux.membroker import (
@@ -34,11 +35,6 @@ def guest(broker):
     return broker.connect(userid=GUEST, rolemask=FLUX_ROLE_USER)
 
 
-def error_of(future):
-    """The OSError that ``future.get()`` raises."""
-    with pytest.raises(OSError) as info:
-        future.get()
-    return info.value
 
 
 def crit_texts(broker):
@@ -189,7 +185,7 @@ def test_request_is_routed_to_a_glob_watcher(broker):
     broker.load(mod_main, name="globmod")
     assert broker.rpc("globmod.glob.a").get() == {"topic": "globmod.glob.a"}
     assert broker.rpc("globmod.glob.b").get() == {"topic": "globmod.glob.b"}
-    assert error_of(broker.rpc("globmod.other")).errno == errno.ENOSYS
+    assert raised_by(broker.rpc("globmod.other")).errno == errno.ENOSYS
 
 
 def test_most_recently_registered_handler_for_a_topic_wins(broker):
@@ -220,20 +216,20 @@ def test_module_handler_overrides_standard_stats_get(broker):
 
 def test_unknown_method_of_loaded_module_is_enosys(broker, example):
     broker.load(example("mymod.py"))
-    err = error_of(broker.rpc("mymod.nosuch"))
+    err = raised_by(broker.rpc("mymod.nosuch"))
     assert err.errno == errno.ENOSYS
     assert err.strerror == "Unknown service method 'mymod.nosuch'"
 
 
 def test_unknown_service_is_enosys(broker):
-    err = error_of(broker.rpc("x.y"))
+    err = raised_by(broker.rpc("x.y"))
     assert err.errno == errno.ENOSYS
     assert err.strerror == "No service matching x.y is registered"
 
 
 def test_guest_on_owner_only_handler_is_eperm_and_handler_never_runs(broker):
     broker.load(Echo, name="echo")
-    err = error_of(guest(broker).rpc("echo.owner-only"))
+    err = raised_by(guest(broker).rpc("echo.owner-only"))
     assert err.errno == errno.EPERM
     assert err.strerror == "Request requires owner credentials"
     assert "echo.info[0]: owner-only handler ran" not in broker.dmesg()
@@ -371,7 +367,7 @@ def test_respond_without_payload_gives_none(broker):
 
 def test_respond_error_gives_caller_oserror_with_errno_and_text(broker):
     broker.load(Responder, name="resp")
-    err = error_of(broker.rpc("resp.busy"))
+    err = raised_by(broker.rpc("resp.busy"))
     assert err.errno == errno.EBUSY
     assert err.strerror == "try again later"
 
@@ -458,7 +454,7 @@ def test_ping_is_allowed_for_guests(broker):
 @pytest.mark.parametrize("payload", [[1, 2], "not json", 5, None])
 def test_ping_with_non_object_payload_is_eproto(broker, payload):
     broker.load(Echo, name="echo")
-    assert error_of(broker.rpc("echo.ping", payload)).errno == errno.EPROTO
+    assert raised_by(broker.rpc("echo.ping", payload)).errno == errno.EPROTO
 
 
 def test_stats_get_has_tx_rx_counts_of_each_message_kind(broker):
@@ -516,7 +512,7 @@ def test_stats_clear_event_zeroes_counters(broker):
 
 def test_stats_clear_is_owner_only(broker):
     broker.load(Echo, name="echo")
-    assert error_of(guest(broker).rpc("echo.stats-clear")).errno == errno.EPERM
+    assert raised_by(guest(broker).rpc("echo.stats-clear")).errno == errno.EPERM
 
 
 def test_debug_setbit_clrbit_set_clr(broker):
@@ -537,7 +533,7 @@ def test_debug_setbit_clrbit_set_clr(broker):
 )
 def test_debug_bad_request_is_eproto(broker, payload):
     broker.load(Echo, name="echo")
-    assert error_of(broker.rpc("echo.debug", payload)).errno == errno.EPROTO
+    assert raised_by(broker.rpc("echo.debug", payload)).errno == errno.EPROTO
 
 
 def test_debug_bits_are_seen_by_debug_test(broker):
@@ -571,7 +567,7 @@ def test_remove_sends_shutdown_and_module_exits(broker):
     broker.remove("sd")
     assert "sd" not in broker.modules
     assert broker.dmesg("sd") == ["sd.info[0]: reactor_run returned 0"]
-    err = error_of(broker.rpc("sd.ping", {}))
+    err = raised_by(broker.rpc("sd.ping", {}))
     assert err.strerror == "No service matching sd.ping is registered"
 
 
@@ -596,7 +592,7 @@ def test_shutdown_request_from_owner_stops_module(broker):
 
 def test_shutdown_request_from_guest_is_eperm(broker):
     broker.load(shutdown_logger_main, name="sd")
-    assert error_of(guest(broker).rpc("sd.shutdown")).errno == errno.EPERM
+    assert raised_by(guest(broker).rpc("sd.shutdown")).errno == errno.EPERM
     assert "sd" in broker.modules
 
 
@@ -646,13 +642,13 @@ def test_stop_ends_module_cleanly(broker):
     assert "stopper" not in broker.modules
     assert broker.panicked is None
     assert crit_texts(broker) == []
-    assert error_of(broker.rpc("stopper.stop")).errno == errno.ENOSYS
+    assert raised_by(broker.rpc("stopper.stop")).errno == errno.ENOSYS
 
 
 def test_stop_error_with_nopanic_is_reported_as_runtime_failure():
     broker = Broker(attrs={"broker.module-nopanic": "1"})
     broker.load(Stopper, name="stopper")
-    err = error_of(broker.rpc("stopper.fail"))
+    err = raised_by(broker.rpc("stopper.fail"))
     assert (err.errno, err.strerror) == (errno.EHOSTUNREACH, "module disconnect")
     assert "stopper module runtime failure" in crit_texts(broker)
     assert "stopper: Connection reset by peer" in [e.text for e in broker.log]
@@ -738,7 +734,7 @@ def test_name_renames_module_and_its_topics(broker, write_module):
     path = write_module("argsmod.py", ARGS_MODULE)
     broker.load(path, "x", name="renamed")
     assert broker.rpc("renamed.info").get() == {"name": "renamed", "args": ["x"]}
-    assert error_of(broker.rpc("argsmod.info")).errno == errno.ENOSYS
+    assert raised_by(broker.rpc("argsmod.info")).errno == errno.ENOSYS
 
 
 def test_same_file_loads_twice_under_two_names(broker, write_module):
@@ -812,13 +808,15 @@ def test_unanswered_requests_get_ehostunreach_when_module_exits(broker):
     broker.run_until_idle()
     broker.remove("hoarder")
     for future in futures:
-        err = error_of(future)
+        err = raised_by(future)
         assert (err.errno, err.strerror) == (errno.EHOSTUNREACH, "module disconnect")
 
 
 def test_get_on_request_nobody_answers_is_edeadlk_not_a_hang(broker):
     broker.load(Hoarder, name="hoarder")
-    assert error_of(broker.rpc("hoarder.hold")).errno == errno.EDEADLK
+    with pytest.raises(OSError) as info:
+        broker.rpc("hoarder.hold").get()
+    assert info.value.errno == errno.EDEADLK
 
 
 # The handle ------------------------------------------------------------------------
@@ -893,7 +891,7 @@ def test_stopped_msg_watcher_takes_no_requests(broker):
 
     broker.load(mod_main, name="once")
     assert broker.rpc("once.x").get() == {"ok": True}
-    assert error_of(broker.rpc("once.x")).errno == errno.ENOSYS
+    assert raised_by(broker.rpc("once.x")).errno == errno.ENOSYS
 
 
 # Timers and the virtual clock ---------------------------------------------------------

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from flux.brokermod_testing import module_names, skip_reason, start_instance
+from flux.brokermod_testing import module_names, skip_reason, start_instance, wait_for
 
 pytestmark = [
     pytest.mark.real_flux,
@@ -123,8 +123,11 @@ def _fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def _loader_processes():
-    out = subprocess.run(["pgrep", "-f", "flux-module-python-exec"], capture_output=True, text=True).stdout
+def _loader_processes(broker_pid):
+    """Module loader processes of this broker (other instances' do not count)."""
+    out = subprocess.run(
+        ["pgrep", "-P", str(broker_pid), "-f", "flux-module-python-exec"], capture_output=True, text=True
+    ).stdout
     return len(out.split())
 
 
@@ -146,15 +149,20 @@ def test_load_and_remove_100_times_leaks_nothing(flux, tmp_path):
     # one warm-up cycle, so lazily opened broker files do not count as leaks
     flux.load(str(path))
     flux.remove("churn")
-    fds_before, procs_before = _fd_count(pid), _loader_processes()
+    fds_before, procs_before = _fd_count(pid), _loader_processes(pid)
     for _ in range(100):
         flux.load(str(path))
         flux.remove("churn")
-    fds_after, procs_after = _fd_count(pid), _loader_processes()
+    # `flux module remove` returns before the last loader process has quite
+    # exited: give it a moment, then count.
+    wait_for(lambda: _loader_processes(pid) <= procs_before, timeout=10, what="the last loader to exit")
+    fds_after, procs_after = _fd_count(pid), _loader_processes(pid)
     print(f"\n100 load/remove cycles: broker fds {fds_before} -> {fds_after}, "
           f"loader processes {procs_before} -> {procs_after}")
-    assert fds_after == fds_before
-    assert procs_after == procs_before
+    # A leak grows the count; the broker may close files of earlier tests'
+    # clients meanwhile, so fewer is fine.
+    assert fds_after <= fds_before
+    assert procs_after <= procs_before
     assert "churn" not in module_names(flux)
     flux.load(str(path))
     try:

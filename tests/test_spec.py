@@ -11,6 +11,7 @@ import os
 import syslog
 
 import pytest
+from _helpers import raised_by
 
 from flux.brokermod import BrokerModule, event_handler, request_handler
 from flux.membroker import FLUX_ROLE_USER, Broker, BrokerPanic, ModuleError
@@ -110,10 +111,6 @@ def guest(broker):
     return broker.connect(userid=GUEST_UID, rolemask=FLUX_ROLE_USER)
 
 
-def rpc_errno(future):
-    with pytest.raises(OSError) as info:
-        future.get()
-    return info.value
 
 
 # ---------------------------------------------------------------------------
@@ -124,7 +121,7 @@ def rpc_errno(future):
 def test_module_extends_broker_with_a_new_service(broker, write_module):
     """"Flux broker modules extend the broker with new services.\""""
     path = write_module("echo.py", ECHO)
-    assert rpc_errno(broker.rpc("echo.echo", {"x": 1})).errno == errno.ENOSYS
+    assert raised_by(broker.rpc("echo.echo", {"x": 1})).errno == errno.ENOSYS
     broker.load(path)
     assert broker.rpc("echo.echo", {"x": 1}).get() == {"x": 1}
 
@@ -174,7 +171,7 @@ def test_remove_by_name(broker, example):
     broker.load(example("mymod.py"))
     broker.remove("mymod")
     assert "mymod" not in broker.modules
-    assert rpc_errno(broker.rpc("mymod.ping", {})).errno == errno.ENOSYS
+    assert raised_by(broker.rpc("mymod.ping", {})).errno == errno.ENOSYS
 
 
 def test_load_missing_path_fails(broker, tmp_path):
@@ -196,7 +193,7 @@ def test_name_overridden_with_name_option(broker, example):
     broker.load(example("mymod.py"), name="myservice")
     assert set(broker.modules) == {"myservice"}
     assert broker.rpc("myservice.info").get() == {"name": "myservice"}
-    assert rpc_errno(broker.rpc("mymod.info")).errno == errno.ENOSYS
+    assert raised_by(broker.rpc("mymod.info")).errno == errno.ENOSYS
 
 
 def test_same_file_loads_under_two_names(broker, example):
@@ -437,7 +434,7 @@ def test_prefix_default_registers_name_dot_topic(broker, example):
     """By default @request_handler("info") registers mymod.info, not "info"."""
     broker.load(example("mymod.py"))
     assert broker.rpc("mymod.info").get() == {"name": "mymod"}
-    assert rpc_errno(broker.rpc("info")).errno == errno.ENOSYS
+    assert raised_by(broker.rpc("info")).errno == errno.ENOSYS
 
 
 def test_prefix_false_request_topic_used_as_is(broker, write_module):
@@ -459,7 +456,7 @@ def test_prefix_false_request_topic_used_as_is(broker, write_module):
     )
     broker.load(path)
     assert broker.rpc("other.hello").get() == {"topic": "other.hello"}
-    err = rpc_errno(broker.rpc("pfx.other.hello"))
+    err = raised_by(broker.rpc("pfx.other.hello"))
     assert err.errno == errno.ENOSYS
 
 
@@ -513,7 +510,7 @@ def test_guest_request_refused_by_default(broker, write_module):
     """By default only owner requests are delivered: a guest gets EPERM
     "Request requires owner credentials" and the handler never runs."""
     broker.load(write_module("guarded.py", GUARDED))
-    err = rpc_errno(guest(broker).rpc("guarded.secret"))
+    err = raised_by(guest(broker).rpc("guarded.secret"))
     assert err.errno == errno.EPERM
     assert err.strerror == "Request requires owner credentials"
     assert "secret handler ran" not in texts(broker, "guarded")
