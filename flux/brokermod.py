@@ -23,6 +23,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 __all__ = [
+    "AnswerError",
     "BrokerLogger",
     "BrokerModule",
     "event_handler",
@@ -107,9 +108,13 @@ class BrokerLogger:
         return self._LEVEL_NUMBERS[self._level]
 
     def __call__(self, level: int, msg: str) -> None:
-        """Log *msg* at syslog priority *level* unless it is below the threshold."""
+        """Log *msg* at syslog priority *level* unless it is below the threshold.
+
+        The text is logged exactly as given: a ``%`` in it is not a format
+        directive (see :func:`_log_verbatim`).
+        """
         if level <= self._level:
-            self._h.log(level, msg)
+            _log_verbatim(self._h, level, msg)
 
     def debug(self, msg: str) -> None:
         """Log *msg* at ``LOG_DEBUG``."""
@@ -142,6 +147,22 @@ class BrokerLogger:
     def emerg(self, msg: str) -> None:
         """Log *msg* at ``LOG_EMERG``."""
         self(syslog.LOG_EMERG, msg)
+
+
+def _log_verbatim(h: Any, level: int, text: Any) -> None:
+    """Send *text* to the broker log through ``h.log()`` so that it appears as written.
+
+    flux-core's ``Flux.log()`` hands its text to ``flux_log()`` as a printf
+    format: a ``%s`` in it reads a missing argument and can crash the
+    module, and ``50% off`` comes out garbled.  Doubling every ``%`` makes
+    the format print the text itself.  A NUL would end the C string early,
+    so it is written as ``\\0``.
+    """
+    if not isinstance(text, str):
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    if "\0" in text:
+        text = text.replace("\0", "\\0")
+    h.log(level, text.replace("%", "%%"))
 
 
 def _check_topic(topic: Any, decorator: str) -> None:
@@ -312,13 +333,25 @@ def _exception_errno(exc: BaseException) -> int:
         return int(exc.errno)
     if isinstance(exc, _BAD_REQUEST_ERRORS):
         return errno.EPROTO
+    if isinstance(exc, SystemExit):  # argparse on bad input, sys.exit("usage")
+        return errno.EINVAL
     return _FAILED_HANDLER_ERRNO
+
+
+def _exit_text(exc: SystemExit) -> str:
+    """What ``sys.exit(code)`` was given, in one line: ``sys.exit(2)`` or its message."""
+    if isinstance(exc.code, int) or exc.code is None:
+        return f"sys.exit({exc.code})"
+    text = str(exc.code).strip()
+    return text.splitlines()[0] if text else "sys.exit()"
 
 
 def _exception_text(exc: BaseException) -> str:
     """One line for the caller: the OSError's message, or ``Type: text``."""
     if isinstance(exc, OSError) and str(exc.strerror or "").strip():
         return str(exc.strerror).strip().splitlines()[0]
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: {_exit_text(exc)}"
     if isinstance(exc, KeyError) and len(exc.args) == 1:
         text = f"missing key {exc.args[0]!r}"
     elif isinstance(exc, json.JSONDecodeError):
@@ -494,7 +527,10 @@ class BrokerModule:
             self._watchers.append(watcher)
 
     # The dispatch path: one closure per handler, nothing but a call and a
-    # try block between the broker's message and the handler.
+    # try block between the broker's message and the handler.  The try
+    # block takes BaseException: flux-core's callback wrappers pass only
+    # Exception on, so a SystemExit (argparse) or KeyboardInterrupt left to
+    # escape would be dropped by cffi and the request never answered.
 
     def _request_callback(self, method: Callable[[Any], Any]) -> Callable[..., None]:
         answered = _AnswerTracker.install(self._h)
@@ -502,7 +538,7 @@ class BrokerModule:
         def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
             try:
                 method(msg)
-            except Exception as exc:  # noqa: BLE001 - reported to the caller
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
                 self._request_failed(msg, exc, answered)
 
         return callback
@@ -511,7 +547,7 @@ class BrokerModule:
         def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
             try:
                 method(msg)
-            except Exception as exc:  # noqa: BLE001 - logged, module survives
+            except BaseException as exc:  # noqa: BLE001 - logged, module survives
                 self._callback_failed(f"event {msg.topic}", exc)
 
         return callback
@@ -520,7 +556,7 @@ class BrokerModule:
         def callback(h: Any, watcher: Any, revents: int, arg: Any) -> None:
             try:
                 method()
-            except Exception as exc:  # noqa: BLE001 - logged, module survives
+            except BaseException as exc:  # noqa: BLE001 - logged, module survives
                 self._callback_failed(f"timer {attr}", exc)
 
         return callback
@@ -533,22 +569,25 @@ class BrokerModule:
             try:
                 self._h.respond_error(msg, _exception_errno(exc), _request_error_text(msg, exc))
             except OSError as respond_exc:
-                self.log.error(f"could not answer {msg.topic}: {respond_exc}")
+                _log_verbatim(self._h, syslog.LOG_ERR, f"could not answer {msg.topic}: {respond_exc}")
 
     def _callback_failed(self, what: str, exc: BaseException, stop: bool = True) -> None:
         lines = traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__))
-        self._h.log(syslog.LOG_ERR, f"{what} handler failed: {''.join(lines).rstrip()}")
+        _log_verbatim(self._h, syslog.LOG_ERR, f"{what} handler failed: {''.join(lines).rstrip()}")
         if stop and self.stop_on_error:
             self.stop_error()
 
 
 class _AnswerTracker:
-    """Remember which requests got their final answer.
+    """Give each request at most one final answer.
 
-    Wraps ``respond``/``respond_error`` on the module's handle once, so a
-    handler that answered and then raised is not answered twice.  A
+    Wraps ``respond``/``respond_error`` on the module's handle once.  A
     response to a streaming request is not final; an error response is.
-    The mark is an attribute of the message object the handler was given.
+    Answering a request that already got its final answer raises
+    :class:`AnswerError` in the caller and sends nothing: on a real broker
+    the extra response would reach the same client's next request that
+    reuses the matchtag.  The mark is an attribute of the message object
+    the handler was given.
     """
 
     def __init__(self, h: Any) -> None:
@@ -567,6 +606,8 @@ class _AnswerTracker:
 
     def respond(self, message: Any, payload: Any = None) -> Any:
         """Send a response, as ``flux.Flux.respond`` does."""
+        if self.is_final(message):
+            raise AnswerError(message)
         result = self._respond(message, payload)
         if not _is_streaming(message):
             _mark_final(message)
@@ -574,6 +615,8 @@ class _AnswerTracker:
 
     def respond_error(self, message: Any, errnum: int, errstr: Any = None) -> Any:
         """Send an error response, as ``flux.Flux.respond_error`` does."""
+        if self.is_final(message):
+            raise AnswerError(message)
         result = self._respond_error(message, errnum, errstr)
         _mark_final(message)
         return result
@@ -582,6 +625,21 @@ class _AnswerTracker:
     def is_final(message: Any) -> bool:
         """Return True if *message* already got a final answer."""
         return getattr(message, "_brokermod_final", False) is True
+
+
+class AnswerError(RuntimeError):
+    """A request that already got its final answer was answered again.
+
+    Raised by the module handle's ``respond``/``respond_error`` for a
+    request answered before (a non-streaming request once, a streaming one
+    after its error or ENODATA); nothing is sent.
+    """
+
+    def __init__(self, message: Any) -> None:
+        super().__init__(
+            f"{message.topic}: request already answered; a second response "
+            f"would reach another request of the same client, so it was not sent"
+        )
 
 
 def _mark_final(message: Any) -> None:

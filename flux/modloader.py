@@ -166,7 +166,7 @@ def run_module(
             return 0
         print(f"{base}: exited ({_exit_text(exc)})", file=out)
         return errno.EINVAL
-    except Exception as exc:  # noqa: BLE001 - reported as a runtime failure
+    except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt too: the loader must finalize
         print(f"{base}: module failed:", file=out)
         print(_user_traceback(exc), end="", file=out)
         return errno.ECONNRESET
@@ -259,12 +259,6 @@ def _same_file(module: ModuleType, path: str) -> bool:
     return bool(filename) and os.path.abspath(filename) == os.path.abspath(path)
 
 
-def _exit_text(exc: SystemExit) -> str:
-    if isinstance(exc.code, int) or exc.code is None:
-        return f"sys.exit({exc.code})"
-    return str(exc.code).strip().splitlines()[0] if str(exc.code).strip() else "sys.exit()"
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
@@ -279,6 +273,14 @@ def _where(exc: BaseException, path: str) -> str:
         if os.path.abspath(frame.f_code.co_filename) == target:
             where = f"{path}:{lineno}"
     return where
+
+
+def _exit_text(exc: SystemExit) -> str:
+    # Imported late: flux.brokermod must not be imported before main() has
+    # made it mean this project's file (see flux._layout).
+    from flux.brokermod import _exit_text as exit_text
+
+    return exit_text(exc)
 
 
 def _user_traceback(exc: BaseException) -> str:

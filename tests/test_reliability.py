@@ -361,6 +361,17 @@ class Fuzz(BrokerModule):
     def ev(self, msg):
         self.owner_calls.append(msg.rolemask)
         msg.payload["key"]
+
+    @request_handler("raise", allow_guest=True)
+    def raise_(self, msg):
+        kinds = {"exit": SystemExit, "interrupt": KeyboardInterrupt, "genexit": GeneratorExit}
+        raise kinds.get(str(msg.payload_str), RuntimeError)(msg.payload_str)
+
+    @request_handler("twice", allow_guest=True)
+    def twice(self, msg):
+        self.log.info(str(msg.payload_str))
+        self.handle.respond(msg, msg.payload_str)
+        self.handle.respond(msg, "second")
 """
 
 _json = st.recursive(
@@ -368,9 +379,17 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6,
 )
-_payload = st.one_of(_json, st.text(max_size=12), st.binary(max_size=12).map(lambda b: b.replace(b"\0", b"")))
+_payload = st.one_of(
+    _json,
+    st.text(max_size=12),
+    st.binary(max_size=12).map(lambda b: b.replace(b"\0", b"")),
+    st.sampled_from(["exit", "interrupt", "genexit", "%s%n%d", "100%", "50% off"]),
+)
 _topic = st.one_of(
-    st.sampled_from(["fuzz.echo", "fuzz.secret", "fuzz.boom", "fuzz.glob.x", "fuzz.nosuch", "fuzz.ping", "other.x"]),
+    st.sampled_from(
+        ["fuzz.echo", "fuzz.secret", "fuzz.boom", "fuzz.glob.x", "fuzz.nosuch", "fuzz.ping", "other.x",
+         "fuzz.raise", "fuzz.twice"]
+    ),
     st.text(alphabet="abcfuz.-*?", min_size=1, max_size=12),
 )
 _message = st.tuples(
@@ -514,3 +533,113 @@ def test_send_stamps_the_senders_credentials(broker):
     assert Who.seen == [(1234, FLUX_ROLE_USER)]
     with pytest.raises(TypeError, match="send\\(\\) takes a flux.membroker.Message"):
         guest.send("who.who")
+
+
+# What only the in-memory broker can show: where a real module would crash
+# or hang, it fails loudly instead.
+
+
+def test_handle_log_refuses_a_printf_directive_and_points_to_self_log(broker):
+    client = broker.connect()
+    with pytest.raises(ValueError) as info:
+        client.log(6, "50% off")
+    assert "printf directive '% '" in str(info.value) and "self.log" in str(info.value)
+    with pytest.raises(ValueError):
+        client.log(6, "ends in %")
+    with pytest.raises(TypeError):
+        client.log(6, 42)
+    client.log(6, "100%% done\0 and gone")
+    assert broker.dmesg()[-1] == "client.info[0]: 100% done"
+
+
+class RawExit(BrokerModule):
+    """A raw watcher, outside the library's protection, raising SystemExit."""
+
+    def __init__(self, h, *args):
+        super().__init__(h, *args)
+        watcher = h.msg_watcher_create(self.exit_, FLUX_MSGTYPE_REQUEST, "rawexit.exit")
+        watcher.start()
+        self._watchers.append(watcher)
+
+    def exit_(self, h, watcher, msg, arg):
+        raise SystemExit(2)
+
+    @request_handler("alive")
+    def alive(self, msg):
+        self.handle.respond(msg, True)
+
+
+def test_raw_watcher_raising_system_exit_is_printed_and_dropped_as_cffi_does(broker):
+    """Measured on flux-core 0.88: cffi prints 'Exception ignored from cffi
+    callback' and the request is never answered; the module goes on."""
+    broker.load(RawExit, name="rawexit")
+    future = broker.rpc("rawexit.exit")
+    with pytest.raises(OSError) as info:
+        future.get()
+    assert info.value.errno == errno.EDEADLK  # nobody will ever answer it
+    assert broker.rpc("rawexit.alive").get() is True
+    broker.remove("rawexit")
+    text = "\n".join(broker.stderr)
+    assert "Exception ignored from cffi callback" in text and "SystemExit: 2" in text
+
+
+def test_keyboard_interrupt_escaping_mod_main_is_a_runtime_failure(write_module):
+    broker = Broker(attrs={"broker.module-nopanic": "1"})
+    path = write_module(
+        "ctrlc.py",
+        """
+        def mod_main(h, *args):
+            raise KeyboardInterrupt
+        """,
+    )
+    with pytest.raises(OSError) as info:
+        broker.load(path)
+    assert info.value.errno == errno.ECONNRESET
+    assert "ctrlc.py: module failed:" in broker.stderr
+    assert "KeyboardInterrupt" in broker.stderr
+
+
+def test_stop_on_error_stops_on_system_exit_too(write_module):
+    broker = Broker(attrs={"broker.module-nopanic": "1"})
+    path = write_module(
+        "strictexit.py",
+        """
+        import sys
+        from flux.brokermod import BrokerModule, request_handler
+
+        class StrictExit(BrokerModule):
+            stop_on_error = True
+
+            @request_handler("exit")
+            def exit_(self, msg):
+                sys.exit("bye")
+        """,
+    )
+    broker.load(path)
+    assert error_of(broker.rpc("strictexit.exit")) == (errno.EINVAL, "SystemExit: bye")
+    broker.run_until_idle()
+    assert "strictexit" not in broker.modules
+
+
+def test_logger_sends_any_object_as_text(broker, write_module):
+    path = write_module(
+        "anylog.py",
+        """
+        from flux.brokermod import BrokerModule, request_handler
+
+        class AnyLog(BrokerModule):
+            @request_handler("log")
+            def log_(self, msg):
+                self.log.info(42)
+                self.log.info(ValueError("%d apples"))
+                self.log.info(b"\\xff 5%")
+                self.handle.respond(msg, None)
+        """,
+    )
+    broker.load(path)
+    broker.rpc("anylog.log").get()
+    assert broker.dmesg("anylog")[-3:] == [
+        "anylog.info[0]: 42",
+        "anylog.info[0]: %d apples",
+        "anylog.info[0]: \ufffd 5%",
+    ]

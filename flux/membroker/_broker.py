@@ -4,6 +4,7 @@ import errno
 import heapq
 import io
 import os
+import re
 import resource
 import syslog
 import uuid
@@ -488,9 +489,7 @@ class Broker:
     def _log(self, name: str, level: int, text: str) -> None:
         """Record a message as the broker's log does: in the ring buffer at
         ``log-level`` and below, on stderr at ``log-stderr-level`` and below."""
-        # A message of several lines becomes one record per line, as
-        # flux dmesg shows a module's multi-line message.
-        for line in text.splitlines() or [""]:
+        for line in _log_lines(text):
             entry = LogEntry(self.now, name, level, self.rank, line)
             if level <= _int_attr(self.attrs, "log-level", syslog.LOG_DEBUG):
                 self.log.append(entry)
@@ -577,6 +576,16 @@ class Broker:
 
     def _shutdown(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
         h.reactor_stop()
+
+
+_LINE_BREAKS = re.compile("[\r\n]+")
+
+
+def _log_lines(text: str) -> List[str]:
+    """The records flux_log() makes of *text*: trailing line breaks dropped,
+    one record up to the first break, then one per non-empty line after it."""
+    first, *rest = _LINE_BREAKS.split(text.rstrip("\r\n"), 1)
+    return [first] + [line for line in _LINE_BREAKS.split(rest[0]) if line] if rest else [first]
 
 
 def _int_attr(attrs: Dict[str, str], name: str, default: int) -> int:

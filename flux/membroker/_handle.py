@@ -10,6 +10,8 @@ import errno
 import fnmatch
 import json
 import os
+import re
+import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
@@ -379,11 +381,20 @@ class Handle:
         self._subscriptions.remove(topic)
 
     def log(self, level: int, fstring: Any) -> None:
-        """Send *fstring* to the broker log at syslog *level*."""
+        """Send *fstring* to the broker log at syslog *level*.
+
+        As with flux-core's ``Flux.log()``, the text is a printf format
+        given no arguments: ``%%`` prints ``%``, and the text ends at a
+        NUL.  Any other ``%`` makes a real module read an argument that is
+        not there (garbled log text, or a crash), so it raises ValueError
+        here.  ``BrokerModule.log`` sends any text as it is written.
+        """
         if isinstance(fstring, bytes):
             fstring = fstring.decode("utf-8", errors="replace")
+        elif not isinstance(fstring, str):
+            raise TypeError(f"log() text must be str or bytes, not {type(fstring).__name__}")
         name = self._record.name if self._record is not None else "client"
-        self._broker._log(name, level, str(fstring))
+        self._broker._log(name, level, _printf_without_arguments(fstring.split("\0", 1)[0]))
 
     # Watchers and the reactor
 
@@ -522,6 +533,11 @@ class Handle:
         except Exception as exc:  # noqa: BLE001 - flux-core stops the reactor
             self._exception = exc
             self._stop = -1
+        except BaseException:  # noqa: BLE001 - cffi prints it and goes on
+            # flux-core's callback wrappers pass on Exception only; cffi
+            # prints anything else (SystemExit...) and the reactor goes on.
+            print(f"Exception ignored from cffi callback {callback!r}:", file=self._record.stderr)
+            traceback.print_exc(file=self._record.stderr)
 
     def _receive_response(self, msg: Message) -> None:
         self.counters["rx"]["response"] += 1
@@ -542,6 +558,28 @@ class Handle:
     def __repr__(self) -> str:
         who = self._record.name if self._record is not None else "client"
         return f"<flux.membroker.Handle {who} userid={self.userid} rolemask={self.rolemask:#x}>"
+
+
+_PERCENT = re.compile("%%?")
+
+
+def _printf_without_arguments(fmt: str) -> str:
+    """What printf prints for *fmt* with no arguments, if that is safe."""
+    if "%" not in fmt:
+        return fmt
+
+    def percent(match: "re.Match[str]") -> str:
+        if match.group() == "%%":
+            return "%"
+        directive = fmt[match.start():match.start() + 2]
+        raise ValueError(
+            f"log text {fmt!r} has the printf directive {directive!r}: flux-core's "
+            f"Flux.log() passes its text to flux_log() as a format, so a real module "
+            f"would log garbage or crash; log through self.log (BrokerModule), which "
+            f"sends text as it is written, or write %% for a %"
+        )
+
+    return _PERCENT.sub(percent, fmt)
 
 
 def _topic(topic: Any) -> str:

@@ -1,0 +1,325 @@
+"""No request, event or timer takes a module down, on any broker.
+
+Three holes that once let a single request crash a module, and with it a
+real instance: text logged as a printf format, SystemExit and
+KeyboardInterrupt escaping a handler unanswered, and a second answer to
+one request reaching another.  Each test runs on three brokers:
+
+* the in-memory broker, without ``broker.module-nopanic``;
+* a real instance running this library's loader;
+* a real instance running flux-core's own loader with this library's
+  ``flux.brokermod`` (the drop-in path).
+
+The real instances run WITHOUT ``broker.module-nopanic``: a module that
+crashed would panic the broker, and every later request of the test
+would fail.  Each test ends by checking that the module still answers.
+"""
+
+import errno
+import os
+import textwrap
+
+import pytest
+from _helpers import error_of
+from _targets import MemTarget, RealTarget
+
+from flux.brokermod_testing import skip_reason, start_instance
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HOLES = r'''
+import errno
+import sys
+import syslog
+
+from flux.brokermod import AnswerError, BrokerModule, event_handler, request_handler, timer_handler
+
+
+class Holes(BrokerModule):
+    seen = []
+    held = []
+
+    @request_handler("seen")
+    def get_seen(self, msg):
+        self.handle.respond(msg, self.seen)
+
+    @request_handler("whose")
+    def whose(self, msg):
+        import flux.brokermod
+        self.handle.respond(msg, {"brokermod": flux.brokermod.__file__, "loader": sys.argv[0]})
+
+    # 1. Text with % in it
+
+    @request_handler("percent-error")
+    def percent_error(self, msg):
+        raise ValueError("bad value %s for field %d at 100%")
+
+    @request_handler("percent-source")
+    def percent_source(self, msg):
+        return "name=%s, %n" % msg.payload["name"]
+
+    @request_handler("percent-log")
+    def percent_log(self, msg):
+        self.log.info("50% off, 100%% done, %s %d %n %x")
+        self.log(syslog.LOG_NOTICE, "trailing %")
+        self.log.warning(b"bytes 10%")
+        self.log.error("nul\0inside")
+        self.handle.respond(msg, {})
+
+    @request_handler("raw-log")
+    def raw_log(self, msg):
+        # flux-core's Flux.log(): the text is a printf format.
+        self.handle.log(syslog.LOG_INFO, "raw 100%% done")
+        self.handle.log(syslog.LOG_INFO, "raw cut\0here")
+        self.log.info("first\n\n  second\r\nthird\n")
+        self.handle.respond(msg, {})
+
+    # 2. BaseException other than Exception
+
+    @request_handler("exit")
+    def exit_code(self, msg):
+        sys.exit(2)
+
+    @request_handler("exit-text")
+    def exit_text(self, msg):
+        sys.exit("usage: holes.exit-text NAME")
+
+    @request_handler("interrupt")
+    def interrupt(self, msg):
+        raise KeyboardInterrupt
+
+    @request_handler("generator-exit")
+    def generator_exit(self, msg):
+        raise GeneratorExit("closed")
+
+    @event_handler("exit")
+    def exit_event(self, msg):
+        self.seen.append("event")
+        sys.exit(3)
+
+    @timer_handler(0.01)
+    def exit_timer(self):
+        self.seen.append("timer")
+        raise KeyboardInterrupt
+
+    # 3. A second answer
+
+    @request_handler("twice")
+    def twice(self, msg):
+        k = msg.payload["k"]
+        self.handle.respond(msg, {"n": k})
+        self.handle.respond(msg, {"n": k, "second": True})
+
+    @request_handler("answer-then-error")
+    def answer_then_error(self, msg):
+        self.handle.respond(msg, {"first": True})
+        self.handle.respond_error(msg, errno.EPERM, "too late")
+
+    @request_handler("error-twice")
+    def error_twice(self, msg):
+        self.handle.respond_error(msg, errno.ENOENT, "no such thing")
+        self.handle.respond_error(msg, errno.EPERM, "too late")
+
+    @request_handler("hold")
+    def hold(self, msg):
+        self.held.append(msg)
+
+    @request_handler("held")
+    def count_held(self, msg):
+        self.handle.respond(msg, len(self.held))
+
+    @request_handler("release")
+    def release(self, msg):
+        refused = []
+        for held in self.held:
+            self.handle.respond(held, {"late": 1})
+            try:
+                self.handle.respond(held, {"late": 2})
+            except AnswerError as exc:
+                refused.append(str(exc))
+        del self.held[:]
+        self.handle.respond(msg, refused)
+
+    @request_handler("stream")
+    def stream(self, msg):
+        for i in range(2):
+            self.handle.respond(msg, {"i": i})
+        self.handle.respond_error(msg, errno.ENODATA)
+        self.handle.respond(msg, {"i": "after the end"})
+'''
+
+# Makes flux.brokermod mean this project's file in every Python process of
+# the instance, flux-core's module loader included: the drop-in path.
+DROP_IN_SITECUSTOMIZE = """
+from flux import _layout
+_layout.prefer_this_package()
+"""
+
+
+@pytest.fixture(scope="module")
+def real_broker():
+    instance = start_instance()
+    yield from _checked(instance)
+
+
+@pytest.fixture(scope="module")
+def drop_in_broker(tmp_path_factory):
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    site = tmp_path_factory.mktemp("drop-in")
+    (site / "sitecustomize.py").write_text(DROP_IN_SITECUSTOMIZE)
+    pythonpath = os.pathsep.join(p for p in [str(site), ROOT, os.environ.get("PYTHONPATH")] if p)
+    instance = start_instance(setup=False, env={"PYTHONPATH": pythonpath})
+    yield from _checked(instance)
+
+
+def _checked(instance):
+    try:
+        yield instance
+    finally:
+        status = instance.stop()
+    # A broker that panicked, or a module that died, makes flux start fail.
+    assert status == 0, f"flux start exited {status}: {instance.stderr()[-3000:]}"
+
+
+@pytest.fixture(params=["membroker", "real", "drop-in"])
+def target(request):
+    if request.param == "membroker":
+        return MemTarget()
+    fixture = "real_broker" if request.param == "real" else "drop_in_broker"
+    return RealTarget(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def holes(target, tmp_path):
+    path = tmp_path / "holes.py"
+    path.write_text(textwrap.dedent(HOLES))
+    target.load(str(path))
+    yield target
+    # The module survived whatever the test sent it.
+    assert target.rpc("holes.ping", {}).get()["userid"] == target.owner()
+    target.remove("holes")
+    if not target.real:
+        assert target.broker.panicked is None
+    target.close()
+
+
+def test_each_broker_runs_this_librarys_brokermod_on_the_intended_loader(holes, request):
+    whose = holes.rpc("holes.whose").get()
+    assert whose["brokermod"] == os.path.join(ROOT, "flux", "brokermod.py")
+    kind = request.node.callspec.params["target"]
+    if kind == "real":
+        assert whose["loader"] == os.path.join(ROOT, "flux", "_libexec", "flux-module-python-exec.py")
+    elif kind == "drop-in":
+        assert whose["loader"].endswith("flux-module-python-exec.py")
+        assert not whose["loader"].startswith(ROOT)
+
+
+def _module_lines(target):
+    return [line.split(": ", 1)[1] for line in target.dmesg() if line.startswith("holes.")]
+
+
+# 1. Text with % in it
+
+
+def test_percent_in_an_exception_reaches_caller_and_log_verbatim(holes):
+    assert error_of(holes.rpc("holes.percent-error")) == (
+        errno.EPROTO,
+        "ValueError: bad value %s for field %d at 100%",
+    )
+    lines = _module_lines(holes)
+    assert "ValueError: bad value %s for field %d at 100%" in lines
+    assert '    raise ValueError("bad value %s for field %d at 100%")' in lines
+
+
+def test_percent_in_a_failing_source_line_reaches_the_log_verbatim(holes):
+    assert error_of(holes.rpc("holes.percent-source", {})) == (errno.EPROTO, "KeyError: missing key 'name'")
+    assert '    return "name=%s, %n" % msg.payload["name"]' in _module_lines(holes)
+
+
+def test_log_methods_send_text_as_data(holes):
+    holes.rpc("holes.percent-log").get()
+    lines = [line for line in holes.dmesg() if line.startswith("holes.")]
+    assert "holes.info[0]: 50% off, 100%% done, %s %d %n %x" in lines
+    assert "holes.notice[0]: trailing %" in lines
+    assert "holes.warning[0]: bytes 10%" in lines
+    assert "holes.err[0]: nul\\0inside" in lines
+
+
+def test_raw_handle_log_is_a_printf_format_on_both_brokers(holes):
+    """flux-core's Flux.log() formats its text: %% is one %, a NUL ends it,
+    and a message of several lines loses its blank lines."""
+    holes.rpc("holes.raw-log").get()
+    lines = _module_lines(holes)
+    assert "raw 100% done" in lines
+    assert "raw cut" in lines
+    start = lines.index("first")
+    assert lines[start:start + 3] == ["first", "  second", "third"]
+
+
+# 2. BaseException other than Exception
+
+
+def test_system_exit_in_a_handler_answers_einval(holes):
+    assert error_of(holes.rpc("holes.exit")) == (errno.EINVAL, "SystemExit: sys.exit(2)")
+    assert error_of(holes.rpc("holes.exit-text")) == (errno.EINVAL, "SystemExit: usage: holes.exit-text NAME")
+    lines = _module_lines(holes)
+    assert "request holes.exit handler failed: Traceback (most recent call last):" in lines
+    assert "SystemExit: 2" in lines
+
+
+def test_keyboard_interrupt_and_generator_exit_answer_eio(holes):
+    assert error_of(holes.rpc("holes.interrupt")) == (errno.EIO, "KeyboardInterrupt")
+    assert error_of(holes.rpc("holes.generator-exit")) == (errno.EIO, "GeneratorExit: closed")
+    assert "KeyboardInterrupt" in _module_lines(holes)
+
+
+def test_system_exit_in_event_and_keyboard_interrupt_in_timer_are_logged(holes):
+    holes.event("holes.exit")
+    holes.settle(lambda: sorted(holes.rpc("holes.seen").get()) == ["event", "timer"], "event and timer")
+    lines = _module_lines(holes)
+    assert "event holes.exit handler failed: Traceback (most recent call last):" in lines
+    assert "SystemExit: 3" in lines
+    assert "timer exit_timer handler failed: Traceback (most recent call last):" in lines
+
+
+# 3. A second answer
+
+
+def test_second_answer_never_reaches_the_clients_next_request(holes):
+    """On a real broker, each request reuses the matchtag the one before it
+    freed: a second response sent would answer the next request."""
+    results = holes.rpcs_from_one_client("holes.twice", [{"k": k} for k in range(8)])
+    assert [result.get() for result in results] == [{"n": k} for k in range(8)]
+    refusals = [line for line in _module_lines(holes) if line.startswith("flux.brokermod.AnswerError")]
+    assert len(refusals) == 8
+    assert refusals[0] == (
+        "flux.brokermod.AnswerError: holes.twice: request already answered; a second "
+        "response would reach another request of the same client, so it was not sent"
+    )
+
+
+def test_error_after_an_answer_and_a_second_error_are_refused(holes):
+    results = holes.rpcs_from_one_client("holes.answer-then-error", [None, None])
+    assert [result.get() for result in results] == [{"first": True}, {"first": True}]
+    results = holes.rpcs_from_one_client("holes.error-twice", [None, None])
+    assert [error_of(result) for result in results] == [(errno.ENOENT, "no such thing")] * 2
+
+
+def test_second_deferred_answer_is_refused(holes):
+    later = holes.start_rpc("holes.hold")
+    holes.settle(lambda: holes.rpc("holes.held").get() == 1, "the request to be held")
+    refused = holes.rpc("holes.release").get()
+    assert later.wait().get() == {"late": 1}
+    assert len(refused) == 1 and "holes.hold: request already answered" in refused[0]
+
+
+def test_stream_takes_no_response_after_its_end(holes):
+    before = holes.rpc("holes.stats-get").get()["tx"]["response"]
+    result = holes.rpc("holes.stream", streaming=True)
+    assert result.stream() == [{"i": 0}, {"i": 1}]
+    assert result.answers[-1]["errno"] == errno.ENODATA
+    # stats-get's own answer, two responses and ENODATA: nothing after the end
+    assert holes.rpc("holes.stats-get").get()["tx"]["response"] - before == 4
+    assert any(line.startswith("flux.brokermod.AnswerError: holes.stream") for line in _module_lines(holes))
