@@ -20,12 +20,17 @@ import os
 import sys
 import syslog
 import traceback
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+
+from flux._payloads import PayloadError, PayloadSchema, schema_of
 
 __all__ = [
     "AnswerError",
     "BrokerLogger",
     "BrokerModule",
+    "PayloadError",
+    "RequestError",
     "event_handler",
     "request_handler",
     "resolve_entry_point",
@@ -352,6 +357,8 @@ def _exception_text(exc: BaseException) -> str:
         return str(exc.strerror).strip().splitlines()[0]
     if isinstance(exc, SystemExit):
         return f"SystemExit: {_exit_text(exc)}"
+    if isinstance(exc, (PayloadError, _ReturnValueError)):  # our own, already one line
+        return str(exc)
     if isinstance(exc, KeyError) and len(exc.args) == 1:
         text = f"missing key {exc.args[0]!r}"
     elif isinstance(exc, json.JSONDecodeError):
@@ -519,7 +526,11 @@ class BrokerModule:
                 h.event_subscribe(topic)
                 callback = self._event_callback(method)
             else:
-                callback = self._request_callback(method)
+                try:
+                    schema = schema_of(method, f"{type(self).__qualname__}.{attr}")
+                except TypeError as exc:
+                    raise ValueError(str(exc)) from None
+                callback = self._request_callback(method, schema)
             watcher = h.msg_watcher_create(
                 callback, spec["msgtype"], topic, rolemask=rolemask
             )
@@ -532,16 +543,49 @@ class BrokerModule:
     # Exception on, so a SystemExit (argparse) or KeyboardInterrupt left to
     # escape would be dropped by cffi and the request never answered.
 
-    def _request_callback(self, method: Callable[[Any], Any]) -> Callable[..., None]:
+    def _request_callback(
+        self, method: Callable[..., Any], schema: Optional[PayloadSchema]
+    ) -> Callable[..., None]:
         answered = _AnswerTracker.install(self._h)
+        answer = self._answer_with
+        if schema is None:
 
-        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+                try:
+                    result = method(msg)
+                    if result is not None:
+                        answer(msg, result, answered)
+                except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                    self._request_failed(msg, exc, answered)
+
+            return callback
+
+        fields_of = schema.fields_of
+
+        def checked_callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
             try:
-                method(msg)
+                result = method(msg, **fields_of(msg))
+                if result is not None:
+                    answer(msg, result, answered)
             except BaseException as exc:  # noqa: BLE001 - reported to the caller
                 self._request_failed(msg, exc, answered)
 
-        return callback
+        return checked_callback
+
+    def _answer_with(self, msg: Any, result: Any, answered: "_AnswerTracker") -> None:
+        """Answer *msg* with what its handler returned (a streaming request: then ENODATA)."""
+        if answered.is_final(msg):
+            raise AnswerError(msg, f"the handler answered and also returned {type(result).__name__} {result!r:.40}")
+        if not isinstance(result, (str, bytes)):
+            try:
+                result = json.dumps(result, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise _ReturnValueError(
+                    f"the handler returned {type(result).__name__}, which is not JSON: {exc}"
+                ) from None
+        self._h.respond(msg, result)
+        if _is_streaming(msg):
+            self._h.respond_error(msg, errno.ENODATA)
 
     def _event_callback(self, method: Callable[[Any], Any]) -> Callable[..., None]:
         def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
@@ -564,7 +608,10 @@ class BrokerModule:
     def _request_failed(
         self, msg: Any, exc: BaseException, answered: "_AnswerTracker"
     ) -> None:
-        self._callback_failed(f"request {msg.topic}", exc)
+        if isinstance(exc, (RequestError, PayloadError)):
+            self.log.debug(f"request {msg.topic} refused: {_exception_text(exc)}")
+        else:
+            self._callback_failed(f"request {msg.topic}", exc)
         if not answered.is_final(msg):
             try:
                 self._h.respond_error(msg, _exception_errno(exc), _request_error_text(msg, exc))
@@ -581,18 +628,21 @@ class BrokerModule:
 class _AnswerTracker:
     """Give each request at most one final answer.
 
-    Wraps ``respond``/``respond_error`` on the module's handle once.  A
-    response to a streaming request is not final; an error response is.
-    Answering a request that already got its final answer raises
-    :class:`AnswerError` in the caller and sends nothing: on a real broker
-    the extra response would reach the same client's next request that
-    reuses the matchtag.  The mark is an attribute of the message object
-    the handler was given.
+    Wraps ``respond``/``respond_error`` on the module's handle once: the
+    handle is made by whichever loader runs the module (this library's,
+    flux-core's, or the in-memory broker), and this is the one place all
+    three share.  A response to a streaming request is not final; an error
+    response is.  Answering a request that already got its final answer
+    raises :class:`AnswerError` in the caller and sends nothing: on a real
+    broker the extra response would reach the same client's next request
+    that reuses the matchtag.  Both methods return None.
     """
 
     def __init__(self, h: Any) -> None:
         self._respond = h.respond
         self._respond_error = h.respond_error
+        # The message objects handlers were given; gone with them.
+        self._final: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
     @classmethod
     def install(cls, h: Any) -> "_AnswerTracker":
@@ -604,27 +654,30 @@ class _AnswerTracker:
             h.respond_error = tracker.respond_error
         return tracker
 
-    def respond(self, message: Any, payload: Any = None) -> Any:
+    def respond(self, message: Any, payload: Any = None) -> None:
         """Send a response, as ``flux.Flux.respond`` does."""
-        if self.is_final(message):
+        if message in self._final:
             raise AnswerError(message)
-        result = self._respond(message, payload)
+        self._respond(message, payload)
         if not _is_streaming(message):
-            _mark_final(message)
-        return result
+            self._mark_final(message)
 
-    def respond_error(self, message: Any, errnum: int, errstr: Any = None) -> Any:
+    def respond_error(self, message: Any, errnum: int, errstr: Any = None) -> None:
         """Send an error response, as ``flux.Flux.respond_error`` does."""
-        if self.is_final(message):
+        if message in self._final:
             raise AnswerError(message)
-        result = self._respond_error(message, errnum, errstr)
-        _mark_final(message)
-        return result
+        self._respond_error(message, errnum, errstr)
+        self._mark_final(message)
 
-    @staticmethod
-    def is_final(message: Any) -> bool:
+    def is_final(self, message: Any) -> bool:
         """Return True if *message* already got a final answer."""
-        return getattr(message, "_brokermod_final", False) is True
+        return message in self._final
+
+    def _mark_final(self, message: Any) -> None:
+        try:
+            self._final.add(message)
+        except TypeError:  # a raw message pointer: nothing to mark
+            pass
 
 
 class AnswerError(RuntimeError):
@@ -632,21 +685,31 @@ class AnswerError(RuntimeError):
 
     Raised by the module handle's ``respond``/``respond_error`` for a
     request answered before (a non-streaming request once, a streaming one
-    after its error or ENODATA); nothing is sent.
+    after its error or ENODATA), and when a handler that answered also
+    returns a value; nothing more is sent.
     """
 
-    def __init__(self, message: Any) -> None:
+    def __init__(self, message: Any, what: str = "a second response") -> None:
         super().__init__(
-            f"{message.topic}: request already answered; a second response "
-            f"would reach another request of the same client, so it was not sent"
+            f"{message.topic}: request already answered; {what} would reach "
+            f"another request of the same client, so it was not sent"
         )
 
 
-def _mark_final(message: Any) -> None:
-    try:
-        message._brokermod_final = True
-    except AttributeError:  # a raw message pointer: nothing to mark
-        pass
+class RequestError(OSError):
+    """Refuse a request cleanly: ``raise RequestError(errno.ENOENT, "no such key: a")``.
+
+    The caller gets that errno and text (the errno's standard text when
+    *text* is omitted); the module's log gets one line at LOG_DEBUG and no
+    traceback, since nothing went wrong in the module.
+    """
+
+    def __init__(self, errnum: int, text: Optional[str] = None) -> None:
+        super().__init__(errnum, text if text else os.strerror(errnum))
+
+
+class _ReturnValueError(Exception):
+    """A handler returned a value that cannot be sent (answered EIO)."""
 
 
 def _is_streaming(message: Any) -> bool:

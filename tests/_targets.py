@@ -104,6 +104,9 @@ class MemTarget:
     def dmesg(self):
         return self.broker.dmesg()
 
+    def clear_log(self):
+        self.broker.log.clear()
+
     def modules(self):
         return list(self.broker.modules)
 
@@ -167,6 +170,10 @@ class RealTarget:
 
     def dmesg(self):
         return self.instance.dmesg()
+
+    def clear_log(self):
+        result = self.instance.flux("dmesg", "--clear")
+        assert result.returncode == 0, result.stderr
 
     def modules(self):
         return module_names(self.instance)

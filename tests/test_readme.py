@@ -37,7 +37,9 @@ def python_blocks():
 
 def test_readme_module_and_test_snippets_work(tmp_path, monkeypatch):
     """The README's module and its membroker test run as written."""
-    module_src, test_src = python_blocks()[:2]
+    blocks = python_blocks()
+    module_src = next(b for b in blocks if "class MyModule" in b)
+    test_src = next(b for b in blocks if "def test_info" in b)
     (tmp_path / "mymod.py").write_text(module_src)
     monkeypatch.chdir(tmp_path)
     namespace = {}

@@ -68,7 +68,6 @@ class Message:
         "errstr",
         "seq",
         "sender",
-        "_brokermod_final",
         "__weakref__",
     )
 
@@ -95,7 +94,6 @@ class Message:
         self.errstr: Optional[str] = None
         self.seq = 0
         self.sender: Any = None
-        self._brokermod_final = False
 
     @property
     def payload_str(self) -> Optional[str]:
