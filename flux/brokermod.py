@@ -13,6 +13,7 @@ so it also works on the in-memory broker (:mod:`flux.membroker`) on a
 machine without flux-core.
 """
 
+import asyncio
 import errno
 import inspect
 import json
@@ -23,7 +24,9 @@ import traceback
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
+from flux import _aio
 from flux._payloads import PayloadError, PayloadSchema, schema_of
+from flux._requests import RequestFacts, is_streaming, request_facts
 
 __all__ = [
     "AnswerError",
@@ -31,8 +34,10 @@ __all__ = [
     "BrokerModule",
     "PayloadError",
     "RequestError",
+    "RequestFacts",
     "event_handler",
     "request_handler",
+    "request_facts",
     "resolve_entry_point",
     "timer_handler",
 ]
@@ -434,6 +439,10 @@ class BrokerModule:
         self._name = _broker_module_name(h)
         self._watchers: List[Any] = []
         self._stopped_with_error = False
+        # Requests served by tasks (coroutines, streams), by (sender,
+        # matchtag); None until the module has such a handler.
+        self._pending: Optional[Dict[Tuple[str, int], _PendingRequest]] = None
+        self._loop: Any = None
         self.log = BrokerLogger(h)
         self._register_handlers()
 
@@ -500,7 +509,7 @@ class BrokerModule:
         the ``__cause__`` of an OSError (ECONNRESET).
         """
         try:
-            rc = self._h.reactor_run()
+            rc = self._run_reactor()
         except OSError:
             raise
         except Exception as exc:
@@ -509,13 +518,29 @@ class BrokerModule:
         if rc < 0 or self._stopped_with_error:
             raise OSError(errno.ECONNRESET, "reactor exited with error")
 
+    def _run_reactor(self) -> int:
+        loop = self._loop
+        if loop is None:
+            return int(self._h.reactor_run())
+        asyncio.events._set_running_loop(loop)
+        try:
+            return int(self._h.reactor_run())
+        finally:
+            asyncio.events._set_running_loop(None)
+            # Streams and other tasks still open end now: their finally runs.
+            loop.finish([task for task in asyncio.all_tasks(loop) if not task.done()])
+            _aio.forget_loop(self._h)
+            self._loop = None
+
     def _register_handlers(self) -> None:
         h = self._h
+        streams: List[Tuple[str, Optional[int]]] = []
         for attr, spec in type(self)._flux_handlers.items():
             method = getattr(self, attr)
+            kind = _kind_of(method)
             if spec["msgtype"] == _TIMER:
                 timer = h.timer_watcher_create(
-                    spec["after"], self._timer_callback(attr, method), repeat=spec["repeat"]
+                    spec["after"], self._timer_callback(attr, method, kind), repeat=spec["repeat"]
                 )
                 timer.start()
                 self._watchers.append(timer)
@@ -524,18 +549,29 @@ class BrokerModule:
             rolemask = _ROLE_OWNER | _ROLE_USER if spec.get("allow_guest") else None
             if spec["msgtype"] == _MSGTYPE_EVENT:
                 h.event_subscribe(topic)
-                callback = self._event_callback(method)
+                callback = self._event_callback(method, kind)
             else:
                 try:
                     schema = schema_of(method, f"{type(self).__qualname__}.{attr}")
                 except TypeError as exc:
                     raise ValueError(str(exc)) from None
-                callback = self._request_callback(method, schema)
-            watcher = h.msg_watcher_create(
-                callback, spec["msgtype"], topic, rolemask=rolemask
-            )
-            watcher.start()
-            self._watchers.append(watcher)
+                if kind == _PLAIN:
+                    callback = self._request_callback(method, schema)
+                else:
+                    callback = self._task_request_callback(method, schema, kind)
+                    if kind in (_GENERATOR, _ASYNC_GENERATOR):
+                        streams.append((topic, rolemask))
+            self._watch(spec["msgtype"], topic, callback, rolemask)
+        for topic, rolemask in streams:
+            self._watch(_MSGTYPE_REQUEST, f"{topic}-cancel", self._cancel_callback(topic), rolemask)
+        if self._pending is not None:
+            self._watch(_MSGTYPE_REQUEST, f"{self._name}.disconnect", self._disconnect_callback(),
+                        _ROLE_OWNER | _ROLE_USER)
+
+    def _watch(self, msgtype: int, topic: str, callback: Callable[..., None], rolemask: Optional[int]) -> None:
+        watcher = self._h.msg_watcher_create(callback, msgtype, topic, rolemask=rolemask)
+        watcher.start()
+        self._watchers.append(watcher)
 
     # The dispatch path: one closure per handler, nothing but a call and a
     # try block between the broker's message and the handler.  The try
@@ -576,18 +612,19 @@ class BrokerModule:
         """Answer *msg* with what its handler returned (a streaming request: then ENODATA)."""
         if answered.is_final(msg):
             raise AnswerError(msg, f"the handler answered and also returned {type(result).__name__} {result!r:.40}")
-        if not isinstance(result, (str, bytes)):
-            try:
-                result = json.dumps(result, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise _ReturnValueError(
-                    f"the handler returned {type(result).__name__}, which is not JSON: {exc}"
-                ) from None
-        self._h.respond(msg, result)
-        if _is_streaming(msg):
+        self._h.respond(msg, _encoded(result))
+        if is_streaming(msg):
             self._h.respond_error(msg, errno.ENODATA)
 
-    def _event_callback(self, method: Callable[[Any], Any]) -> Callable[..., None]:
+    def _event_callback(self, method: Callable[[Any], Any], kind: str) -> Callable[..., None]:
+        if kind != _PLAIN:
+            start = self._task_starter()
+
+            def task_callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+                start(method(msg), f"event {msg.topic}")
+
+            return task_callback
+
         def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
             try:
                 method(msg)
@@ -596,12 +633,140 @@ class BrokerModule:
 
         return callback
 
-    def _timer_callback(self, attr: str, method: Callable[[], Any]) -> Callable[..., None]:
+    def _timer_callback(self, attr: str, method: Callable[[], Any], kind: str) -> Callable[..., None]:
+        if kind != _PLAIN:
+            start = self._task_starter()
+
+            def task_callback(h: Any, watcher: Any, revents: int, arg: Any) -> None:
+                start(method(), f"timer {attr}")
+
+            return task_callback
+
         def callback(h: Any, watcher: Any, revents: int, arg: Any) -> None:
             try:
                 method()
             except BaseException as exc:  # noqa: BLE001 - logged, module survives
                 self._callback_failed(f"timer {attr}", exc)
+
+        return callback
+
+    # Handlers that run as asyncio tasks: coroutines and streams.
+
+    def _task_loop(self) -> Any:
+        if self._loop is None:
+            self._loop = _aio.loop_for(self._h)
+            self._pending = {}
+        return self._loop
+
+    def _task_starter(self) -> Callable[[Any, str], None]:
+        """For event and timer coroutines: run each as a task, log its failure."""
+        loop = self._task_loop()
+
+        async def guarded(coro: Any, what: str) -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - logged, module survives
+                self._callback_failed(what, exc)
+
+        def start(coro: Any, what: str) -> None:
+            loop.create_task(guarded(coro, what))
+
+        return start
+
+    def _task_request_callback(
+        self, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str
+    ) -> Callable[..., None]:
+        """A request handler that is a coroutine or a generator (a stream)."""
+        answered = _AnswerTracker.install(self._h)
+        loop = self._task_loop()
+        pending = self._pending
+        assert pending is not None
+        stream = kind in (_GENERATOR, _ASYNC_GENERATOR)
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            try:
+                facts = request_facts(msg)
+                if stream and not facts.streaming:
+                    raise RequestError(
+                        errno.EPROTO, f"{msg.topic} is a stream: send the request with FLUX_RPC_STREAMING"
+                    )
+                kwargs = schema.fields_of(msg) if schema is not None else {}
+                body = method(msg, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                self._request_failed(msg, exc, answered)
+                return
+            request = _PendingRequest(msg, facts)
+            if kind == _COROUTINE:
+                coro = self._serve(body, request, answered)
+            else:
+                coro = self._serve_stream(body, request, answered)
+            request.task = loop.create_task(coro)
+            if facts.matchtag:
+                key = (facts.sender, facts.matchtag)
+                pending[key] = request
+                request.task.add_done_callback(lambda task: _forget(pending, key, request))
+
+        return callback
+
+    async def _serve(self, coro: Any, request: "_PendingRequest", answered: "_AnswerTracker") -> None:
+        msg = request.msg
+        try:
+            result = await coro
+            if result is not None:
+                self._answer_with(msg, result, answered)
+        except asyncio.CancelledError:
+            pass  # the caller went away: nothing to answer
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            self._request_failed(msg, exc, answered)
+
+    async def _serve_stream(self, body: Any, request: "_PendingRequest", answered: "_AnswerTracker") -> None:
+        msg = request.msg
+        respond = self._h.respond
+        try:
+            if inspect.isasyncgen(body):
+                async for value in body:
+                    respond(msg, _encoded(value))
+            else:
+                for value in body:
+                    respond(msg, _encoded(value))
+            self._h.respond_error(msg, errno.ENODATA)
+        except asyncio.CancelledError:
+            if request.cancelled:  # TOPIC-cancel ends the stream with ENODATA
+                self._h.respond_error(msg, errno.ENODATA)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            self._request_failed(msg, exc, answered)
+        finally:
+            if inspect.isasyncgen(body):
+                await body.aclose()
+            else:
+                body.close()
+
+    def _cancel_callback(self, topic: str) -> Callable[..., None]:
+        """``TOPIC-cancel`` with ``{"matchtag": N}``: end the sender's own stream N."""
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            try:
+                matchtag = json.loads(msg.payload_str or "null")["matchtag"]
+                facts = request_facts(msg)
+            except (TypeError, ValueError, KeyError):
+                return  # a cancel gets no response, even a malformed one
+            request = (self._pending or {}).get((facts.sender, matchtag))
+            if request is not None and request.userid == facts.userid and request.topic == topic:
+                request.cancelled = True
+                request.task.cancel()
+
+        return callback
+
+    def _disconnect_callback(self) -> Callable[..., None]:
+        """``NAME.disconnect``: the sender closed its handle; drop its requests."""
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            facts = request_facts(msg)
+            for request in list((self._pending or {}).values()):
+                if request.sender == facts.sender and request.userid == facts.userid:
+                    request.task.cancel()
 
         return callback
 
@@ -659,7 +824,7 @@ class _AnswerTracker:
         if message in self._final:
             raise AnswerError(message)
         self._respond(message, payload)
-        if not _is_streaming(message):
+        if not is_streaming(message):
             self._mark_final(message)
 
     def respond_error(self, message: Any, errnum: int, errstr: Any = None) -> None:
@@ -712,28 +877,50 @@ class _ReturnValueError(Exception):
     """A handler returned a value that cannot be sent (answered EIO)."""
 
 
-def _is_streaming(message: Any) -> bool:
-    # Looked up on the class: flux-core's Message forwards unknown instance
-    # attributes to libflux, which is slow and never has "streaming".
-    if getattr(type(message), "streaming", None) is not None:
-        return bool(message.streaming)
-    return bool(_libflux().flux_msg_is_streaming(getattr(message, "handle", message)))
+def _encoded(value: Any) -> Any:
+    """A handler's returned or yielded value, ready for ``respond``."""
+    if isinstance(value, (str, bytes)):
+        return value
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise _ReturnValueError(f"the handler gave {type(value).__name__}, which is not JSON: {exc}") from None
 
 
-_LIBFLUX: Any = None
+# What a handler method is, which decides how it is run.
+_PLAIN = "plain"
+_COROUTINE = "coroutine"
+_GENERATOR = "generator"
+_ASYNC_GENERATOR = "async generator"
 
 
-def _libflux() -> Any:
-    """flux-core's compiled library, imported once, on first use.
+def _kind_of(method: Any) -> str:
+    if inspect.iscoroutinefunction(method):
+        return _COROUTINE
+    if inspect.isasyncgenfunction(method):
+        return _ASYNC_GENERATOR
+    if inspect.isgeneratorfunction(method):
+        return _GENERATOR
+    return _PLAIN
 
-    Called on every response sent on a real instance: no import there.
-    """
-    global _LIBFLUX
-    if _LIBFLUX is None:
-        from _flux._core import lib
 
-        _LIBFLUX = lib
-    return _LIBFLUX
+class _PendingRequest:
+    """A request whose handler runs as a task, until it is done."""
+
+    __slots__ = ("msg", "topic", "sender", "userid", "task", "cancelled")
+
+    def __init__(self, msg: Any, facts: RequestFacts) -> None:
+        self.msg = msg
+        self.topic = msg.topic
+        self.sender = facts.sender
+        self.userid = facts.userid
+        self.task: Any = None
+        self.cancelled = False
+
+
+def _forget(pending: Dict[Tuple[str, int], _PendingRequest], key: Tuple[str, int], request: _PendingRequest) -> None:
+    if pending.get(key) is request:
+        del pending[key]
 
 
 def _instance_attr(obj: Any, name: str) -> Any:

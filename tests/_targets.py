@@ -8,6 +8,7 @@ rpc, event, dmesg...) checks that the two behave alike.
 import errno
 import json
 import os
+import textwrap
 
 import pytest
 
@@ -15,6 +16,25 @@ from flux.brokermod_testing import RPCResult, module_names, wait_for
 from flux.membroker import FLUX_ROLE_USER, FLUX_RPC_STREAMING, Broker, ModuleError
 
 GUEST = 1234
+
+# A client script sees: h (an owner's handle), STREAMING, emit(value),
+# matchtag_of(future), and guest(script) to run a script as a guest.  On a
+# real instance it runs as ``flux python -c RUNNER SCRIPT RUNNER``.
+_REAL_CLIENT_RUNNER = r"""
+import json, os, subprocess, sys
+import flux
+from flux.constants import FLUX_RPC_STREAMING as STREAMING
+from _flux._core import lib
+h = flux.Flux()
+def emit(value):
+    print(json.dumps(value), flush=True)
+def matchtag_of(future):
+    return lib.flux_rpc_get_matchtag(future.pimpl.handle)
+def guest(script):
+    env = dict(os.environ, FLUX_HANDLE_USERID="%d", FLUX_HANDLE_ROLEMASK="0x2")
+    subprocess.run([sys.executable, "-c", sys.argv[2], script, sys.argv[2]], env=env, check=True)
+exec(compile(sys.argv[1], "<client>", "exec"))
+""" % GUEST
 
 # One client handle, several requests in turn: on a real broker each
 # request may reuse the matchtag its predecessor freed.
@@ -87,6 +107,22 @@ class MemTarget:
         client = self._client(False)
         return [RPCResult(topic, _answers(client.rpc(topic, p), False)) for p in payloads]
 
+    def client(self, script, guest=False):
+        """Run a client *script* (see _REAL_CLIENT_RUNNER); return what it emitted."""
+        out = []
+        h = self._client(guest)
+        env = {
+            "h": h,
+            "STREAMING": FLUX_RPC_STREAMING,
+            "emit": out.append,
+            "matchtag_of": lambda future: future._matchtag,
+            "guest": lambda text: out.extend(self.client(text, guest=True)),
+        }
+        exec(compile(textwrap.dedent(script), "<client>", "exec"), env)
+        h.close()  # as a client process exiting
+        self.broker.run_until_idle()
+        return out
+
     def start_rpc(self, topic, payload=None):
         future = self.broker.connect().rpc(topic, payload)
         self.broker.run_until_idle()
@@ -158,6 +194,13 @@ class RealTarget:
         result = self.instance.flux("python", "-c", _SEQUENTIAL_RPCS, topic, json.dumps(payloads))
         assert result.returncode == 0, result.stderr
         return [RPCResult(topic, [answer]) for answer in json.loads(result.stdout)]
+
+    def client(self, script):
+        """Run a client *script* in its own process; return what it emitted."""
+        script = textwrap.dedent(script)
+        result = self.instance.flux("python", "-c", _REAL_CLIENT_RUNNER, script, _REAL_CLIENT_RUNNER)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
     def start_rpc(self, topic, payload=None):
         return self.instance.start_rpc(topic, payload)

@@ -150,7 +150,7 @@ def test_returned_str_and_bytes_are_sent_as_respond_sends_them(returns):
 def test_a_value_that_is_not_json_answers_eio(returns):
     code, text = error_of(returns.rpc("returns.set"))
     assert code == errno.EIO
-    assert text.startswith("the handler returned set, which is not JSON: ")
+    assert text.startswith("the handler gave set, which is not JSON: ")
     code, text = error_of(returns.rpc("returns.nan"))
     assert code == errno.EIO and "not JSON" in text
 

@@ -176,6 +176,7 @@ class Broker:
         self._timers: List[Tuple[float, int, TimerWatcher]] = []
         self._timer_seq = 0
         self._event_seq = 0
+        self._clients: List[Handle] = []
         self._owner_handle = self.connect()
 
     # The public interface
@@ -194,7 +195,9 @@ class Broker:
         """
         if rolemask is None:
             rolemask = FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL if userid in (None, self.owner) else FLUX_ROLE_USER
-        return Handle(self, self.owner if userid is None else userid, rolemask)
+        client = Handle(self, self.owner if userid is None else userid, rolemask)
+        self._clients.append(client)
+        return client
 
     def rpc(self, topic: str, payload: Any = None, nodeid: int = FLUX_NODEID_ANY, flags: int = 0) -> Future:
         """Send a request as the instance owner (see :meth:`Handle.rpc`)."""
@@ -292,7 +295,13 @@ class Broker:
         return [str(entry) for entry in self.log if name is None or entry.name == name]
 
     def close(self) -> None:
-        """Remove every module still loaded."""
+        """Close every client handle (each service it used gets
+        ``NAME.disconnect``), then remove every module still loaded."""
+        if self.panicked is None:
+            for client in self._clients:
+                client.close()
+            self._clients.clear()
+            self.run_until_idle()
         for name in list(self._modules):
             if self.panicked is None and name in self._modules:
                 self.remove(name)

@@ -11,12 +11,15 @@ import fnmatch
 import json
 import os
 import re
+import select
 import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
 from flux.membroker._message import (
     FLUX_MATCHTAG_NONE,
+    FLUX_POLLIN,
+    FLUX_POLLOUT,
     FLUX_MSGTYPE_ANY,
     FLUX_MSGTYPE_EVENT,
     FLUX_MSGTYPE_REQUEST,
@@ -49,6 +52,7 @@ class Future:
         self._callback: Optional[Callable[..., Any]] = None
         self._callback_args: tuple = ()
         self._scheduled = False
+        self._matchtag = FLUX_MATCHTAG_NONE
 
     def is_ready(self) -> bool:
         """True when a response is there to get."""
@@ -156,6 +160,14 @@ class MessageWatcher:
         self.running = False
         self.handle._remove_watcher(self)
 
+    def ref(self) -> "MessageWatcher":
+        """Let this watcher keep the reactor running (the default)."""
+        return self
+
+    def unref(self) -> "MessageWatcher":
+        """Do not let this watcher alone keep the reactor running."""
+        return self
+
     def __enter__(self) -> "MessageWatcher":
         return self.start()
 
@@ -209,6 +221,14 @@ class TimerWatcher:
         """Disarm and forget the timer."""
         self.stop()
 
+    def ref(self) -> "TimerWatcher":
+        """Let this timer keep the reactor running (the default)."""
+        return self
+
+    def unref(self) -> "TimerWatcher":
+        """Do not let this timer alone keep the reactor running."""
+        return self
+
     def _fire(self) -> None:
         self.due = None
         if self.repeat > 0 and not self.armed_seq:
@@ -220,6 +240,67 @@ class TimerWatcher:
 
     def __exit__(self, *exc: Any) -> None:
         self.destroy()
+
+
+class LoopWatcher:
+    """A prepare, check or idle watcher: ``callback(handle, watcher, revents, args)``.
+
+    The in-memory reactor calls the prepare and check callbacks of started
+    watchers once per iteration, before and after it waits for work; while
+    an idle watcher is started, it does not wait.
+    """
+
+    def __init__(self, handle: "Handle", kind: str, callback: Optional[Callable[..., Any]], args: Any) -> None:
+        self.handle = handle
+        self.kind = kind
+        self.callback = callback
+        self.args = args
+        self.running = False
+
+    def start(self) -> "LoopWatcher":
+        """Start the watcher."""
+        if not self.running:
+            self.running = True
+            self.handle._loop_watchers.append(self)
+        return self
+
+    def stop(self) -> "LoopWatcher":
+        """Stop the watcher."""
+        if self.running:
+            self.running = False
+            self.handle._loop_watchers.remove(self)
+        return self
+
+    def ref(self) -> "LoopWatcher":
+        """Let this watcher keep the reactor running (the default)."""
+        return self
+
+    def unref(self) -> "LoopWatcher":
+        """Do not let this watcher alone keep the reactor running."""
+        return self
+
+    def destroy(self) -> None:
+        """Stop and forget the watcher."""
+        self.stop()
+
+    def __enter__(self) -> "LoopWatcher":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.destroy()
+
+
+class FDWatcher(LoopWatcher):
+    """Calls ``callback(handle, watcher, fd, revents, args)`` when *fd* is ready.
+
+    The in-memory reactor polls the descriptor (without waiting) once per
+    iteration: it never waits for real I/O, so that time stays virtual.
+    """
+
+    def __init__(self, handle: "Handle", fd: int, events: int, callback: Callable[..., Any], args: Any) -> None:
+        super().__init__(handle, "fd", callback, args)
+        self.fd_int = fd
+        self.events = events
 
 
 class _Host:
@@ -271,6 +352,9 @@ class Handle:
         self._subscriptions: List[str] = []
         self._stop: Optional[int] = None
         self._exception: Optional[BaseException] = None
+        self._loop_watchers: List[LoopWatcher] = []
+        self._services_used: List[str] = []
+        self._closed = False
         self.counters = {
             "tx": {"request": 0, "response": 0, "event": 0, "control": 0},
             "rx": {"request": 0, "response": 0, "event": 0, "control": 0},
@@ -297,10 +381,14 @@ class Handle:
             nodeid=nodeid,
         )
         future = Future(self, topic)
+        service = topic.split(".", 1)[0]
+        if self._record is None and service not in self._services_used:
+            self._services_used.append(service)
         if not flags & FLUX_RPC_NORESPONSE:
             msg.matchtag = self._next_matchtag
             self._next_matchtag += 1
             self._futures[msg.matchtag] = future
+        future._matchtag = msg.matchtag  # flux_rpc_get_matchtag() on a real broker
         msg.sender = self
         self.counters["tx"]["request"] += 1
         self._broker._route_request(msg)
@@ -416,6 +504,47 @@ class Handle:
         """Create a (stopped) timer calling ``callback(h, w, revents, args)``."""
         return TimerWatcher(self, after, callback, repeat, args)
 
+    def prepare_watcher_create(self, callback: Callable[..., Any], args: Any = None) -> LoopWatcher:
+        """Create a (stopped) watcher called before the reactor waits."""
+        return LoopWatcher(self, "prepare", callback, args)
+
+    def check_watcher_create(self, callback: Callable[..., Any], args: Any = None) -> LoopWatcher:
+        """Create a (stopped) watcher called after the reactor waited."""
+        return LoopWatcher(self, "check", callback, args)
+
+    def idle_watcher_create(self, callback: Optional[Callable[..., Any]] = None, args: Any = None) -> LoopWatcher:
+        """Create a (stopped) watcher that keeps the reactor from waiting."""
+        return LoopWatcher(self, "idle", callback, args)
+
+    def fd_watcher_create(
+        self, fd_int: int, callback: Callable[..., Any], events: Optional[int] = None, args: Any = None
+    ) -> FDWatcher:
+        """Create a (stopped) watcher of file descriptor *fd_int* (polled, see FDWatcher)."""
+        return FDWatcher(self, fd_int, FLUX_POLLIN | FLUX_POLLOUT if events is None else events, callback, args)
+
+    def get_reactor(self) -> "Handle":
+        """The reactor of this handle (an opaque value to pass back)."""
+        return self
+
+    def reactor_now(self, reactor: Any = None) -> float:
+        """The reactor's clock: the broker's virtual clock, in seconds."""
+        return self._broker.now
+
+    def close(self) -> None:
+        """Close this client handle: like a real broker's local connector,
+        send ``NAME.disconnect`` to each service it sent requests to."""
+        if self._closed or self._record is not None:
+            return
+        self._closed = True
+        for service in self._services_used:
+            msg = Message(
+                FLUX_MSGTYPE_REQUEST, f"{service}.disconnect", None,
+                userid=self.userid, rolemask=self.rolemask, flags=FLUX_RPC_NORESPONSE,
+            )
+            msg.sender = self
+            self._broker._route_request(msg)
+        self._services_used.clear()
+
     def reactor_run(self, reactor: Any = None, flags: int = 0) -> int:
         """Handle messages and timers until stopped; return 0, or -1 on error.
 
@@ -427,13 +556,40 @@ class Handle:
         self._stop = None
         broker._set_running(record, pause=False)
         while self._stop is None:
+            if self._loop_watchers:
+                self._run_loop_watchers("prepare")
+                if self._stop is not None:
+                    break
             item = broker._scheduler.wait_for_work(record.ctx)
             item()
+            if self._loop_watchers:
+                self._run_loop_watchers("check")
         rc, self._stop = self._stop, None
         if self._exception is not None:
             exc, self._exception = self._exception, None
             raise exc
         return rc
+
+    def _run_loop_watchers(self, kind: str) -> None:
+        for watcher in list(self._loop_watchers):
+            if not watcher.running:
+                continue
+            if watcher.kind == kind:
+                self._run_callback(watcher.callback, self, watcher, 0, watcher.args)
+            elif kind == "prepare" and watcher.kind == "fd":
+                self._poll(watcher)
+        if kind == "prepare" and any(w.kind == "idle" for w in self._loop_watchers):
+            self._post(_nothing)  # do not wait: come back at once
+
+    def _poll(self, watcher: FDWatcher) -> None:
+        want_read = watcher.events & FLUX_POLLIN
+        want_write = watcher.events & FLUX_POLLOUT
+        readable, writable, _ = select.select(
+            [watcher.fd_int] if want_read else [], [watcher.fd_int] if want_write else [], [], 0
+        )
+        revents = (FLUX_POLLIN if readable else 0) | (FLUX_POLLOUT if writable else 0)
+        if revents:
+            self._run_callback(watcher.callback, self, watcher, watcher.fd_int, revents, watcher.args)
 
     def reactor_stop(self, reactor: Any = None) -> None:
         """Make :meth:`reactor_run` return 0 after the current callback."""
@@ -580,6 +736,10 @@ def _printf_without_arguments(fmt: str) -> str:
         )
 
     return _PERCENT.sub(percent, fmt)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _topic(topic: Any) -> str:

@@ -23,6 +23,10 @@ FLUX_NODEID_ANY = 0xFFFFFFFF
 FLUX_NODEID_UPSTREAM = 0xFFFFFFFE
 FLUX_MATCHTAG_NONE = 0
 
+FLUX_POLLIN = 1
+FLUX_POLLOUT = 2
+FLUX_POLLERR = 4
+
 _TYPE_NAMES = {
     FLUX_MSGTYPE_REQUEST: "request",
     FLUX_MSGTYPE_RESPONSE: "response",
@@ -128,6 +132,12 @@ class Message:
         """True for a request sent with FLUX_RPC_NORESPONSE."""
         return bool(self.flags & FLUX_RPC_NORESPONSE)
 
+    def _brokermod_facts(self) -> Any:
+        """What libflux would tell of this request (see flux._requests)."""
+        from flux._requests import RequestFacts
+
+        return RequestFacts(self.streaming, self.matchtag, route_of(self.sender), self.userid)
+
     def decode(self) -> Any:
         """Return ``(type, topic, payload_str)``; OSError for an error response."""
         if self.type == FLUX_MSGTYPE_RESPONSE and self.errnum:
@@ -139,3 +149,8 @@ class Message:
             f"<Message {self.type_str} {self.topic!r} userid={self.userid} "
             f"rolemask={self.rolemask:#x}>"
         )
+
+
+def route_of(sender: Any) -> str:
+    """The route identity of a sending handle, as a real broker's uuid stands for it."""
+    return f"{id(sender) & 0xFFFFFFFF:08x}" if sender is not None else ""

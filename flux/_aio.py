@@ -1,0 +1,217 @@
+"""An asyncio event loop that runs on a module's flux reactor.
+
+The flux reactor stays the module's main loop (``BrokerModule.run()``
+runs it, and everything that stops it keeps working: ``stop()``,
+``flux module remove``, SIGTERM).  :class:`ReactorLoop` is an asyncio
+loop stepped from inside it, following the prepare/idle pattern that
+flux-core's watchers document: before the reactor would block, a prepare
+watcher runs one asyncio iteration, keeps an idle watcher started while
+asyncio has callbacks ready (so the reactor polls instead of blocking),
+and arms a timer for asyncio's next scheduled callback.  File descriptors
+asyncio watches become flux fd watchers.  So ``asyncio.sleep``, queues,
+events, ``gather`` and asyncio libraries work in a module, and while one
+handler awaits, the reactor goes on serving others.
+
+The loop's clock is the reactor's (``flux_reactor_now``): on the
+in-memory broker that is the virtual clock, so awaits stay deterministic.
+
+Stepping one iteration uses ``BaseEventLoop._run_once`` and reads
+``_ready`` and ``_scheduled``, private to asyncio but unchanged from
+Python 3.8 to 3.13; the tests exercise them on every supported version.
+"""
+
+import asyncio
+import selectors
+import sys
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+# FLUX_POLLIN / FLUX_POLLOUT (libflux), so no flux-core import is needed.
+_POLLIN = 1
+_POLLOUT = 2
+
+
+class _ReactorSelector(selectors.BaseSelector):
+    """A selector whose waiting is done by the flux reactor's fd watchers.
+
+    ``select()`` never blocks: it hands over the events the watchers
+    recorded since the last call.
+    """
+
+    def __init__(self, h: Any) -> None:
+        self._h = h
+        self._keys: Dict[int, selectors.SelectorKey] = {}
+        self._watchers: Dict[int, Any] = {}
+        self._ready: Dict[int, int] = {}
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        fd = _fileno(fileobj)
+        if fd in self._keys:
+            raise KeyError(f"{fileobj!r} is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._keys[fd] = key
+        flux_events = (_POLLIN if events & selectors.EVENT_READ else 0) | (
+            _POLLOUT if events & selectors.EVENT_WRITE else 0
+        )
+        watcher = self._h.fd_watcher_create(fd, self._on_fd, events=flux_events)
+        watcher.start()
+        self._watchers[fd] = watcher
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = _fileno(fileobj)
+        key = self._keys.pop(fd)
+        watcher = self._watchers.pop(fd)
+        watcher.stop()
+        watcher.destroy()
+        self._ready.pop(fd, None)
+        return key
+
+    def _on_fd(self, h: Any, watcher: Any, fd: int, revents: int, arg: Any) -> None:
+        key = self._keys.get(fd)
+        if key is None:
+            return
+        events = (selectors.EVENT_READ if revents & _POLLIN else 0) | (
+            selectors.EVENT_WRITE if revents & _POLLOUT else 0
+        )
+        self._ready[fd] = self._ready.get(fd, 0) | (events & key.events)
+
+    def select(self, timeout: Optional[float] = None) -> List[Tuple[selectors.SelectorKey, int]]:
+        ready = [(self._keys[fd], events) for fd, events in self._ready.items() if fd in self._keys]
+        self._ready.clear()
+        return ready
+
+    def has_events(self) -> bool:
+        """True if an fd watcher fired since the last :meth:`select`."""
+        return bool(self._ready)
+
+    def get_map(self) -> Any:
+        return dict(self._keys)
+
+    def close(self) -> None:
+        for fd in list(self._keys):
+            self.unregister(fd)
+
+
+def _fileno(fileobj: Any) -> int:
+    return fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
+
+
+class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+    """An asyncio loop stepped by handle *h*'s reactor (see the module doc)."""
+
+    def __init__(self, h: Any) -> None:
+        self._h = h
+        self._flux_reactor = h.get_reactor()
+        self._reactor_selector = _ReactorSelector(h)
+        super().__init__(self._reactor_selector)
+        self._prepare = h.prepare_watcher_create(self._before_block)
+        self._idle = h.idle_watcher_create()
+        self._wakeup = h.timer_watcher_create(0.0, _nothing)
+        self._wakeup_at: Optional[float] = None
+        for watcher in (self._prepare, self._idle, self._wakeup):
+            watcher.unref()  # asyncio alone does not keep the reactor running
+        self._prepare.start()
+
+    def time(self) -> float:
+        """The reactor's clock (the virtual clock on the in-memory broker)."""
+        return float(self._h.reactor_now(self._flux_reactor))
+
+    def _before_block(self, h: Any, watcher: Any, revents: int, arg: Any) -> None:
+        if self._ready or self._reactor_selector.has_events() or self._due():
+            self.step()
+        if self._ready:
+            self._idle.start()
+        else:
+            self._idle.stop()
+        self._arm_wakeup()
+
+    def _due(self) -> bool:
+        scheduled = self._scheduled
+        return bool(scheduled) and scheduled[0].when() <= self.time()
+
+    def _arm_wakeup(self) -> None:
+        scheduled = self._scheduled
+        when = scheduled[0].when() if scheduled else None
+        if when == self._wakeup_at:
+            return
+        self._wakeup.stop()
+        self._wakeup_at = when
+        if when is not None:
+            self._wakeup.reset(after=max(0.0, when - self.time()), repeat=0.0)
+            self._wakeup.start()
+
+    def step(self) -> None:
+        """Run one asyncio iteration: due timers, fd events, ready callbacks."""
+        previous = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self)
+        try:
+            self._run_once()
+        finally:
+            asyncio.events._set_running_loop(previous)
+
+    def finish(self, tasks: List["asyncio.Task[Any]"], rounds: int = 100) -> None:
+        """Cancel *tasks* and step until they are done (their ``finally`` runs)."""
+        for task in tasks:
+            task.cancel()
+        for _ in range(rounds):
+            if all(task.done() for task in tasks):
+                break
+            self.step()
+
+    def close(self) -> None:
+        """Stop the watchers and close the loop."""
+        for watcher in (self._prepare, self._idle, self._wakeup):
+            watcher.stop()
+        super().close()
+
+
+def _nothing(*args: Any) -> None:
+    pass
+
+
+_LOOPS: Dict[int, ReactorLoop] = {}
+
+
+def loop_for(h: Any) -> ReactorLoop:
+    """The asyncio loop of module handle *h*, created on first use."""
+    loop = _LOOPS.get(id(h))
+    if loop is None or loop.is_closed():
+        _make_flux_futures_awaitable()
+        loop = _LOOPS[id(h)] = ReactorLoop(h)
+    return loop
+
+
+def forget_loop(h: Any) -> None:
+    """Close and drop the loop of *h*, if it has one."""
+    loop = _LOOPS.pop(id(h), None)
+    if loop is not None and not loop.is_closed():
+        loop.close()
+
+
+def await_flux_future(future: Any) -> Any:
+    """``__await__`` for flux futures: wait in the running loop, return ``get()``."""
+    loop = asyncio.get_running_loop()
+    result: "asyncio.Future[Any]" = loop.create_future()
+
+    def fulfilled(flux_future: Any, *args: Any) -> None:
+        if result.done():
+            return
+        try:
+            result.set_result(flux_future.get())
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            result.set_exception(exc)
+
+    future.then(fulfilled)
+    return result.__await__()
+
+
+def _make_flux_futures_awaitable() -> None:
+    """Let coroutines ``await`` a flux future (flux-core's, or the in-memory one).
+
+    flux-core's futures have no ``__await__``; one is added to the classes
+    already imported (a flux-core release that adds its own keeps it).
+    """
+    for module_name, class_name in (("flux.future", "Future"), ("flux.membroker._handle", "Future")):
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if cls is not None and "__await__" not in vars(cls):
+            cls.__await__ = await_flux_future

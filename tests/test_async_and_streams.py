@@ -1,0 +1,222 @@
+"""async handlers and streams that clean up after themselves, on both brokers.
+
+Client scenarios are small scripts run against the in-memory broker (in
+this process) and, with flux-core present, a real instance (as a client
+process): see ``client()`` in tests/_targets.py.
+"""
+
+import os
+import textwrap
+
+import pytest
+from _helpers import error_of
+from _targets import MemTarget, RealTarget
+
+from flux.brokermod_testing import skip_reason, start_instance
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+ENODATA, EPROTO, ENOENT = 61, 71, 2
+
+WORKER = r'''
+import asyncio
+from flux.brokermod import BrokerModule, event_handler, request_handler, timer_handler
+
+
+class Worker(BrokerModule):
+    order = []
+    seen = []
+
+    @request_handler("nap")
+    async def nap(self, msg, *, t: float, name: str):
+        await asyncio.sleep(t)
+        self.order.append(name)
+        return {"name": name}
+
+    @request_handler("order")
+    def get_order(self, msg):
+        return self.order
+
+    @request_handler("relay")
+    async def relay(self, msg, *, key: str):
+        return await self.handle.rpc("kvstore.get", {"key": key})
+
+    @request_handler("gather")
+    async def gather(self, msg):
+        async def double(x):
+            await asyncio.sleep(0.01 * x)
+            return 2 * x
+        return await asyncio.gather(*(double(x) for x in range(3)))
+
+    @request_handler("fail")
+    async def fail(self, msg):
+        await asyncio.sleep(0)
+        raise ValueError("late failure")
+
+    @request_handler("count")
+    def count(self, msg, *, n: int):
+        for i in range(n):
+            yield i
+
+    @request_handler("breaks")
+    async def breaks(self, msg):
+        yield 1
+        raise OSError(5, "stream broke")
+
+    @event_handler("poke")
+    async def poke(self, msg):
+        await asyncio.sleep(0.01)
+        self.seen.append("event")
+
+    @timer_handler(0.01)
+    async def tick(self):
+        await asyncio.sleep(0.01)
+        self.seen.append("timer")
+
+    @request_handler("seen")
+    def get_seen(self, msg):
+        return sorted(self.seen)
+'''
+
+
+@pytest.fixture(scope="module")
+def real_broker():
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    instance = start_instance()
+    try:
+        yield instance
+    finally:
+        assert instance.stop() == 0
+
+
+@pytest.fixture(params=["membroker", "real"])
+def target(request):
+    if request.param == "membroker":
+        t = MemTarget()
+    else:
+        t = RealTarget(request.getfixturevalue("real_broker"))
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def kv(target):
+    target.load(os.path.join(EXAMPLES, "kvstore.py"))
+    yield target
+    target.remove("kvstore")
+
+
+@pytest.fixture
+def worker(kv, tmp_path):
+    path = tmp_path / "worker.py"
+    path.write_text(textwrap.dedent(WORKER))
+    kv.load(str(path))
+    yield kv
+    kv.remove("worker")
+
+
+def _watching(target):
+    return target.rpc("kvstore.watching").get()["watching"]
+
+
+# Streams
+
+
+def test_watch_streams_changes_and_ends_when_the_client_goes_away(kv):
+    out = kv.client(
+        """
+        f = h.rpc("kvstore.watch", {"key": "a"}, flags=STREAMING)
+        emit(f.get()); f.reset()
+        h.rpc("kvstore.put", {"key": "a", "value": 2}).get()
+        emit(f.get()); f.reset()
+        emit(h.rpc("kvstore.watching").get())
+        """
+    )
+    assert out == [{"value": None}, {"value": 2}, {"watching": 1}]
+    kv.settle(lambda: _watching(kv) == 0, "the watch to end after the client left")
+
+
+def test_cancel_ends_the_stream_with_enodata(kv):
+    out = kv.client(
+        """
+        f = h.rpc("kvstore.watch", {"key": "a"}, flags=STREAMING)
+        emit(f.get()); f.reset()
+        h.rpc("kvstore.watch-cancel", {"matchtag": matchtag_of(f)}, flags=1)
+        try:
+            f.get()
+            emit("more")
+        except OSError as exc:
+            emit(exc.errno)
+        emit(h.rpc("kvstore.watching").get())
+        """
+    )
+    assert out == [{"value": None}, ENODATA, {"watching": 0}]
+
+
+def test_a_guest_cannot_cancel_or_disconnect_an_owners_stream(kv):
+    out = kv.client(
+        """
+        f = h.rpc("kvstore.watch", {"key": "a"}, flags=STREAMING)
+        emit(f.get()); f.reset()
+        # the guest's explicit disconnect is what the broker sends when it
+        # exits; its last request returns only once both were handled
+        guest(
+            "h.rpc('kvstore.watch-cancel', {'matchtag': %d}, flags=1)\\n"
+            "h.rpc('kvstore.disconnect', flags=1)\\n"
+            "emit(h.rpc('kvstore.keys').get())" % matchtag_of(f)
+        )
+        h.rpc("kvstore.put", {"key": "a", "value": 3}).get()
+        f.wait_for(30)  # a stream ended by mistake would send nothing more
+        emit(f.get())
+        emit(h.rpc("kvstore.watching").get())
+        """
+    )
+    assert out == [{"value": None}, [], {"value": 3}, {"watching": 1}]
+
+
+def test_a_generator_streams_to_a_streaming_request_only(worker):
+    result = worker.rpc("worker.count", {"n": 3}, streaming=True)
+    assert result.stream() == [0, 1, 2]
+    assert result.answers[-1]["errno"] == ENODATA
+    assert error_of(worker.rpc("worker.count", {"n": 3})) == (
+        EPROTO, "worker.count is a stream: send the request with FLUX_RPC_STREAMING")
+
+
+def test_a_stream_that_fails_midway_gets_its_responses_then_the_error(worker):
+    result = worker.rpc("worker.breaks", streaming=True)
+    assert result.stream() == [1]
+    assert result.answers[-1] == {"errno": 5, "error": "stream broke"}
+
+
+# async def handlers
+
+
+def test_an_awaiting_handler_does_not_hold_up_others(worker):
+    out = worker.client(
+        """
+        slow = h.rpc("worker.nap", {"t": 0.5, "name": "slow"})
+        fast = h.rpc("worker.nap", {"t": 0.05, "name": "fast"})
+        emit(fast.get()); emit(slow.get())
+        emit(h.rpc("worker.order").get())
+        """
+    )
+    assert out == [{"name": "fast"}, {"name": "slow"}, ["fast", "slow"]]
+
+
+def test_awaiting_a_flux_future_and_gather(worker):
+    worker.rpc("kvstore.put", {"key": "k", "value": [1]}).get()
+    assert worker.rpc("worker.relay", {"key": "k"}).get() == {"value": [1]}
+    assert error_of(worker.rpc("worker.relay", {"key": "nope"})) == (ENOENT, "no such key: nope")
+    assert worker.rpc("worker.gather").get() == [0, 2, 4]
+
+
+def test_a_failing_coroutine_answers_as_a_failing_handler_does(worker):
+    assert error_of(worker.rpc("worker.fail")) == (EPROTO, "ValueError: late failure")
+    assert any("request worker.fail handler failed" in line for line in worker.dmesg())
+
+
+def test_event_and_timer_coroutines_run(worker):
+    worker.event("worker.poke")
+    worker.settle(lambda: worker.rpc("worker.seen").get() == ["event", "timer"], "event and timer coroutines")
