@@ -4,7 +4,8 @@ flux-core's ``Message`` (0.88) has no ``matchtag``, ``streaming`` or sender:
 those facts exist only through libflux calls on ``msg.handle``.
 :func:`request_facts` reads them on both brokers: through libflux for a
 flux-core message, and through the in-memory broker's own record of the
-message (its ``_brokermod_facts`` hook) for an in-memory one.
+message (its ``_brokermod_facts`` and ``_brokermod_streaming`` hooks) for
+an in-memory one.
 """
 
 from typing import Any, NamedTuple
@@ -40,10 +41,13 @@ def _libflux() -> Any:
 
 
 def is_streaming(msg: Any) -> bool:
-    """True if request *msg* was sent with FLUX_RPC_STREAMING."""
-    facts = getattr(type(msg), "_brokermod_facts", None)
-    if facts is not None:
-        return bool(facts(msg).streaming)
+    """True if request *msg* was sent with FLUX_RPC_STREAMING.
+
+    On the path of every response: one look-up on the class, one call.
+    """
+    streaming = getattr(type(msg), "_brokermod_streaming", None)
+    if streaming is not None:
+        return bool(streaming(msg))
     return bool(_libflux().flux_msg_is_streaming(msg.handle))
 
 

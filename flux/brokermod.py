@@ -806,7 +806,7 @@ class _AnswerTracker:
     def __init__(self, h: Any) -> None:
         self._respond = h.respond
         self._respond_error = h.respond_error
-        # The message objects handlers were given; gone with them.
+        # The message objects that got their final answer; gone with them.
         self._final: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
     @classmethod

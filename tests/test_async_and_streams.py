@@ -20,7 +20,7 @@ ENODATA, EPROTO, ENOENT = 61, 71, 2
 
 WORKER = r'''
 import asyncio
-from flux.brokermod import BrokerModule, event_handler, request_handler, timer_handler
+from flux.brokermod import BrokerModule, event_handler, request_facts, request_handler, timer_handler
 
 
 class Worker(BrokerModule):
@@ -76,6 +76,10 @@ class Worker(BrokerModule):
     @request_handler("seen")
     def get_seen(self, msg):
         return sorted(self.seen)
+
+    @request_handler("facts", allow_guest=True)
+    def facts(self, msg):
+        return request_facts(msg)._asdict()
 '''
 
 
@@ -220,3 +224,36 @@ def test_a_failing_coroutine_answers_as_a_failing_handler_does(worker):
 def test_event_and_timer_coroutines_run(worker):
     worker.event("worker.poke")
     worker.settle(lambda: worker.rpc("worker.seen").get() == ["event", "timer"], "event and timer coroutines")
+
+
+# Request facts
+
+
+def test_request_facts_are_the_same_on_both_brokers(worker):
+    out = worker.client(
+        """
+        first = h.rpc("worker.facts")
+        second = h.rpc("worker.facts", flags=STREAMING)
+        emit([first.get(), matchtag_of(first), second.get(), matchtag_of(second)])
+        guest("emit(h.rpc('worker.facts').get())")
+        """
+    )
+    (first, first_tag, second, second_tag), from_guest = out
+    assert (first["streaming"], first["matchtag"]) == (False, first_tag)
+    assert (second["streaming"], second["matchtag"]) == (True, second_tag)
+    assert first["sender"] == second["sender"] != ""  # one client, one identity
+    assert first["userid"] == worker.owner()
+    assert from_guest["sender"] != first["sender"] and from_guest["userid"] == 1234
+
+
+def test_awaits_follow_the_virtual_clock_in_memory(tmp_path):
+    from flux.membroker import Broker
+
+    path = tmp_path / "worker.py"
+    path.write_text(textwrap.dedent(WORKER))
+    with Broker() as broker:
+        broker.load(str(path))
+        slow = broker.rpc("worker.nap", {"t": 50.0, "name": "slow"})
+        fast = broker.rpc("worker.nap", {"t": 5.0, "name": "fast"})
+        assert fast.get() == {"name": "fast"} and broker.now == 5.0
+        assert slow.get() == {"name": "slow"} and broker.now == 50.0

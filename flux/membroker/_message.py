@@ -3,6 +3,8 @@
 import json
 from typing import Any, Optional
 
+from flux._requests import RequestFacts
+
 # Values of flux-core's constants of the same names.
 FLUX_MSGTYPE_REQUEST = 0x01
 FLUX_MSGTYPE_RESPONSE = 0x02
@@ -132,11 +134,13 @@ class Message:
         """True for a request sent with FLUX_RPC_NORESPONSE."""
         return bool(self.flags & FLUX_RPC_NORESPONSE)
 
-    def _brokermod_facts(self) -> Any:
+    def _brokermod_facts(self) -> RequestFacts:
         """What libflux would tell of this request (see flux._requests)."""
-        from flux._requests import RequestFacts
-
         return RequestFacts(self.streaming, self.matchtag, route_of(self.sender), self.userid)
+
+    def _brokermod_streaming(self) -> bool:
+        """flux_msg_is_streaming() of this request (see flux._requests)."""
+        return bool(self.flags & FLUX_RPC_STREAMING)
 
     def decode(self) -> Any:
         """Return ``(type, topic, payload_str)``; OSError for an error response."""
