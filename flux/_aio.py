@@ -23,7 +23,7 @@ Python 3.8 to 3.13; the tests exercise them on every supported version.
 import asyncio
 import selectors
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 # FLUX_POLLIN / FLUX_POLLOUT (libflux), so no flux-core import is needed.
 _POLLIN = 1

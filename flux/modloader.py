@@ -278,13 +278,13 @@ def _where(exc: BaseException, path: str) -> str:
 def _exit_text(exc: SystemExit) -> str:
     # Imported late: flux.brokermod must not be imported before main() has
     # made it mean this project's file (see flux._layout).
-    from flux.brokermod import _exit_text as exit_text
+    from flux._dispatch import exit_text
 
     return exit_text(exc)
 
 
 def _user_traceback(exc: BaseException) -> str:
     """Format *exc* without the leading frames of the flux package (this loader)."""
-    from flux.brokermod import _user_frames
+    from flux._dispatch import user_frames
 
-    return "".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__)))
+    return "".join(traceback.format_exception(type(exc), exc, user_frames(exc.__traceback__)))

@@ -1,0 +1,501 @@
+"""The dispatch path: from a message (or a timer) to a handler and its answer.
+
+:class:`Dispatcher` turns a module's handler methods into reactor
+callbacks.  Each plain callback is one closure: a call and a try block
+between the broker's message and the handler.  The try block takes
+BaseException: flux-core's callback wrappers pass only Exception on, so a
+SystemExit (argparse) or KeyboardInterrupt left to escape would be dropped
+by cffi and the request never answered.  Coroutines and generators run as
+asyncio tasks on the module's reactor (:mod:`flux._aio`), with cancel and
+disconnect handled here.  Every request gets exactly one final answer
+(:class:`AnswerTracker`).
+"""
+
+import asyncio
+import errno
+import inspect
+import json
+import os
+import sys
+import syslog
+import traceback
+import weakref
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from flux import _aio
+from flux._logtext import log_verbatim
+from flux._payloads import PayloadError, PayloadSchema
+from flux._requests import RequestFacts, is_streaming, request_facts
+
+
+class Dispatcher:
+    """Make the reactor callbacks of one module's handlers.
+
+    *h* is the module's handle, *log* its :class:`~flux.brokermod.BrokerLogger`
+    (refusals go to its debug level), and *on_failure* is called after a
+    handler's failure is logged (``stop_on_error`` stops the module there).
+    """
+
+    def __init__(self, h: Any, log: Any, on_failure: Callable[[], None]) -> None:
+        self._h = h
+        self._log = log
+        self._on_failure = on_failure
+        # Requests served by tasks (coroutines, streams), by (sender,
+        # matchtag); None until the module has such a handler.
+        self._pending: Optional[Dict[Tuple[str, int], _PendingRequest]] = None
+        self._loop: Any = None
+
+    @property
+    def has_tasks(self) -> bool:
+        """True if some handler runs as an asyncio task (disconnects matter)."""
+        return self._loop is not None
+
+    def run_reactor(self) -> int:
+        """Run the module's reactor; end the tasks still open when it stops."""
+        loop = self._loop
+        if loop is None:
+            return int(self._h.reactor_run())
+        asyncio.events._set_running_loop(loop)
+        try:
+            return int(self._h.reactor_run())
+        finally:
+            asyncio.events._set_running_loop(None)
+            # Streams and other tasks still open end now: their finally runs.
+            loop.finish([task for task in asyncio.all_tasks(loop) if not task.done()])
+            _aio.forget_loop(self._h)
+            self._loop = None
+
+
+    def request_callback(
+        self, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str
+    ) -> Callable[..., None]:
+        """The callback of request handler *method* (*kind*: see :func:`kind_of`)."""
+        if kind != PLAIN:
+            return self._task_request_callback(method, schema, kind)
+        answered = AnswerTracker.install(self._h)
+        answer = self._answer_with
+        if schema is None:
+
+            def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+                try:
+                    result = method(msg)
+                    if result is not None:
+                        answer(msg, result, answered)
+                except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                    self._request_failed(msg, exc, answered)
+
+            return callback
+
+        fields_of = schema.fields_of
+
+        def checked_callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            try:
+                result = method(msg, **fields_of(msg))
+                if result is not None:
+                    answer(msg, result, answered)
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                self._request_failed(msg, exc, answered)
+
+        return checked_callback
+
+    def _answer_with(self, msg: Any, result: Any, answered: "AnswerTracker") -> None:
+        """Answer *msg* with what its handler returned (a streaming request: then ENODATA)."""
+        if answered.is_final(msg):
+            raise AnswerError(msg, f"the handler answered and also returned {type(result).__name__} {result!r:.40}")
+        self._h.respond(msg, _encoded(result))
+        if is_streaming(msg):
+            self._h.respond_error(msg, errno.ENODATA)
+
+    def event_callback(self, method: Callable[[Any], Any], kind: str) -> Callable[..., None]:
+        if kind != PLAIN:
+            start = self._task_starter()
+
+            def task_callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+                start(method(msg), f"event {msg.topic}")
+
+            return task_callback
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            try:
+                method(msg)
+            except BaseException as exc:  # noqa: BLE001 - logged, module survives
+                self.failed(f"event {msg.topic}", exc)
+
+        return callback
+
+    def timer_callback(self, attr: str, method: Callable[[], Any], kind: str) -> Callable[..., None]:
+        if kind != PLAIN:
+            start = self._task_starter()
+
+            def task_callback(h: Any, watcher: Any, revents: int, arg: Any) -> None:
+                start(method(), f"timer {attr}")
+
+            return task_callback
+
+        def callback(h: Any, watcher: Any, revents: int, arg: Any) -> None:
+            try:
+                method()
+            except BaseException as exc:  # noqa: BLE001 - logged, module survives
+                self.failed(f"timer {attr}", exc)
+
+        return callback
+
+    # Handlers that run as asyncio tasks: coroutines and streams.
+
+    def _task_loop(self) -> Any:
+        if self._loop is None:
+            self._loop = _aio.loop_for(self._h)
+            self._pending = {}
+        return self._loop
+
+    def _task_starter(self) -> Callable[[Any, str], None]:
+        """For event and timer coroutines: run each as a task, log its failure."""
+        loop = self._task_loop()
+
+        async def guarded(coro: Any, what: str) -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - logged, module survives
+                self.failed(what, exc)
+
+        def start(coro: Any, what: str) -> None:
+            loop.create_task(guarded(coro, what))
+
+        return start
+
+    def _task_request_callback(
+        self, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str
+    ) -> Callable[..., None]:
+        """A request handler that is a coroutine or a generator (a stream)."""
+        answered = AnswerTracker.install(self._h)
+        loop = self._task_loop()
+        pending = self._pending
+        assert pending is not None
+        stream = kind in (GENERATOR, ASYNC_GENERATOR)
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            try:
+                facts = request_facts(msg)
+                if stream and not facts.streaming:
+                    raise RequestError(
+                        errno.EPROTO, f"{msg.topic} is a stream: send the request with FLUX_RPC_STREAMING"
+                    )
+                kwargs = schema.fields_of(msg) if schema is not None else {}
+                body = method(msg, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                self._request_failed(msg, exc, answered)
+                return
+            request = _PendingRequest(msg, facts)
+            if kind == COROUTINE:
+                coro = self._serve(body, request, answered)
+            else:
+                coro = self._serve_stream(body, request, answered)
+            request.task = loop.create_task(coro)
+            if facts.matchtag:
+                key = (facts.sender, facts.matchtag)
+                pending[key] = request
+                request.task.add_done_callback(lambda task: _forget(pending, key, request))
+
+        return callback
+
+    async def _serve(self, coro: Any, request: "_PendingRequest", answered: "AnswerTracker") -> None:
+        msg = request.msg
+        try:
+            result = await coro
+            if result is not None:
+                self._answer_with(msg, result, answered)
+        except asyncio.CancelledError:
+            pass  # the caller went away: nothing to answer
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            self._request_failed(msg, exc, answered)
+
+    async def _serve_stream(self, body: Any, request: "_PendingRequest", answered: "AnswerTracker") -> None:
+        msg = request.msg
+        respond = self._h.respond
+        try:
+            if inspect.isasyncgen(body):
+                async for value in body:
+                    respond(msg, _encoded(value))
+            else:
+                for value in body:
+                    respond(msg, _encoded(value))
+            self._h.respond_error(msg, errno.ENODATA)
+        except asyncio.CancelledError:
+            if request.cancelled:  # TOPIC-cancel ends the stream with ENODATA
+                self._h.respond_error(msg, errno.ENODATA)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            self._request_failed(msg, exc, answered)
+        finally:
+            if inspect.isasyncgen(body):
+                await body.aclose()
+            else:
+                body.close()
+
+    def cancel_callback(self, topic: str) -> Callable[..., None]:
+        """``TOPIC-cancel`` with ``{"matchtag": N}``: end the sender's own stream N."""
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            try:
+                matchtag = json.loads(msg.payload_str or "null")["matchtag"]
+                facts = request_facts(msg)
+            except (TypeError, ValueError, KeyError):
+                return  # a cancel gets no response, even a malformed one
+            request = (self._pending or {}).get((facts.sender, matchtag))
+            if request is not None and request.userid == facts.userid and request.topic == topic:
+                request.cancelled = True
+                request.task.cancel()
+
+        return callback
+
+    def disconnect_callback(self) -> Callable[..., None]:
+        """``NAME.disconnect``: the sender closed its handle; drop its requests."""
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            facts = request_facts(msg)
+            for request in list((self._pending or {}).values()):
+                if request.sender == facts.sender and request.userid == facts.userid:
+                    request.task.cancel()
+
+        return callback
+
+    def _request_failed(
+        self, msg: Any, exc: BaseException, answered: "AnswerTracker"
+    ) -> None:
+        if isinstance(exc, (RequestError, PayloadError)):
+            self._log.debug(f"request {msg.topic} refused: {exception_text(exc)}")
+        else:
+            self.failed(f"request {msg.topic}", exc)
+        if not answered.is_final(msg):
+            try:
+                self._h.respond_error(msg, _exception_errno(exc), _request_error_text(msg, exc))
+            except OSError as respond_exc:
+                log_verbatim(self._h, syslog.LOG_ERR, f"could not answer {msg.topic}: {respond_exc}")
+
+    def failed(self, what: str, exc: BaseException, stop: bool = True) -> None:
+        lines = traceback.format_exception(type(exc), exc, user_frames(exc.__traceback__))
+        log_verbatim(self._h, syslog.LOG_ERR, f"{what} handler failed: {''.join(lines).rstrip()}")
+        if stop:
+            self._on_failure()
+
+
+
+# How a handler's exception is turned into an error response: exceptions
+# that typically mean the request itself was malformed get EPROTO.
+_BAD_REQUEST_ERRORS = (KeyError, TypeError, ValueError, UnicodeError)
+_FAILED_HANDLER_ERRNO = errno.EIO
+
+
+def _exception_errno(exc: BaseException) -> int:
+    if isinstance(exc, OSError) and exc.errno:
+        return int(exc.errno)
+    if isinstance(exc, _BAD_REQUEST_ERRORS):
+        return errno.EPROTO
+    if isinstance(exc, SystemExit):  # argparse on bad input, sys.exit("usage")
+        return errno.EINVAL
+    return _FAILED_HANDLER_ERRNO
+
+
+def exit_text(exc: SystemExit) -> str:
+    """What ``sys.exit(code)`` was given, in one line: ``sys.exit(2)`` or its message."""
+    if isinstance(exc.code, int) or exc.code is None:
+        return f"sys.exit({exc.code})"
+    text = str(exc.code).strip()
+    return text.splitlines()[0] if text else "sys.exit()"
+
+
+def exception_text(exc: BaseException) -> str:
+    """One line for the caller: the OSError's message, or ``Type: text``."""
+    if isinstance(exc, OSError) and str(exc.strerror or "").strip():
+        return str(exc.strerror).strip().splitlines()[0]
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: {exit_text(exc)}"
+    if isinstance(exc, (PayloadError, _ReturnValueError)):  # our own, already one line
+        return str(exc)
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = f"missing key {exc.args[0]!r}"
+    elif isinstance(exc, json.JSONDecodeError):
+        text = f"payload is not JSON ({exc})"
+    elif isinstance(exc, TypeError) and "JSON object must be" in str(exc):
+        text = "request has no payload"
+    else:
+        text = str(exc).strip()
+    first_line = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+
+
+def _request_error_text(msg: Any, exc: BaseException) -> str:
+    """The caller's error text; names a payload that is not a JSON object."""
+    if isinstance(exc, (TypeError, KeyError, AttributeError)) and not isinstance(exc, OSError):
+        try:
+            payload = json.loads(msg.payload_str)
+        except (TypeError, ValueError):
+            payload = {}
+        if not isinstance(payload, dict):
+            kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+                type(payload), "number"
+            )
+            return f"{type(exc).__name__}: payload is not a JSON object (got a JSON {kind})"
+    return exception_text(exc)
+
+
+class AnswerTracker:
+    """Give each request at most one final answer.
+
+    Wraps ``respond``/``respond_error`` on the module's handle once: the
+    handle is made by whichever loader runs the module (this library's,
+    flux-core's, or the in-memory broker), and this is the one place all
+    three share.  A response to a streaming request is not final; an error
+    response is.  Answering a request that already got its final answer
+    raises :class:`AnswerError` in the caller and sends nothing: on a real
+    broker the extra response would reach the same client's next request
+    that reuses the matchtag.  Both methods return None.
+    """
+
+    def __init__(self, h: Any) -> None:
+        self._respond = h.respond
+        self._respond_error = h.respond_error
+        # The message objects that got their final answer; gone with them.
+        self._final: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+    @classmethod
+    def install(cls, h: Any) -> "AnswerTracker":
+        tracker = instance_attr(h, "_brokermod_answers")
+        if tracker is None:
+            tracker = cls(h)
+            h._brokermod_answers = tracker
+            h.respond = tracker.respond
+            h.respond_error = tracker.respond_error
+        return tracker
+
+    def respond(self, message: Any, payload: Any = None) -> None:
+        """Send a response, as ``flux.Flux.respond`` does."""
+        if message in self._final:
+            raise AnswerError(message)
+        self._respond(message, payload)
+        if not is_streaming(message):
+            self._mark_final(message)
+
+    def respond_error(self, message: Any, errnum: int, errstr: Any = None) -> None:
+        """Send an error response, as ``flux.Flux.respond_error`` does."""
+        if message in self._final:
+            raise AnswerError(message)
+        self._respond_error(message, errnum, errstr)
+        self._mark_final(message)
+
+    def is_final(self, message: Any) -> bool:
+        """Return True if *message* already got a final answer."""
+        return message in self._final
+
+    def _mark_final(self, message: Any) -> None:
+        try:
+            self._final.add(message)
+        except TypeError:  # a raw message pointer: nothing to mark
+            pass
+
+
+class AnswerError(RuntimeError):
+    """A request that already got its final answer was answered again.
+
+    Raised by the module handle's ``respond``/``respond_error`` for a
+    request answered before (a non-streaming request once, a streaming one
+    after its error or ENODATA), and when a handler that answered also
+    returns a value; nothing more is sent.
+    """
+
+    def __init__(self, message: Any, what: str = "a second response") -> None:
+        super().__init__(
+            f"{message.topic}: request already answered; {what} would reach "
+            f"another request of the same client, so it was not sent"
+        )
+
+
+class RequestError(OSError):
+    """Refuse a request cleanly: ``raise RequestError(errno.ENOENT, "no such key: a")``.
+
+    The caller gets that errno and text (the errno's standard text when
+    *text* is omitted); the module's log gets one line at LOG_DEBUG and no
+    traceback, since nothing went wrong in the module.
+    """
+
+    def __init__(self, errnum: int, text: Optional[str] = None) -> None:
+        super().__init__(errnum, text if text else os.strerror(errnum))
+
+
+class _ReturnValueError(Exception):
+    """A handler returned a value that cannot be sent (answered EIO)."""
+
+
+def _encoded(value: Any) -> Any:
+    """A handler's returned or yielded value, ready for ``respond``."""
+    if isinstance(value, (str, bytes)):
+        return value
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise _ReturnValueError(f"the handler gave {type(value).__name__}, which is not JSON: {exc}") from None
+
+
+# What a handler method is, which decides how it is run.
+PLAIN = "plain"
+COROUTINE = "coroutine"
+GENERATOR = "generator"
+ASYNC_GENERATOR = "async generator"
+
+
+def is_stream(kind: str) -> bool:
+    """True for the kinds of handler that answer with a stream."""
+    return kind in (GENERATOR, ASYNC_GENERATOR)
+
+
+def kind_of(method: Any) -> str:
+    """How handler *method* runs: PLAIN, COROUTINE, GENERATOR or ASYNC_GENERATOR."""
+    if inspect.iscoroutinefunction(method):
+        return COROUTINE
+    if inspect.isasyncgenfunction(method):
+        return ASYNC_GENERATOR
+    if inspect.isgeneratorfunction(method):
+        return GENERATOR
+    return PLAIN
+
+
+class _PendingRequest:
+    """A request whose handler runs as a task, until it is done."""
+
+    __slots__ = ("msg", "topic", "sender", "userid", "task", "cancelled")
+
+    def __init__(self, msg: Any, facts: RequestFacts) -> None:
+        self.msg = msg
+        self.topic = msg.topic
+        self.sender = facts.sender
+        self.userid = facts.userid
+        self.task: Any = None
+        self.cancelled = False
+
+
+def _forget(pending: Dict[Tuple[str, int], _PendingRequest], key: Tuple[str, int], request: _PendingRequest) -> None:
+    if pending.get(key) is request:
+        del pending[key]
+
+
+def user_frames(tb: Any) -> Any:
+    """Skip the leading traceback frames that belong to the flux package
+    (this dispatch code, the broker's reactor): start in the user's code."""
+    flux_pkg = sys.modules.get("flux")
+    roots = tuple(os.path.join(p, "") for p in getattr(flux_pkg, "__path__", ()))
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename.startswith(roots):
+        tb = tb.tb_next
+    return tb
+
+
+def instance_attr(obj: Any, name: str) -> Any:
+    """Read an attribute set on *obj* itself, or None.
+
+    Plain getattr() will not do: flux-core's handle answers any unknown
+    attribute with a stand-in object instead of raising AttributeError.
+    """
+    try:
+        return vars(obj).get(name)
+    except TypeError:  # no __dict__
+        return None
