@@ -100,6 +100,7 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     """An asyncio loop stepped by handle *h*'s reactor (see the module doc)."""
 
     def __init__(self, h: Any) -> None:
+        _make_flux_futures_awaitable()
         self._h = h
         self._flux_reactor = h.get_reactor()
         self._reactor_selector = _ReactorSelector(h)
@@ -167,25 +168,6 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
 
 def _nothing(*args: Any) -> None:
     pass
-
-
-_LOOPS: Dict[int, ReactorLoop] = {}
-
-
-def loop_for(h: Any) -> ReactorLoop:
-    """The asyncio loop of module handle *h*, created on first use."""
-    loop = _LOOPS.get(id(h))
-    if loop is None or loop.is_closed():
-        _make_flux_futures_awaitable()
-        loop = _LOOPS[id(h)] = ReactorLoop(h)
-    return loop
-
-
-def forget_loop(h: Any) -> None:
-    """Close and drop the loop of *h*, if it has one."""
-    loop = _LOOPS.pop(id(h), None)
-    if loop is not None and not loop.is_closed():
-        loop.close()
 
 
 def await_flux_future(future: Any) -> Any:

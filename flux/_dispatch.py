@@ -62,7 +62,7 @@ class Dispatcher:
             asyncio.events._set_running_loop(None)
             # Streams and other tasks still open end now: their finally runs.
             loop.finish([task for task in asyncio.all_tasks(loop) if not task.done()])
-            _aio.forget_loop(self._h)
+            loop.close()
             self._loop = None
 
 
@@ -144,7 +144,7 @@ class Dispatcher:
 
     def _task_loop(self) -> Any:
         if self._loop is None:
-            self._loop = _aio.loop_for(self._h)
+            self._loop = _aio.ReactorLoop(self._h)
             self._pending = {}
         return self._loop
 
