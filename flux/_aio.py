@@ -21,8 +21,10 @@ Python 3.8 to 3.13; the tests exercise them on every supported version.
 """
 
 import asyncio
+import inspect
 import selectors
 import sys
+import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 # FLUX_POLLIN / FLUX_POLLOUT (libflux), so no flux-core import is needed.
@@ -172,6 +174,8 @@ def _nothing(*args: Any) -> None:
 
 def await_flux_future(future: Any) -> Any:
     """``__await__`` for flux futures: wait in the running loop, return ``get()``."""
+    if _SYNC.active:
+        return _ready(future.get())
     loop = asyncio.get_running_loop()
     result: "asyncio.Future[Any]" = loop.create_future()
 
@@ -185,6 +189,50 @@ def await_flux_future(future: Any) -> Any:
 
     future.then(fulfilled)
     return result.__await__()
+
+
+class _Sync(threading.local):
+    """Whether this thread awaits flux futures synchronously (see run_to_completion)."""
+
+    active = False
+
+
+_SYNC = _Sync()
+
+
+def run_to_completion(body: Any) -> Any:
+    """Run *body* (a coroutine, or a plain value) to the end without the reactor.
+
+    For a module's ``setup`` and ``teardown``: awaiting a flux future waits
+    for it synchronously (``get()``), so start-up work finishes before the
+    reactor runs and the broker sees the module running.  Awaiting
+    anything that needs the reactor (``asyncio.sleep(1)``, an event set by
+    a handler) raises RuntimeError saying so.
+    """
+    if not inspect.iscoroutine(body):
+        return body
+    _make_flux_futures_awaitable()
+    previous, _SYNC.active = _SYNC.active, True
+    try:
+        while True:
+            try:
+                waited = body.send(None)
+            except StopIteration as stop:
+                return stop.value
+            if waited is not None:  # None: asyncio.sleep(0)
+                body.close()
+                raise RuntimeError(
+                    f"{body.__qualname__} awaited {waited!r}, which needs the reactor running; "
+                    f"before the module runs, await only flux futures (RPCs)"
+                )
+    finally:
+        _SYNC.active = previous
+
+
+def _ready(value: Any) -> Any:
+    """An awaitable's iterator that is done at once with *value*."""
+    return value
+    yield  # pragma: no cover - makes this a generator
 
 
 def _make_flux_futures_awaitable() -> None:

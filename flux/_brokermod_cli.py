@@ -5,6 +5,9 @@ the in-memory broker, sends the requests and events named on the command
 line in order, and prints each answer and the module's log, the way
 ``flux module load``, ``flux rpc`` and ``flux dmesg`` would.
 
+``flux-brokermod describe FILE`` prints a module file's handlers and
+options without loading it.
+
 ``flux-brokermod setup`` prints the shell commands that make a real Flux
 instance load ``.py`` modules with this project's loader and
 ``flux.brokermod``.
@@ -82,6 +85,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("file", metavar="FILE", help="the module's .py file")
     run.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help="module arguments")
+
+    describe_cmd = sub.add_parser(
+        "describe",
+        help="print a module file's handlers and options without loading it",
+        description=(
+            "Import FILE and print what its BrokerModule subclass offers, as the "
+            "module's NAME.handlers method answers on a broker: each handler's "
+            "topic, kind, who may call it, declared payload fields and docstring, "
+            "and the module's options."
+        ),
+    )
+    describe_cmd.add_argument("--name", help="module name (default: FILE's basename up to its first '.')")
+    describe_cmd.add_argument("--guest", action="store_true", help="show only what a guest may call")
+    describe_cmd.add_argument("--json", action="store_true", help="print the answer as JSON")
+    describe_cmd.add_argument("file", metavar="FILE", help="the module's .py file")
 
     setup = sub.add_parser(
         "setup",
@@ -219,9 +237,57 @@ def setup_lines(check: bool = False) -> List[str]:
     return [f"export FLUX_EXEC_PATH_PREPEND={shlex.quote(':'.join(parts))}"]
 
 
+def describe_file(options: argparse.Namespace, out: Any = None) -> int:
+    """Carry out ``flux-brokermod describe``; return the exit status."""
+    out = sys.stdout if out is None else out
+    from flux import _layout, modloader
+
+    _layout.prefer_this_package()
+    from flux.brokermod import BrokerModule, describe
+
+    name = options.name or os.path.basename(options.file).split(".", 1)[0]
+    try:
+        module = modloader.import_path(options.file)
+    except modloader.LoadError as exc:
+        print(f"flux-brokermod: describe: {exc} ({errno.errorcode.get(exc.errno, exc.errno)})", file=sys.stderr)
+        return 1
+    try:
+        classes = [
+            value for value in vars(module).values()
+            if isinstance(value, type) and issubclass(value, BrokerModule)
+            and value is not BrokerModule and value.__module__ == module.__name__
+        ]
+        if len(classes) != 1:
+            found = ", ".join(cls.__name__ for cls in classes) or "none"
+            print(f"flux-brokermod: describe: {options.file}: expected one BrokerModule subclass, "
+                  f"found {found}", file=sys.stderr)
+            return 1
+        info = describe(classes[0], name, guest=options.guest)
+    finally:
+        modloader.forget_module(module)
+    if options.json:
+        print(json.dumps(info, indent=2, sort_keys=True), file=out)
+        return 0
+    for handler in info["handlers"]:
+        fields = ""
+        if handler["fields"] is not None:
+            fields = " {" + ", ".join(
+                f"{f['name']}: {f['type']}" + ("" if f["required"] else " (optional)") for f in handler["fields"]
+            ) + "}"
+        doc = f"  {handler['doc']}" if handler["doc"] else ""
+        print(f"{handler['kind']:7} {handler['access'] or '-':5} {handler['topic']}{fields}{doc}", file=out)
+    for option in info["options"]:
+        default = "required" if option["required"] else f"default {option['default']!r}"
+        help_text = f"  {option['help']}" if option["help"] else ""
+        print(f"option  {option['name']}={option['type']} ({default}){help_text}", file=out)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``flux-brokermod`` console command."""
     options = _parser().parse_args(argv)
+    if options.command == "describe":
+        return describe_file(options)
     if options.command == "setup":
         try:
             lines = setup_lines(options.check)

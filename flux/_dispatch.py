@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import syslog
+import time
 import traceback
 import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -25,7 +26,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from flux import _aio
 from flux._logtext import log_verbatim
 from flux._payloads import PayloadError, PayloadSchema
-from flux._requests import RequestFacts, is_streaming, request_facts
+from flux._libflux import RequestFacts, clear_msgcounters, is_streaming, msgcounters, request_facts
 
 
 class Dispatcher:
@@ -44,6 +45,8 @@ class Dispatcher:
         # matchtag); None until the module has such a handler.
         self._pending: Optional[Dict[Tuple[str, int], _PendingRequest]] = None
         self._loop: Any = None
+        #: Per-handler counters, by request topic.
+        self.stats: Dict[str, HandlerStats] = {}
 
     @property
     def has_tasks(self) -> bool:
@@ -67,36 +70,39 @@ class Dispatcher:
 
 
     def request_callback(
-        self, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str
+        self, topic: str, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str
     ) -> Callable[..., None]:
         """The callback of request handler *method* (*kind*: see :func:`kind_of`)."""
+        stats = self.stats[topic] = HandlerStats()
         if kind != PLAIN:
-            return self._task_request_callback(method, schema, kind)
+            return self._task_request_callback(method, schema, kind, stats)
         answered = AnswerTracker.install(self._h)
         answer = self._answer_with
+        failed = self._request_failed
         if schema is None:
+            call = method
+        else:
+            fields_of = schema.fields_of
 
-            def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
-                try:
-                    result = method(msg)
-                    if result is not None:
-                        answer(msg, result, answered)
-                except BaseException as exc:  # noqa: BLE001 - reported to the caller
-                    self._request_failed(msg, exc, answered)
+            def call(msg: Any) -> Any:
+                return method(msg, **fields_of(msg))
 
-            return callback
-
-        fields_of = schema.fields_of
-
-        def checked_callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            start = _clock()
             try:
-                result = method(msg, **fields_of(msg))
+                result = call(msg)
                 if result is not None:
                     answer(msg, result, answered)
             except BaseException as exc:  # noqa: BLE001 - reported to the caller
-                self._request_failed(msg, exc, answered)
+                stats.errors += 1
+                failed(msg, exc, answered)
+            elapsed = _clock() - start
+            stats.requests += 1
+            stats.seconds += elapsed
+            if elapsed > stats.longest:
+                stats.longest = elapsed
 
-        return checked_callback
+        return callback
 
     def _answer_with(self, msg: Any, result: Any, answered: "AnswerTracker") -> None:
         """Answer *msg* with what its handler returned (a streaming request: then ENODATA)."""
@@ -126,9 +132,12 @@ class Dispatcher:
     def timer_callback(self, attr: str, method: Callable[[], Any], kind: str) -> Callable[..., None]:
         if kind != PLAIN:
             start = self._task_starter()
+            running: list = [None]
 
             def task_callback(h: Any, watcher: Any, revents: int, arg: Any) -> None:
-                start(method(), f"timer {attr}")
+                if running[0] is not None and not running[0].done():
+                    return  # the previous tick is still running: skip, never overlap
+                running[0] = start(method(), f"timer {attr}")
 
             return task_callback
 
@@ -148,7 +157,7 @@ class Dispatcher:
             self._pending = {}
         return self._loop
 
-    def _task_starter(self) -> Callable[[Any, str], None]:
+    def _task_starter(self) -> Callable[[Any, str], Any]:
         """For event and timer coroutines: run each as a task, log its failure."""
         loop = self._task_loop()
 
@@ -160,13 +169,13 @@ class Dispatcher:
             except BaseException as exc:  # noqa: BLE001 - logged, module survives
                 self.failed(what, exc)
 
-        def start(coro: Any, what: str) -> None:
-            loop.create_task(guarded(coro, what))
+        def start(coro: Any, what: str) -> Any:
+            return loop.create_task(guarded(coro, what))
 
         return start
 
     def _task_request_callback(
-        self, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str
+        self, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str, stats: "HandlerStats"
     ) -> Callable[..., None]:
         """A request handler that is a coroutine or a generator (a stream)."""
         answered = AnswerTracker.install(self._h)
@@ -193,6 +202,7 @@ class Dispatcher:
             else:
                 coro = self._serve_stream(body, request, answered)
             request.task = loop.create_task(coro)
+            request.task.add_done_callback(lambda task: stats.count(_clock() - request.started, request.failed))
             if facts.matchtag:
                 key = (facts.sender, facts.matchtag)
                 pending[key] = request
@@ -209,6 +219,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             pass  # the caller went away: nothing to answer
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            request.failed = True
             self._request_failed(msg, exc, answered)
 
     async def _serve_stream(self, body: Any, request: "_PendingRequest", answered: "AnswerTracker") -> None:
@@ -226,6 +237,7 @@ class Dispatcher:
             if request.cancelled:  # TOPIC-cancel ends the stream with ENODATA
                 self._h.respond_error(msg, errno.ENODATA)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            request.failed = True
             self._request_failed(msg, exc, answered)
         finally:
             if inspect.isasyncgen(body):
@@ -272,6 +284,33 @@ class Dispatcher:
                 self._h.respond_error(msg, _exception_errno(exc), _request_error_text(msg, exc))
             except OSError as respond_exc:
                 log_verbatim(self._h, syslog.LOG_ERR, f"could not answer {msg.topic}: {respond_exc}")
+
+    def stats_get_callback(self, extra: Callable[[], Dict[str, Any]]) -> Callable[..., None]:
+        """``NAME.stats-get``: the standard counters, each handler's, and *extra*'s."""
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            answer: Dict[str, Any] = {}
+            try:
+                answer.update(extra())
+            except BaseException as exc:  # noqa: BLE001 - the standard part still answers
+                self.failed("module_stats", exc, stop=False)
+            answer.update(msgcounters(h))
+            answer["handlers"] = {topic: stats.as_dict() for topic, stats in self.stats.items()}
+            h.respond(msg, answer)
+
+        return callback
+
+    def stats_clear_callback(self) -> Callable[..., None]:
+        """``NAME.stats-clear`` (request or event): zero every counter."""
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            clear_msgcounters(h)
+            for stats in self.stats.values():
+                stats.clear()
+            if msg.type == 1:  # a request (the event gets no answer)
+                h.respond(msg, None)
+
+        return callback
 
     def failed(self, what: str, exc: BaseException, stop: bool = True) -> None:
         lines = traceback.format_exception(type(exc), exc, user_frames(exc.__traceback__))
@@ -460,10 +499,42 @@ def kind_of(method: Any) -> str:
     return PLAIN
 
 
+_clock = time.perf_counter
+
+
+class HandlerStats:
+    """Counters of one request handler: requests, errors, time spent."""
+
+    __slots__ = ("requests", "errors", "seconds", "longest")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Zero the counters."""
+        self.requests = 0
+        self.errors = 0
+        self.seconds = 0.0
+        self.longest = 0.0
+
+    def count(self, seconds: float, failed: bool) -> None:
+        """Count one request that took *seconds*."""
+        self.requests += 1
+        self.errors += failed
+        self.seconds += seconds
+        self.longest = max(self.longest, seconds)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The counters as ``flux module stats`` shows them (times in ms)."""
+        mean = self.seconds / self.requests if self.requests else 0.0
+        return {"requests": self.requests, "errors": self.errors,
+                "mean_ms": round(mean * 1e3, 3), "max_ms": round(self.longest * 1e3, 3)}
+
+
 class _PendingRequest:
     """A request whose handler runs as a task, until it is done."""
 
-    __slots__ = ("msg", "topic", "sender", "userid", "task", "cancelled")
+    __slots__ = ("msg", "topic", "sender", "userid", "task", "cancelled", "failed", "started")
 
     def __init__(self, msg: Any, facts: RequestFacts) -> None:
         self.msg = msg
@@ -472,6 +543,8 @@ class _PendingRequest:
         self.userid = facts.userid
         self.task: Any = None
         self.cancelled = False
+        self.failed = False
+        self.started = _clock()
 
 
 def _forget(pending: Dict[Tuple[str, int], _PendingRequest], key: Tuple[str, int], request: _PendingRequest) -> None:

@@ -30,23 +30,28 @@ from flux._dispatch import (
     is_stream,
     kind_of,
 )
+from flux._aio import run_to_completion
 from flux._logtext import log_verbatim
+from flux._options import Option, OptionError, option_table, options_of, parse_options
 from flux._payloads import PayloadError, schema_of
-from flux._requests import RequestFacts, request_facts
+from flux._libflux import RequestFacts, request_facts
 
 # Defined next to the code that uses them; public here, under this name.
-for _public in (AnswerError, RequestError, PayloadError, RequestFacts):
+for _public in (AnswerError, RequestError, PayloadError, RequestFacts, Option, OptionError):
     _public.__module__ = __name__
 
 __all__ = [
     "AnswerError",
     "BrokerLogger",
     "BrokerModule",
+    "Option",
+    "OptionError",
     "PayloadError",
     "RequestError",
     "RequestFacts",
     "event_handler",
     "request_handler",
+    "describe",
     "request_facts",
     "resolve_entry_point",
     "timer_handler",
@@ -234,12 +239,16 @@ def event_handler(
     return decorator
 
 
-def timer_handler(after: float, repeat: float = 0.0) -> Callable[[_F], _F]:
+def timer_handler(after: Union[float, str], repeat: Union[float, str] = 0.0) -> Callable[[_F], _F]:
     """Mark a method to be called as ``method(self)`` on a timer.
 
     The timer starts when the module is created: the method runs *after*
     seconds once the reactor runs, then every *repeat* seconds if *repeat*
-    is positive.  Like the message handlers, an exception it raises is
+    is positive.  Either may be the name of an option or attribute of the
+    module, read when the module starts (``@timer_handler("interval",
+    repeat="interval")``).  :meth:`BrokerModule.timer` gives the timer, to
+    stop, start or re-arm it.  A coroutine method whose previous run has
+    not finished skips a tick rather than overlap it.  Like the message handlers, an exception it raises is
     logged with its traceback and the module keeps running (unless
     :attr:`BrokerModule.stop_on_error`).  Timers made directly with
     ``self.handle.timer_watcher_create()`` keep flux-core's rule instead:
@@ -247,16 +256,22 @@ def timer_handler(after: float, repeat: float = 0.0) -> Callable[[_F], _F]:
     OSError.
     """
     for value, what in ((after, "after"), (repeat, "repeat")):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise TypeError(f"@timer_handler: {what} must be a number of seconds >= 0, not {value!r}")
+        if isinstance(value, str):
+            if not value.isidentifier():
+                raise TypeError(f"@timer_handler: {what} must name an option or attribute, not {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise TypeError(
+                f"@timer_handler: {what} must be a number of seconds >= 0 or the name of "
+                f"an option, not {value!r}"
+            )
 
     def decorator(func: _F) -> _F:
         spec = {
             "msgtype": _TIMER,
             "topic": getattr(func, "__name__", "?"),
             "prefix": False,
-            "after": float(after),
-            "repeat": float(repeat),
+            "after": after if isinstance(after, str) else float(after),
+            "repeat": repeat if isinstance(repeat, str) else float(repeat),
         }
         _mark(func, spec, "timer_handler")
         return func
@@ -367,15 +382,22 @@ class BrokerModule:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._flux_handlers = _collect_handlers(cls)
+        cls._flux_options = options_of(cls)
+
+    _flux_options: Dict[str, Option] = {}
 
     def __init__(self, h: Any, *args: str) -> None:
         self._h = h
         self._args: Tuple[str, ...] = tuple(args)
         self._name = _broker_module_name(h)
         self._watchers: List[Any] = []
+        self._flux_timers: Dict[str, Any] = {}
         self._stopped_with_error = False
         self.log = BrokerLogger(h)
-        self._dispatch = Dispatcher(h, self.log, self._handler_failed)
+        declared = type(self)._flux_options
+        if declared:
+            self.__dict__["_flux_options"] = parse_options(declared, self._args)
+        self._flux_dispatch = Dispatcher(h, self.log, self._handler_failed)
         self._register_handlers()
 
     @property
@@ -392,6 +414,48 @@ class BrokerModule:
     def args(self) -> Tuple[str, ...]:
         """The module arguments given at load time, as a tuple of strings."""
         return self._args
+
+    @property
+    def rank(self) -> int:
+        """The rank of the broker this module runs on."""
+        return int(self._h.get_rank())
+
+    @property
+    def size(self) -> int:
+        """The number of brokers in the instance."""
+        return int(self._h.attr_get("size"))
+
+    def timer(self, name: str) -> Any:
+        """The timer of the ``@timer_handler`` method *name*.
+
+        It offers flux-core's timer watcher methods: ``stop()``,
+        ``start()`` and ``reset(after=None, repeat=None)``, which re-arms it
+        from now.  Its callback stays protected like the handlers.
+        """
+        try:
+            return self._flux_timers[name]
+        except KeyError:
+            raise KeyError(f"{type(self).__qualname__} has no @timer_handler method {name!r}") from None
+
+    def setup(self) -> Any:
+        """Prepare the module; override it (plain or ``async def``).
+
+        Runs after the handlers are registered and before the module
+        reports itself running, so ``flux module load`` returns only after
+        it.  If it raises, the load fails (OSError: its errno, ValueError:
+        EINVAL).  An ``async def`` setup may await flux futures (RPCs to
+        other services); these complete before the reactor runs.
+        """
+
+    def teardown(self) -> Any:
+        """Release what :meth:`setup` took; override it (plain or ``async def``).
+
+        Runs exactly once when the module stops after a successful setup,
+        whatever the cause: :meth:`stop`, :meth:`stop_error`, ``flux module
+        remove``, instance shutdown, or the reactor failing.  Streams still
+        open have been ended.  If it raises, the traceback is logged and
+        the original outcome stands.
+        """
 
     def set_running(self) -> None:
         """Tell the broker the module is running, so ``flux module load`` returns.
@@ -440,29 +504,42 @@ class BrokerModule:
         is, any other exception is logged with its traceback and raised as
         the ``__cause__`` of an OSError (ECONNRESET).
         """
+        run_to_completion(self.setup())
         try:
-            rc = self._dispatch.run_reactor()
+            rc = self._flux_dispatch.run_reactor()
         except OSError:
             raise
         except Exception as exc:
-            self._dispatch.failed("reactor callback", exc, stop=False)
+            self._flux_dispatch.failed("reactor callback", exc, stop=False)
             raise OSError(errno.ECONNRESET, f"reactor exited with error: {exception_text(exc)}") from exc
+        finally:
+            try:
+                run_to_completion(self.teardown())
+            except BaseException as exc:  # noqa: BLE001 - logged; the outcome stands
+                self._flux_dispatch.failed("teardown", exc, stop=False)
         if rc < 0 or self._stopped_with_error:
             raise OSError(errno.ECONNRESET, "reactor exited with error")
 
     def _register_handlers(self) -> None:
         h = self._h
-        dispatch = self._dispatch
+        dispatch = self._flux_dispatch
         streams: List[Tuple[str, Optional[int]]] = []
+        # The library's standard methods come first: a handler of the
+        # module for the same topic replaces them.
+        name, everyone = self._name, _ROLE_OWNER | _ROLE_USER
+        self._watch(_MSGTYPE_REQUEST, f"{name}.stats-get", dispatch.stats_get_callback(self._module_stats), everyone)
+        self._watch(_MSGTYPE_REQUEST, f"{name}.stats-clear", dispatch.stats_clear_callback(), None)
+        self._watch(_MSGTYPE_EVENT, f"{name}.stats-clear", dispatch.stats_clear_callback(), None)
+        self._watch(_MSGTYPE_REQUEST, f"{name}.handlers", self._handlers_callback, everyone)
         for attr, spec in type(self)._flux_handlers.items():
             method = getattr(self, attr)
             kind = kind_of(method)
             if spec["msgtype"] == _TIMER:
-                timer = h.timer_watcher_create(
-                    spec["after"], dispatch.timer_callback(attr, method, kind), repeat=spec["repeat"]
-                )
+                after, repeat = (self._seconds(attr, spec[what], what) for what in ("after", "repeat"))
+                timer = h.timer_watcher_create(after, dispatch.timer_callback(attr, method, kind), repeat=repeat)
                 timer.start()
                 self._watchers.append(timer)
+                self._flux_timers[attr] = timer
                 continue
             topic = f"{self._name}.{spec['topic']}" if spec["prefix"] else spec["topic"]
             rolemask = _ROLE_OWNER | _ROLE_USER if spec.get("allow_guest") else None
@@ -474,7 +551,7 @@ class BrokerModule:
                     schema = schema_of(method, f"{type(self).__qualname__}.{attr}")
                 except TypeError as exc:
                     raise ValueError(str(exc)) from None
-                callback = dispatch.request_callback(method, schema, kind)
+                callback = dispatch.request_callback(topic, method, schema, kind)
                 if is_stream(kind):
                     streams.append((topic, rolemask))
             self._watch(spec["msgtype"], topic, callback, rolemask)
@@ -488,6 +565,30 @@ class BrokerModule:
         watcher = self._h.msg_watcher_create(callback, msgtype, topic, rolemask=rolemask)
         watcher.start()
         self._watchers.append(watcher)
+
+    def _module_stats(self) -> Dict[str, Any]:
+        """What the module adds to ``stats-get``: its ``module_stats`` (a dict,
+        or a method returning one)."""
+        extra = getattr(self, "module_stats", None)
+        if callable(extra):
+            extra = extra()
+        return dict(extra) if extra else {}
+
+    def _handlers_callback(self, h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+        guest = not msg.rolemask & _ROLE_OWNER
+        h.respond(msg, describe(type(self), self._name, guest=guest))
+
+    def _seconds(self, timer: str, value: Union[float, str], what: str) -> float:
+        """A timer's *after* or *repeat*: a number, or the option or attribute it names."""
+        if not isinstance(value, str):
+            return value
+        seconds = getattr(self, value, None)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValueError(
+                f"timer {timer}: {what}={value!r} must name an option or attribute holding "
+                f"a number of seconds >= 0, not {seconds!r}"
+            )
+        return float(seconds)
 
     def _handler_failed(self) -> None:
         if self.stop_on_error:
@@ -507,6 +608,40 @@ def _broker_module_name(h: Any) -> str:
 
     name_p = ffi.cast("char *", lib.flux_aux_get(h.handle, b"flux::name"))
     return ffi.string(name_p).decode() if name_p != ffi.NULL else "unknown"
+
+
+def describe(cls: type, name: str, guest: bool = False) -> Dict[str, Any]:
+    """What a :class:`BrokerModule` subclass offers, as ``NAME.handlers`` answers.
+
+    Each handler with its topic, kind (request, stream, event, timer), who
+    may call it (owner or guest; None for a timer), its declared payload fields and the first
+    line of its docstring; and the module's options.  With *guest*, only
+    what a guest may call.
+    """
+    handlers = []
+    for attr, spec in cls._flux_handlers.items():  # type: ignore[attr-defined]
+        method = getattr(cls, attr)
+        access = "guest" if spec.get("allow_guest") else "owner"
+        if guest and (access != "guest" or spec["msgtype"] != _MSGTYPE_REQUEST):
+            continue
+        if spec["msgtype"] == _TIMER:
+            kind, topic, fields, access = "timer", attr, None, None
+        else:
+            topic = f"{name}.{spec['topic']}" if spec["prefix"] else spec["topic"]
+            if spec["msgtype"] == _MSGTYPE_EVENT:
+                kind, fields = "event", None
+            else:
+                kind = "stream" if is_stream(kind_of(method)) else "request"
+                schema = schema_of(method, f"{cls.__qualname__}.{attr}")
+                fields = None if schema is None else [
+                    {"name": field, "type": expected, "required": required}
+                    for field, expected, required in schema.fields
+                ]
+        doc = (inspect.getdoc(method) or "").strip().splitlines()
+        handlers.append({"topic": topic, "kind": kind, "access": access, "fields": fields,
+                         "doc": doc[0] if doc else ""})
+    options = [] if guest else option_table(cls._flux_options)  # type: ignore[attr-defined]
+    return {"name": name, "handlers": handlers, "options": options}
 
 
 def resolve_entry_point(mod: Any) -> Callable[..., Any]:

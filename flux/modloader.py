@@ -22,6 +22,7 @@ import importlib.util
 import os
 import signal
 import sys
+import syslog
 import traceback
 from types import ModuleType
 from typing import Any, Callable, List, Optional, Sequence, TextIO
@@ -151,26 +152,35 @@ def run_module(
             entry_point = load_entry_point(path)
         entry_point(h, *args)
     except LoadError as exc:
-        print(exc, file=out)
-        return exc.errno
+        return _load_failed(h, out, str(exc), exc.errno)
     except ValueError as exc:
-        print(f"{base}: {exc}", file=out)
-        return errno.EINVAL
+        return _load_failed(h, out, f"{base}: {exc}", errno.EINVAL)
     except OSError as exc:
-        print(f"{base}: {exc.strerror or exc}", file=out)
-        return exc.errno or errno.ECONNRESET
+        return _load_failed(h, out, f"{base}: {exc.strerror or exc}", exc.errno or errno.ECONNRESET)
     except SystemExit as exc:
         # sys.exit() in a module (argparse on bad arguments does it): exit
         # status 0 is a normal exit, anything else an invalid argument.
         if exc.code in (None, 0):
             return 0
-        print(f"{base}: exited ({_exit_text(exc)})", file=out)
-        return errno.EINVAL
+        return _load_failed(h, out, f"{base}: exited ({_exit_text(exc)})", errno.EINVAL)
     except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt too: the loader must finalize
-        print(f"{base}: module failed:", file=out)
-        print(_user_traceback(exc), end="", file=out)
-        return errno.ECONNRESET
+        return _load_failed(h, out, f"{base}: module failed:\n{_user_traceback(exc).rstrip()}", errno.ECONNRESET)
     return 0
+
+
+def _load_failed(h: Any, out: TextIO, text: str, errnum: int) -> int:
+    """Report why the module failed, on *out* (the broker's stderr) and in
+    the module's own log (``flux dmesg``, LOG_ERR): a broker passes only the
+    errno to ``flux module load``, and on a system instance nobody reads its
+    stderr.  Return *errnum*."""
+    print(text, file=out)
+    try:
+        from flux._logtext import log_verbatim
+
+        log_verbatim(h, syslog.LOG_ERR, text)
+    except Exception:  # noqa: BLE001 - the handle may be unusable by now
+        pass
+    return errnum
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

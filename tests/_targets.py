@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import textwrap
+import time
 
 import pytest
 
@@ -158,6 +159,10 @@ class MemTarget:
             self.broker.advance(0.1)
         assert predicate(), what
 
+    def wait(self, seconds):
+        """Let *seconds* pass (virtual time here)."""
+        self.broker.advance(seconds)
+
     def close(self):
         if self.broker.panicked is None:
             self.broker.close()
@@ -226,6 +231,10 @@ class RealTarget:
 
     def settle(self, predicate, what):
         wait_for(predicate, what=what)
+
+    def wait(self, seconds):
+        """Let *seconds* pass."""
+        time.sleep(seconds)
 
     def close(self):
         pass

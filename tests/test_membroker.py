@@ -458,11 +458,13 @@ def test_ping_with_non_object_payload_is_eproto(broker, payload):
 
 
 def test_stats_get_has_tx_rx_counts_of_each_message_kind(broker):
-    broker.load(Echo, name="echo")
-    stats = broker.rpc("echo.stats-get").get()
+    broker.load(lambda h, *args: h.reactor_run(), name="raw")  # the broker's own stats-get
+    stats = broker.rpc("raw.stats-get").get()
     kinds = {"request", "response", "event", "control"}
     assert set(stats) == {"tx", "rx"}
     assert set(stats["tx"]) == kinds and set(stats["rx"]) == kinds
+    broker.load(Echo, name="echo")  # a BrokerModule's adds its handlers
+    assert set(broker.rpc("echo.stats-get").get()) == {"tx", "rx", "handlers"}
 
 
 def test_stats_get_counts_change_as_messages_flow(broker):

@@ -498,7 +498,9 @@ def test_timer_handler_rejects_bad_times():
     with pytest.raises(TypeError, match="after must be a number of seconds >= 0"):
         timer_handler(-1)
     with pytest.raises(TypeError, match="repeat must be a number of seconds >= 0"):
-        timer_handler(1, repeat="soon")
+        timer_handler(1, repeat=[5])
+    with pytest.raises(TypeError, match="repeat must name an option or attribute, not '5 s'"):
+        timer_handler(1, repeat="5 s")
 
 
 def test_raw_timer_keeps_flux_cores_rule_run_raises_oserror(broker):

@@ -211,11 +211,15 @@ class TimerWatcher:
         return self
 
     def reset(self, after: Optional[float] = None, repeat: Optional[float] = None) -> None:
-        """Change *after* and/or *repeat*; takes effect at the next start."""
+        """Re-arm the timer from now, as flux-core's does: *after* seconds
+        (and then every *repeat*), defaulting to the values it has; it
+        starts even if it was stopped."""
         if after is not None:
             self.after = float(after)
         if repeat is not None:
             self.repeat = float(repeat)
+        self.stop()
+        self.start()
 
     def destroy(self) -> None:
         """Disarm and forget the timer."""
@@ -521,6 +525,16 @@ class Handle:
     ) -> FDWatcher:
         """Create a (stopped) watcher of file descriptor *fd_int* (polled, see FDWatcher)."""
         return FDWatcher(self, fd_int, FLUX_POLLIN | FLUX_POLLOUT if events is None else events, callback, args)
+
+    def _brokermod_msgcounters(self) -> Dict[str, Dict[str, int]]:
+        """flux_get_msgcounters() of this handle (see flux._libflux)."""
+        return {direction: dict(kinds) for direction, kinds in self.counters.items()}
+
+    def _brokermod_clear_msgcounters(self) -> None:
+        """flux_clr_msgcounters() of this handle (see flux._libflux)."""
+        for kinds in self.counters.values():
+            for kind in kinds:
+                kinds[kind] = 0
 
     def get_reactor(self) -> "Handle":
         """The reactor of this handle (an opaque value to pass back)."""

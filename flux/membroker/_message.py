@@ -3,7 +3,7 @@
 import json
 from typing import Any, Optional
 
-from flux._requests import RequestFacts
+from flux._libflux import RequestFacts
 
 # Values of flux-core's constants of the same names.
 FLUX_MSGTYPE_REQUEST = 0x01
@@ -135,11 +135,11 @@ class Message:
         return bool(self.flags & FLUX_RPC_NORESPONSE)
 
     def _brokermod_facts(self) -> RequestFacts:
-        """What libflux would tell of this request (see flux._requests)."""
+        """What libflux would tell of this request (see flux._libflux)."""
         return RequestFacts(self.streaming, self.matchtag, route_of(self.sender), self.userid)
 
     def _brokermod_streaming(self) -> bool:
-        """flux_msg_is_streaming() of this request (see flux._requests)."""
+        """flux_msg_is_streaming() of this request (see flux._libflux)."""
         return bool(self.flags & FLUX_RPC_STREAMING)
 
     def decode(self) -> Any:

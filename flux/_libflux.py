@@ -1,16 +1,15 @@
-"""What a handler may need to know about a request beyond flux-core's Message.
+"""What the library needs from libflux beyond flux-core's Python API, on both brokers.
 
-flux-core's ``Message`` (0.88) has no ``matchtag``, ``streaming`` or sender:
-those facts exist only through libflux calls on ``msg.handle``.
-:func:`request_facts` reads them on both brokers: through libflux for a
-flux-core message, and through the in-memory broker's own record of the
-message (its ``_brokermod_facts`` and ``_brokermod_streaming`` hooks) for
-an in-memory one.
+flux-core's ``Message`` (0.88) has no ``matchtag``, ``streaming`` or sender,
+and its handle no message counters: those exist only through libflux
+calls.  The functions here make them on a flux-core object, and ask the
+in-memory broker's own record (its ``_brokermod_*`` hooks) for an
+in-memory one.
 """
 
-from typing import Any, NamedTuple
+from typing import Any, Dict, NamedTuple
 
-__all__ = ["RequestFacts", "request_facts"]
+__all__ = ["RequestFacts", "clear_msgcounters", "is_streaming", "msgcounters", "request_facts"]
 
 
 class RequestFacts(NamedTuple):
@@ -64,3 +63,29 @@ def request_facts(msg: Any) -> RequestFacts:
     route = lib.flux_msg_route_first(ptr)
     sender = _FFI.string(route).decode() if route != _FFI.NULL else ""
     return RequestFacts(bool(lib.flux_msg_is_streaming(ptr)), int(tag[0]), sender, int(msg.userid))
+
+
+_KINDS = ("request", "response", "event", "control")
+
+
+def msgcounters(h: Any) -> Dict[str, Dict[str, int]]:
+    """Handle *h*'s message counters, as the standard ``stats-get`` reports them."""
+    hook = getattr(type(h), "_brokermod_msgcounters", None)
+    if hook is not None:
+        return hook(h)  # type: ignore[no-any-return]
+    lib = _libflux()
+    counters = _FFI.new("flux_msgcounters_t *")
+    lib.flux_get_msgcounters(h.handle, counters)
+    return {
+        direction: {kind: int(getattr(counters, f"{kind}_{direction}")) for kind in _KINDS}
+        for direction in ("tx", "rx")
+    }
+
+
+def clear_msgcounters(h: Any) -> None:
+    """Zero handle *h*'s message counters, as the standard ``stats-clear`` does."""
+    hook = getattr(type(h), "_brokermod_clear_msgcounters", None)
+    if hook is not None:
+        hook(h)
+        return
+    _libflux().flux_clr_msgcounters(h.handle)
