@@ -38,7 +38,7 @@ class Pulse(BrokerModule):
 
     @timer_handler("interval", repeat="interval")
     def beat(self) -> None:
-        """Publish one heartbeat event."""
+        """Publish one pulse event."""
         self.beats += 1
         self.handle.event_send(self.topic, {"beat": self.beats, "rank": self.rank})
         if self.verbose:

@@ -207,3 +207,36 @@ def test_setup_makes_the_installed_script_executable_when_it_can(tmp_path, monke
     status, out, _ = run(["setup", "--check"], capsys)
     assert status == 0 and out.strip() == f"export FLUX_EXEC_PATH_PREPEND={libexec}"
     assert os.access(str(script), os.X_OK)
+
+
+def test_describe_lists_handlers_and_options_without_a_broker(example, capsys):
+    status, out, err = run(["describe", example("pulse.py")], capsys)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert "timer   -     beat  Publish one pulse event." in lines
+    assert ("request owner pulse.resume {interval: a number or null (optional)}  "
+            "Beat again, at a new interval if one is given.") in lines
+    assert "option  interval=float (default 1.0)  seconds between beats" in lines
+
+
+def test_describe_as_guest_and_as_json(example, capsys):
+    status, out, _ = run(["describe", "--guest", example("kvstore.py")], capsys)
+    assert status == 0
+    assert [line.split()[2] for line in out.splitlines()] == [
+        "kvstore.get", "kvstore.keys", "kvstore.watch", "kvstore.watching"]
+    status, out, _ = run(["describe", "--json", "--name", "kv", example("kvstore.py")], capsys)
+    info = __import__("json").loads(out)
+    assert info["name"] == "kv" and info["handlers"][3] == {
+        "topic": "kv.watch", "kind": "stream", "access": "guest",
+        "fields": [{"name": "key", "type": "a string", "required": True}],
+        "doc": "Stream the key's value now and after each change.",
+    }
+
+
+def test_describe_needs_one_broker_module_class(example, tmp_path, capsys):
+    status, _, err = run(["describe", example("plain_mod_main.py")], capsys)
+    assert status == 1 and "expected one BrokerModule subclass, found none" in err
+    broken = tmp_path / "broken.py"
+    broken.write_text("def f(:\n")
+    status, _, err = run(["describe", str(broken)], capsys)
+    assert status == 1 and "broken.py:1: SyntaxError" in err and "(EINVAL)" in err

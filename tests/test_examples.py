@@ -2,6 +2,7 @@
 what its docstring says it does."""
 
 import errno
+import os
 import syslog
 
 import pytest
@@ -79,3 +80,15 @@ def test_two_modules(broker, example):
         "args": ["--verbose", "--count=4"],
         "class": "Primary",
     }
+
+
+def test_every_example_is_exercised_by_a_test():
+    here = os.path.dirname(os.path.abspath(__file__))
+    texts = ""
+    for name in os.listdir(here):
+        if name.startswith("test_") and name.endswith(".py"):
+            with open(os.path.join(here, name)) as f:
+                texts += f.read()
+    examples = os.path.join(os.path.dirname(here), "examples")
+    untested = [name for name in sorted(os.listdir(examples)) if name.endswith(".py") and name not in texts]
+    assert untested == []
