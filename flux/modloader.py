@@ -139,7 +139,8 @@ def run_module(
 ) -> int:
     """Run a module file's entry point on handle *h*; return an errno (0 = ok).
 
-    Load errors and what ``mod_main`` raised are printed to *stderr* (by
+    Without *entry_point*, import the file at *path* first; it stays in
+    ``sys.modules`` until the entry point returns.  Load errors and what ``mod_main`` raised are printed to *stderr* (by
     default ``sys.stderr``, which the broker logs): one line for a load
     error, a ValueError or an OSError; a traceback without the loader's
     frames for anything else.  A ValueError gives EINVAL, an OSError its
@@ -147,9 +148,11 @@ def run_module(
     """
     out = sys.stderr if stderr is None else stderr
     base = os.path.basename(path)
+    imported = None
     try:
         if entry_point is None:
-            entry_point = load_entry_point(path)
+            imported = import_path(path)
+            entry_point = resolve_entry_point(imported)
         entry_point(h, *args)
     except LoadError as exc:
         return _load_failed(h, out, str(exc), exc.errno)
@@ -165,6 +168,9 @@ def run_module(
         return _load_failed(h, out, f"{base}: exited ({_exit_text(exc)})", errno.EINVAL)
     except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt too: the loader must finalize
         return _load_failed(h, out, f"{base}: module failed:\n{_user_traceback(exc).rstrip()}", errno.ECONNRESET)
+    finally:
+        if imported is not None:
+            forget_module(imported)
     return 0
 
 

@@ -271,3 +271,76 @@ def test_teardown_after_stop_error_runs_once_and_its_failure_is_logged(tmp_path)
     assert "stoppers.err[0]: teardown handler failed: Traceback (most recent call last):" in lines
     assert "stoppers.err[0]: RuntimeError: teardown failed" in lines
     assert "broker.crit[0]: stoppers module runtime failure" in broker.dmesg()  # stop_error still counts
+
+
+def test_every_load_failure_is_in_the_modules_log(target, tmp_path):
+    syntax = tmp_path / "syntax.py"
+    syntax.write_text("def f(:\n")
+    target.load_error(str(syntax))
+    assert any(line.startswith("syntax.err[0]: ") and "syntax.py:1: SyntaxError" in line for line in target.dmesg())
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    target.load_error(str(empty))
+    assert any("empty.py: no mod_main() and no BrokerModule subclass" in line
+               for line in target.dmesg() if line.startswith("empty.err[0]: "))
+
+
+def test_flux_module_stats_command_shows_and_clears_them(tmp_path):
+    instance = start_instance()
+    try:
+        instance.load(PULSE, "interval=3600")
+        instance.rpc("pulse.status").get()
+        shown = __import__("json").loads(instance.flux("module", "stats", "pulse").stdout)
+        assert shown["beats"] == 0 and shown["handlers"]["pulse.status"]["requests"] == 1
+        assert instance.flux("module", "stats", "--clear", "pulse").returncode == 0
+        cleared = __import__("json").loads(instance.flux("module", "stats", "pulse").stdout)
+        assert cleared["handlers"]["pulse.status"]["requests"] == 0
+        instance.remove("pulse")
+    finally:
+        assert instance.stop() == 0
+
+
+def test_options_are_inherited_and_may_be_overridden():
+    from flux.brokermod import BrokerModule, Option
+
+    class Base(BrokerModule):
+        interval = Option(float, default=1.0)
+        name_ = Option(str, default="a")
+
+    class Child(Base):
+        interval = Option(int, default=5)
+        name_ = None  # no longer an option
+
+    assert {n: o.kind for n, o in Child._flux_options.items()} == {"interval": "int"}
+    assert {n: o.kind for n, o in Base._flux_options.items()} == {"interval": "float", "name_": "str"}
+
+
+RAISES_IN_REACTOR = r'''
+from flux.brokermod import BrokerModule
+
+
+class Crashy(BrokerModule):
+    torn = []
+
+    def setup(self):
+        def boom(h, watcher, revents, arg):
+            raise RuntimeError("raw timer failed")
+        self.raw = self.handle.timer_watcher_create(1.0, boom)
+        self.raw.start()
+
+    def teardown(self):
+        self.torn.append("teardown")
+'''
+
+
+def test_teardown_runs_when_the_reactor_fails(tmp_path):
+    from flux.membroker import Broker
+
+    path = tmp_path / "crashy.py"
+    path.write_text(textwrap.dedent(RAISES_IN_REACTOR))
+    broker = Broker(attrs={"broker.module-nopanic": "1"})
+    broker.load(str(path))
+    module = __import__("sys").modules["crashy"]
+    broker.advance(2)
+    assert "crashy" not in broker.modules
+    assert module.Crashy.torn == ["teardown"]

@@ -377,23 +377,7 @@ class Broker:
 
     def _module_main(self, record: Module, entry: Optional[Callable[..., Any]]) -> None:
         """What the loader does, in the module's own context."""
-
-        imported = None
-        errnum = 0
-        try:
-            if entry is None:
-                assert record.path is not None
-                imported = modloader.import_path(record.path)
-                entry = modloader.resolve_entry_point(imported)
-        except modloader.LoadError as exc:
-            print(exc, file=record.stderr)
-            errnum = exc.errno
-        if not errnum:
-            errnum = modloader.run_module(
-                record.handle, record.path or record.name, record.args, record.stderr, entry
-            )
-        if imported is not None:
-            modloader.forget_module(imported)
+        errnum = modloader.run_module(record.handle, record.path or record.name, record.args, record.stderr, entry)
         self._finalize(record, errnum)
 
     def _finalize(self, record: Module, errnum: int) -> None:
