@@ -1,4 +1,4 @@
-"""One suite, two brokers: every claim of shared/flux-facts.md, checked on
+"""One suite, two brokers: every claim of docs/real-flux.md, checked on
 the in-memory broker always and on a real instance when flux-core is here.
 
 The same test body runs against both through a small common interface
@@ -71,6 +71,11 @@ class Probe(BrokerModule):
         for i in range(3):
             self.handle.respond(msg, {"i": i})
         self.handle.respond_error(msg, errno.ENODATA)
+
+    @request_handler("stash")
+    def stash(self, msg):
+        msg.note = "kept"  # a module may keep its own data on a message
+        self.handle.respond(msg, {"note": msg.note})
 
     @request_handler("nopayload")
     def nopayload(self, msg):
@@ -261,6 +266,10 @@ def test_streaming_ends_with_enodata(probe):
     result = probe.rpc("probe.stream", streaming=True)
     assert result.stream() == [{"i": 0}, {"i": 1}, {"i": 2}]
     assert result.answers[-1]["errno"] == errno.ENODATA
+
+
+def test_a_module_may_set_attributes_on_a_message(probe):
+    assert probe.rpc("probe.stash").get() == {"note": "kept"}
 
 
 def test_payload_of_request_without_payload(probe):

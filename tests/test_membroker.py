@@ -1,6 +1,6 @@
 """The in-memory broker (flux.membroker) behaves like a real Flux instance.
 
-Every expectation here comes from ../shared/flux-facts.md (measured on
+Every expectation here comes from docs/real-flux.md (measured on
 flux-core 0.88.0) or from the issue that specifies the broker.
 """
 

@@ -1,6 +1,6 @@
 """flux.modloader: importing module files, entry points, arguments, load errors.
 
-How flux-core's own loader behaves is in ../shared/flux-facts.md; where this
+How flux-core's own loader behaves is in docs/real-flux.md; where this
 loader differs on purpose (module names, sys.modules) the issue says so.
 """
 

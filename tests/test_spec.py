@@ -2,7 +2,7 @@
 
 Grouped by the spec's sections, in order.  Everything runs as a module file
 loaded into the in-memory broker (flux.membroker), which stands in for a real
-Flux instance (see flux-facts.md).
+Flux instance (see docs/real-flux.md).
 """
 
 import errno
@@ -175,7 +175,7 @@ def test_remove_by_name(broker, example):
 
 
 def test_load_missing_path_fails(broker, tmp_path):
-    """Loading a path that does not exist fails (flux-facts: before any loader runs)."""
+    """Loading a path that does not exist fails (docs/real-flux.md: before any loader runs)."""
     with pytest.raises(ModuleError) as info:
         broker.load(str(tmp_path / "absent.py"))
     assert info.value.errno == errno.ENOENT
@@ -524,7 +524,7 @@ def test_allow_guest_accepts_guest_requests(broker, write_module):
 
 
 def test_guest_event_does_not_reach_owner_only_event_handler(broker, write_module):
-    """flux-facts: an event published by a guest does not reach an owner-only
+    """docs/real-flux.md: an event published by a guest does not reach an owner-only
     event handler (silently dropped); the owner's does."""
     broker.load(write_module("msgs.py", MESSAGES))
     guest(broker).event_send("msgs.note", {"from": "guest"})
@@ -764,7 +764,7 @@ def test_mod_main_raising_any_exception_is_runtime_failure(nopanic, write_module
 
 
 def test_runtime_failure_panics_broker_without_nopanic(broker, write_module):
-    """flux-facts: without broker.module-nopanic=1 a runtime failure panics the
+    """docs/real-flux.md: without broker.module-nopanic=1 a runtime failure panics the
     broker: the instance is down."""
     broker.load(write_module("crash.py", QUIT_THEN.format(exc="RuntimeError('boom')")))
     with pytest.raises(BrokerPanic):
@@ -777,7 +777,7 @@ def test_runtime_failure_panics_broker_without_nopanic(broker, write_module):
 
 
 def test_mod_main_raising_value_error_at_load_fails_load(broker, write_module):
-    """flux-facts: mod_main raising ValueError before running: load fails with
+    """docs/real-flux.md: mod_main raising ValueError before running: load fails with
     EINVAL, the message without traceback, broker log "NAME: Invalid argument"."""
     path = write_module("early.py", "def mod_main(h, *args):\n    raise ValueError('no good')\n")
     with pytest.raises(ModuleError) as info:
@@ -791,7 +791,7 @@ def test_mod_main_raising_value_error_at_load_fails_load(broker, write_module):
 
 
 def test_mod_main_raising_oserror_at_load_gives_its_errno(broker, write_module):
-    """flux-facts: mod_main raising OSError(EEXIST) makes load fail with File exists."""
+    """docs/real-flux.md: mod_main raising OSError(EEXIST) makes load fail with File exists."""
     path = write_module(
         "exists.py",
         "import errno\n\ndef mod_main(h, *args):\n    raise OSError(errno.EEXIST, 'taken')\n",

@@ -75,6 +75,7 @@ class Message:
         "seq",
         "sender",
         "__weakref__",
+        "__dict__",  # a module may set attributes of its own, as on flux-core's
     )
 
     def __init__(
