@@ -131,8 +131,11 @@ def test_noresponse_request_gets_no_answer_and_no_error(edge):
 
 def test_client_handles_refuse_module_only_methods(edge):
     client = edge.connect()
-    with pytest.raises(NotImplementedError, match="reactor_run\\(\\) is for module handles"):
-        client.reactor_run()
+    with pytest.raises(OSError, match="client reactor_run, which a real reactor would never end") as info:
+        client.reactor_run()  # nothing will ever call reactor_stop()
+    assert info.value.errno == errno.EDEADLK
+    with pytest.raises(NotImplementedError, match="service_register\\(\\) is for module handles"):
+        client.service_register("x")
     with pytest.raises(NotImplementedError, match="flux.Flux.kvs_lookup is not available"):
         client.kvs_lookup("a")
     with pytest.raises(AttributeError):

@@ -344,3 +344,42 @@ def test_teardown_runs_when_the_reactor_fails(tmp_path):
     broker.advance(2)
     assert "crashy" not in broker.modules
     assert module.Crashy.torn == ["teardown"]
+
+
+# Clients receive the events a module publishes
+
+
+def test_a_client_receives_published_events_in_its_reactor(target):
+    target.load(PULSE, "interval=0.05")
+    out = target.client(
+        """
+        seen = []
+
+        def received(h, watcher, msg, arg):
+            seen.append(msg.payload["beat"])
+            if len(seen) == 3:
+                h.reactor_stop()
+
+        h.event_subscribe("pulse.beat")
+        watcher = h.msg_watcher_create(received, 4, "pulse.beat")  # FLUX_MSGTYPE_EVENT
+        watcher.start()
+        h.reactor_run()
+        emit(seen)
+        """
+    )
+    beats = out[0]
+    assert len(beats) == 3 and beats == list(range(beats[0], beats[0] + 3))
+    target.remove("pulse")
+
+
+def test_collect_events_in_memory():
+    from flux.membroker import Broker
+
+    with Broker() as broker:
+        broker.load(PULSE, "interval=1")
+        beats = broker.collect_events("pulse.")
+        broker.advance(3.5)
+        assert beats.events == [("pulse.beat", {"beat": n, "rank": 0}) for n in (1, 2, 3)]
+        beats.close()
+        broker.advance(2)
+        assert len(beats.events) == 3

@@ -3,6 +3,7 @@
 import errno
 import heapq
 import io
+import json
 import os
 import re
 import resource
@@ -110,6 +111,38 @@ class Module:
 
     def __repr__(self) -> str:
         return f"<Module {self.name} {self.state}>"
+
+
+class EventCollector:
+    """The events a client subscribed to, in the order it received them.
+
+    Made by :meth:`Broker.collect_events`.  ``events`` holds
+    ``(topic, payload)`` pairs, the payload decoded as JSON (None when
+    there is none).
+    """
+
+    def __init__(self, client: Handle, topic: str) -> None:
+        self.client = client
+        self.topic = topic
+        self.events: List[Tuple[str, Any]] = []
+        client.event_subscribe(topic)
+        glob = f"{topic}*" if topic else "*"
+        self._watcher = client.msg_watcher_create(self._received, FLUX_MSGTYPE_EVENT, glob, rolemask=FLUX_ROLE_ALL)
+        self._watcher.start()
+
+    def _received(self, h: Handle, watcher: Any, msg: Message, arg: Any) -> None:
+        text = msg.payload_str
+        self.events.append((msg.topic, None if text is None else json.loads(text)))
+
+    @property
+    def topics(self) -> List[str]:
+        """The topics of the events collected so far."""
+        return [topic for topic, _ in self.events]
+
+    def close(self) -> None:
+        """Stop collecting."""
+        self._watcher.destroy()
+        self.client.event_unsubscribe(self.topic)
 
 
 class _Delivery:
@@ -455,6 +488,18 @@ class Broker:
                 continue
             if any(msg.topic.startswith(sub) for sub in record.handle._subscriptions):
                 self._scheduler.queue.append((record.ctx, _Delivery(record.handle, msg)))
+        for client in self._clients:
+            if any(msg.topic.startswith(sub) for sub in client._subscriptions):
+                self._scheduler.queue.append((None, _Delivery(client, msg)))
+
+    def collect_events(self, topic: str = "", userid: Optional[int] = None) -> "EventCollector":
+        """Start collecting the events whose topic starts with *topic*.
+
+        Returns an :class:`EventCollector`; its ``events`` list fills as
+        events are published (by modules or tests), as a client that
+        subscribed would receive them.
+        """
+        return EventCollector(self.connect(userid=userid), topic)
 
     def _add_service(self, name: str, record: Module) -> None:
         if name in self._services:

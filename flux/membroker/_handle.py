@@ -565,9 +565,13 @@ class Handle:
         A Python exception raised by a watcher callback stops the reactor
         and is raised from here, as with flux-core.
         """
-        record = self._require_module("reactor_run")
         broker = self._broker
         self._stop = None
+        record = self._record
+        if record is None:  # a client: run the broker until it is stopped
+            broker._run_until(lambda: self._stop is not None, "client reactor_run, which a real reactor would never end")
+            rc, self._stop = self._stop, None
+            return int(rc or 0)
         broker._set_running(record, pause=False)
         while self._stop is None:
             if self._loop_watchers:
