@@ -9,7 +9,7 @@ in-memory one.
 
 from typing import Any, Dict, NamedTuple
 
-__all__ = ["RequestFacts", "clear_msgcounters", "is_streaming", "msgcounters", "request_facts"]
+__all__ = ["RequestFacts", "clear_msgcounters", "is_streaming", "module_name", "msgcounters", "request_facts"]
 
 
 class RequestFacts(NamedTuple):
@@ -89,3 +89,13 @@ def clear_msgcounters(h: Any) -> None:
         hook(h)
         return
     _libflux().flux_clr_msgcounters(h.handle)
+
+
+def module_name(h: Any) -> str:
+    """The name the broker gave the module whose handle is *h*."""
+    hook = getattr(type(h), "_brokermod_module_name", None)
+    if hook is not None:
+        return hook(h)  # type: ignore[no-any-return]
+    lib = _libflux()
+    name = _FFI.cast("char *", lib.flux_aux_get(h.handle, b"flux::name"))
+    return _FFI.string(name).decode() if name != _FFI.NULL else "unknown"

@@ -26,7 +26,6 @@ from flux._dispatch import (
     Dispatcher,
     RequestError,
     exception_text,
-    instance_attr,
     is_stream,
     kind_of,
 )
@@ -34,7 +33,7 @@ from flux._aio import run_to_completion
 from flux._logtext import log_verbatim
 from flux._options import Option, OptionError, option_table, options_of, parse_options
 from flux._payloads import PayloadError, schema_of
-from flux._libflux import RequestFacts, request_facts
+from flux._libflux import RequestFacts, module_name, request_facts
 
 # Defined next to the code that uses them; public here, under this name.
 for _public in (AnswerError, RequestError, PayloadError, RequestFacts, Option, OptionError):
@@ -389,7 +388,7 @@ class BrokerModule:
     def __init__(self, h: Any, *args: str) -> None:
         self._h = h
         self._args: Tuple[str, ...] = tuple(args)
-        self._name = _broker_module_name(h)
+        self._name = module_name(h)
         self._watchers: List[Any] = []
         self._flux_timers: Dict[str, Any] = {}
         self._stopped_with_error = False
@@ -464,14 +463,7 @@ class BrokerModule:
         considers the module running when the reactor starts.  See
         flux_module_set_running(3).
         """
-        host = _host_of(self._h)
-        if host is not None:
-            host.set_running()
-            return
-        from _flux._core import lib
-
-        if lib.flux_module_set_running(self._h.handle) < 0:
-            raise OSError("flux_module_set_running failed")
+        self._h.module_set_running()
 
     def debug_test(self, flag: int, clear: bool = False) -> bool:
         """Return True if debug bit *flag* is set; clear it too if *clear*.
@@ -479,12 +471,7 @@ class BrokerModule:
         Bits are set from outside with
         ``flux module debug --setbit N <module name>``.
         """
-        host = _host_of(self._h)
-        if host is not None:
-            return bool(host.debug_test(flag, clear))
-        from _flux._core import lib
-
-        return bool(lib.flux_module_debug_test(self._h.handle, flag, clear))
+        return bool(self._h.module_debug_test(flag, clear))
 
     def stop(self) -> None:
         """Stop the reactor; :meth:`run` returns normally."""
@@ -593,21 +580,6 @@ class BrokerModule:
     def _handler_failed(self) -> None:
         if self.stop_on_error:
             self.stop_error()
-
-
-def _host_of(h: Any) -> Any:
-    """The in-memory broker's module host behind *h*, or None on real Flux."""
-    return instance_attr(h, "_brokermod_host")
-
-
-def _broker_module_name(h: Any) -> str:
-    host = _host_of(h)
-    if host is not None:
-        return str(host.name)
-    from _flux._core import ffi, lib
-
-    name_p = ffi.cast("char *", lib.flux_aux_get(h.handle, b"flux::name"))
-    return ffi.string(name_p).decode() if name_p != ffi.NULL else "unknown"
 
 
 def describe(cls: type, name: str, guest: bool = False) -> Dict[str, Any]:

@@ -307,28 +307,6 @@ class FDWatcher(LoopWatcher):
         self.events = events
 
 
-class _Host:
-    """What BrokerModule asks of the broker, for a module's handle."""
-
-    def __init__(self, record: "Module") -> None:
-        self._record = record
-
-    @property
-    def name(self) -> str:
-        return self._record.name
-
-    def set_running(self) -> None:
-        self._record.broker._set_running(self._record, pause=True)
-
-    def debug_test(self, flag: int, clear: bool) -> bool:
-        record = self._record
-        if not record.debug_flags & flag:
-            return False
-        if clear:
-            record.debug_flags &= ~flag
-        return True
-
-
 class Handle:
     """A connection to the in-memory broker, offering ``flux.Flux`` methods.
 
@@ -348,7 +326,6 @@ class Handle:
         self.userid = userid
         self.rolemask = rolemask
         self._record = record
-        self._brokermod_host = _Host(record) if record is not None else None
         self._futures: Dict[int, Future] = {}
         self._next_matchtag = 1
         self._methods: Dict[str, List[MessageWatcher]] = {}
@@ -535,6 +512,25 @@ class Handle:
         for kinds in self.counters.values():
             for kind in kinds:
                 kinds[kind] = 0
+
+    def module_set_running(self) -> int:
+        """flux_module_set_running(): tell the broker the module is running."""
+        record = self._require_module("module_set_running")
+        self._broker._set_running(record, pause=True)
+        return 0
+
+    def module_debug_test(self, flag: int, clear: bool) -> bool:
+        """flux_module_debug_test(): is debug bit *flag* set (clear it if *clear*)?"""
+        record = self._require_module("module_debug_test")
+        if not record.debug_flags & flag:
+            return False
+        if clear:
+            record.debug_flags &= ~flag
+        return True
+
+    def _brokermod_module_name(self) -> str:
+        """The module's name, which libflux keeps in the handle (see flux._libflux)."""
+        return self._require_module("module name").name
 
     def get_reactor(self) -> "Handle":
         """The reactor of this handle (an opaque value to pass back)."""
