@@ -136,7 +136,7 @@ def test_client_handles_refuse_module_only_methods(edge):
     assert info.value.errno == errno.EDEADLK
     with pytest.raises(NotImplementedError, match="service_register\\(\\) is for module handles"):
         client.service_register("x")
-    with pytest.raises(NotImplementedError, match="flux.Flux.kvs_lookup is not available"):
+    with pytest.raises(NotImplementedError, match="Flux.kvs_lookup of flux-core is not available"):
         client.kvs_lookup("a")
     with pytest.raises(AttributeError):
         client._private_thing
@@ -156,10 +156,11 @@ def test_bytes_topics_and_bad_topic_types():
 def test_message_decode_and_repr():
     msg = Message(FLUX_MSGTYPE_REQUEST, "a.b", b'{"x": 1}', userid=5, rolemask=0x5)
     assert msg.decode() == (FLUX_MSGTYPE_REQUEST, "a.b", '{"x": 1}')
-    assert msg.payload_bytes == b'{"x": 1}'
+    msg.payload = {"y": [2]}  # settable, as on flux-core's Message
+    assert msg.payload_str == '{"y": [2]}' and msg.handle is msg
     assert repr(msg) == "<Message request 'a.b' userid=5 rolemask=0x5>"
     response = Message(2, "a.b")
-    response.errnum, response.errstr = errno.EPERM, "no"
+    response._errnum, response._errstr = errno.EPERM, "no"  # as a broker sets them
     with pytest.raises(OSError) as info:
         response.decode()
     assert (info.value.errno, info.value.strerror) == (errno.EPERM, "no")

@@ -374,16 +374,16 @@ class Broker:
         # Each arming gets a new sequence number; heap entries of earlier
         # armings are stale and skipped when they come up.
         self._timer_seq += 1
-        watcher.due = due
-        watcher.armed_seq = self._timer_seq
+        watcher._due = due
+        watcher._armed_seq = self._timer_seq
         heapq.heappush(self._timers, (due, self._timer_seq, watcher))
 
     def _disarm_timer(self, watcher: TimerWatcher) -> None:
-        watcher.due = None
-        watcher.armed_seq = 0
+        watcher._due = None
+        watcher._armed_seq = 0
 
     def _next_timer_due(self) -> Optional[float]:
-        while self._timers and self._timers[0][1] != self._timers[0][2].armed_seq:
+        while self._timers and self._timers[0][1] != self._timers[0][2]._armed_seq:
             heapq.heappop(self._timers)
         return self._timers[0][0] if self._timers else None
 
@@ -391,8 +391,8 @@ class Broker:
         fired = False
         while self._next_timer_due() is not None and self._timers[0][0] <= self.now:
             _, _, watcher = heapq.heappop(self._timers)
-            watcher.armed_seq = 0
-            record = watcher.handle._record
+            watcher._armed_seq = 0
+            record = watcher.flux_handle._record
             if record is None or record.state == EXITED:
                 continue
             self._scheduler.queue.append((record.ctx, watcher._fire))
@@ -416,7 +416,7 @@ class Broker:
     def _finalize(self, record: Module, errnum: int) -> None:
         record.state = FINALIZING
         for item in self._scheduler.drop(record.ctx):
-            if isinstance(item, _Delivery) and item.msg.type == FLUX_MSGTYPE_REQUEST and not item.msg.noresponse:
+            if isinstance(item, _Delivery) and item.msg.type == FLUX_MSGTYPE_REQUEST and not item.msg._noresponse:
                 record.handle.respond_error(item.msg, errno.ENOSYS)
         self._module_exited(record, errnum)
 
@@ -448,8 +448,8 @@ class Broker:
     def _route_request(self, msg: Message) -> None:
         if self.panicked is not None:
             raise BrokerPanic(self.panicked)
-        if msg.nodeid not in (FLUX_NODEID_ANY, FLUX_NODEID_UPSTREAM, self.rank):
-            if msg.nodeid >= self.size:
+        if msg._nodeid not in (FLUX_NODEID_ANY, FLUX_NODEID_UPSTREAM, self.rank):
+            if msg._nodeid >= self.size:
                 self._broker_error(msg, errno.EHOSTUNREACH, None)
                 return
         service = msg.topic.split(".", 1)[0]
@@ -457,32 +457,32 @@ class Broker:
         if record is None or record.state == EXITED:
             self._broker_error(msg, errno.ENOSYS, f"No service matching {msg.topic} is registered")
             return
-        if not msg.noresponse:
+        if not msg._noresponse:
             record.inflight[id(msg)] = msg
         self._scheduler.queue.append((record.ctx, _Delivery(record.handle, msg)))
 
     def _route_response(self, responder: Optional[Module], request: Message, response: Message) -> None:
-        if responder is not None and (response.errnum or not request.streaming):
+        if responder is not None and (response._errnum or not request._streaming):
             responder.inflight.pop(id(request), None)
-        sender = request.sender
+        sender = request._sender
         if sender is None:
             return
         self._scheduler.queue.append((None, lambda: sender._receive_response(response)))
 
     def _broker_error(self, request: Message, errnum: int, errstr: Optional[str]) -> None:
-        if request.noresponse or request.sender is None:
+        if request._noresponse or request._sender is None:
             return
-        response = Message(FLUX_MSGTYPE_RESPONSE, request.topic, None, matchtag=request.matchtag, flags=request.flags)
-        response.errnum = errnum
-        response.errstr = errstr
-        sender = request.sender
+        response = Message(FLUX_MSGTYPE_RESPONSE, request.topic, None, matchtag=request._matchtag, flags=request._flags)
+        response._errnum = errnum
+        response._errstr = errstr
+        sender = request._sender
         self._scheduler.queue.append((None, lambda: sender._receive_response(response)))
 
     def _publish(self, msg: Message) -> None:
         if self.panicked is not None:
             raise BrokerPanic(self.panicked)
         self._event_seq += 1
-        msg.seq = self._event_seq
+        msg._seq = self._event_seq
         for record in list(self._modules.values()):
             if record.state == EXITED:
                 continue
@@ -519,8 +519,8 @@ class Broker:
         try:
             action()
         except OSError as exc:
-            response.errnum = exc.errno or errno.EINVAL
-            response.errstr = exc.strerror
+            response._errnum = exc.errno or errno.EINVAL
+            response._errstr = exc.strerror
         future._fulfill(response)
         return future
 
@@ -562,18 +562,16 @@ class Broker:
         except (TypeError, ValueError):
             h.respond_error(msg, errno.EPROTO)
             return
-        sender = msg.sender
+        sender = msg._sender
         route = f"{id(sender) & 0xFFFFFFFF:08x}!{record.uuid[:8]}"
         payload.update(route=route, userid=msg.userid, rolemask=msg.rolemask, rank=self.rank)
         h.respond(msg, payload)
 
     def _stats_get(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
-        h.respond(msg, h.counters)
+        h.respond(msg, h._brokermod_msgcounters())
 
     def _stats_clear(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
-        for direction in h.counters.values():
-            for kind in direction:
-                direction[kind] = 0
+        h._brokermod_clear_msgcounters()
         if msg.type == FLUX_MSGTYPE_REQUEST:
             h.respond(msg, None)
 

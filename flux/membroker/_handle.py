@@ -16,6 +16,7 @@ import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
+from flux.membroker._surface import missing
 from flux.membroker._message import (
     FLUX_MATCHTAG_NONE,
     FLUX_POLLIN,
@@ -45,9 +46,12 @@ class Future:
     caller's reactor when a response is there.
     """
 
+
+    def __getattr__(self, name: str) -> Any:
+        raise missing('RPC', self, name)
     def __init__(self, handle: "Handle", topic: str) -> None:
         self._handle = handle
-        self.topic = topic
+        self._topic = topic
         self._responses: Deque[Message] = deque()
         self._callback: Optional[Callable[..., Any]] = None
         self._callback_args: tuple = ()
@@ -60,15 +64,15 @@ class Future:
 
     def wait_for(self, timeout: float = -1.0) -> "Future":
         """Wait until a response is there (timeout in virtual seconds, -1: none)."""
-        self._handle._broker._run_until(self.is_ready, self.topic, timeout)
+        self._handle._broker._run_until(self.is_ready, self._topic, timeout)
         return self
 
     def get_str(self) -> Optional[str]:
         """Wait for the response; return its payload text (None if none)."""
         self.wait_for()
         msg = self._responses[0]
-        if msg.errnum:
-            raise OSError(msg.errnum, msg.errstr or os.strerror(msg.errnum))
+        if msg._errnum:
+            raise OSError(msg._errnum, msg._errstr or os.strerror(msg._errnum))
         return msg.payload_str
 
     def get(self) -> Any:
@@ -114,6 +118,9 @@ class Future:
 class MessageWatcher:
     """Calls ``callback(handle, watcher, msg, args)`` for matching messages."""
 
+
+    def __getattr__(self, name: str) -> Any:
+        raise missing('MessageWatcher', self, name)
     def __init__(
         self,
         handle: "Handle",
@@ -127,38 +134,38 @@ class MessageWatcher:
             raise TypeError(errno.EINVAL, f"Topic must be a string, not {type(topic_glob)}")
         if isinstance(topic_glob, bytes):
             topic_glob = topic_glob.decode()
-        self.handle = handle
+        self.flux_handle = handle
         self.callback = callback
-        self.type_mask = type_mask
-        self.topic_glob = topic_glob or "*"
+        self._type_mask = type_mask
+        self._topic_glob = topic_glob or "*"
         self.args = args
-        self.rolemask = FLUX_ROLE_OWNER | (rolemask or 0)
-        self.running = False
-        self._exact = not any(c in self.topic_glob for c in "*?[")
+        self._rolemask = FLUX_ROLE_OWNER | (rolemask or 0)
+        self._running = False
+        self._exact = not any(c in self._topic_glob for c in "*?[")
         handle._add_watcher(self)
 
-    def matches(self, msg: Message) -> bool:
+    def _matches(self, msg: Message) -> bool:
         """True if *msg* has a type and topic this watcher takes."""
-        if not msg.type & self.type_mask:
+        if not msg.type & self._type_mask:
             return False
         if self._exact:
-            return msg.topic == self.topic_glob
-        return fnmatch.fnmatchcase(msg.topic, self.topic_glob)
+            return msg.topic == self._topic_glob
+        return fnmatch.fnmatchcase(msg.topic, self._topic_glob)
 
     def start(self) -> "MessageWatcher":
         """Start taking messages."""
-        self.running = True
+        self._running = True
         return self
 
     def stop(self) -> "MessageWatcher":
         """Stop taking messages."""
-        self.running = False
+        self._running = False
         return self
 
     def destroy(self) -> None:
         """Stop and forget this watcher."""
-        self.running = False
-        self.handle._remove_watcher(self)
+        self._running = False
+        self.flux_handle._remove_watcher(self)
 
     def ref(self) -> "MessageWatcher":
         """Let this watcher keep the reactor running (the default)."""
@@ -178,6 +185,9 @@ class MessageWatcher:
 class TimerWatcher:
     """Calls ``callback(handle, watcher, revents, args)`` on the broker's clock."""
 
+
+    def __getattr__(self, name: str) -> Any:
+        raise missing('TimerWatcher', self, name)
     def __init__(
         self,
         handle: "Handle",
@@ -188,26 +198,26 @@ class TimerWatcher:
     ) -> None:
         if after < 0 or repeat < 0:
             raise OSError(errno.EINVAL, "timer after/repeat must not be negative")
-        self.handle = handle
+        self.flux_handle = handle
         self.callback = callback
         self.after = float(after)
         self.repeat = float(repeat)
         self.args = args
-        self.due: Optional[float] = None
-        self.armed_seq = 0
+        self._due: Optional[float] = None
+        self._armed_seq = 0
 
     def start(self) -> "TimerWatcher":
         """Arm the timer: it fires *after* seconds from now on the broker clock.
 
         Starting a timer that is already armed changes nothing, as in libev.
         """
-        if not self.armed_seq:
-            self.handle._broker._arm_timer(self, self.handle._broker.now + self.after)
+        if not self._armed_seq:
+            self.flux_handle._broker._arm_timer(self, self.flux_handle._broker.now + self.after)
         return self
 
     def stop(self) -> "TimerWatcher":
         """Disarm the timer."""
-        self.handle._broker._disarm_timer(self)
+        self.flux_handle._broker._disarm_timer(self)
         return self
 
     def reset(self, after: Optional[float] = None, repeat: Optional[float] = None) -> None:
@@ -234,16 +244,19 @@ class TimerWatcher:
         return self
 
     def _fire(self) -> None:
-        self.due = None
-        if self.repeat > 0 and not self.armed_seq:
-            self.handle._broker._arm_timer(self, self.handle._broker.now + self.repeat)
-        self.handle._run_callback(self.callback, self.handle, self, 0, self.args)
+        self._due = None
+        if self.repeat > 0 and not self._armed_seq:
+            self.flux_handle._broker._arm_timer(self, self.flux_handle._broker.now + self.repeat)
+        self.flux_handle._run_callback(self.callback, self.flux_handle, self, 0, self.args)
 
     def __enter__(self) -> "TimerWatcher":
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.destroy()
+
+
+_LOOP_KINDS = {"prepare": "PrepareWatcher", "check": "CheckWatcher", "idle": "IdleWatcher", "fd": "FDWatcher"}
 
 
 class LoopWatcher:
@@ -254,25 +267,28 @@ class LoopWatcher:
     an idle watcher is started, it does not wait.
     """
 
+
+    def __getattr__(self, name: str) -> Any:
+        raise missing(_LOOP_KINDS[self.__dict__.get("_kind", "idle")], self, name)
     def __init__(self, handle: "Handle", kind: str, callback: Optional[Callable[..., Any]], args: Any) -> None:
-        self.handle = handle
-        self.kind = kind
+        self.flux_handle = handle
+        self._kind = kind
         self.callback = callback
         self.args = args
-        self.running = False
+        self._running = False
 
     def start(self) -> "LoopWatcher":
         """Start the watcher."""
-        if not self.running:
-            self.running = True
-            self.handle._loop_watchers.append(self)
+        if not self._running:
+            self._running = True
+            self.flux_handle._loop_watchers.append(self)
         return self
 
     def stop(self) -> "LoopWatcher":
         """Stop the watcher."""
-        if self.running:
-            self.running = False
-            self.handle._loop_watchers.remove(self)
+        if self._running:
+            self._running = False
+            self.flux_handle._loop_watchers.remove(self)
         return self
 
     def ref(self) -> "LoopWatcher":
@@ -323,8 +339,8 @@ class Handle:
         record: Optional["Module"] = None,
     ) -> None:
         self._broker = broker
-        self.userid = userid
-        self.rolemask = rolemask
+        self._userid = userid
+        self._rolemask = rolemask
         self._record = record
         self._futures: Dict[int, Future] = {}
         self._next_matchtag = 1
@@ -336,7 +352,7 @@ class Handle:
         self._loop_watchers: List[LoopWatcher] = []
         self._services_used: List[str] = []
         self._closed = False
-        self.counters = {
+        self._counters = {
             "tx": {"request": 0, "response": 0, "event": 0, "control": 0},
             "rx": {"request": 0, "response": 0, "event": 0, "control": 0},
         }
@@ -356,8 +372,8 @@ class Handle:
             FLUX_MSGTYPE_REQUEST,
             topic,
             encode_payload(payload),
-            userid=self.userid,
-            rolemask=self.rolemask,
+            userid=self._userid,
+            rolemask=self._rolemask,
             flags=flags,
             nodeid=nodeid,
         )
@@ -366,12 +382,12 @@ class Handle:
         if self._record is None and service not in self._services_used:
             self._services_used.append(service)
         if not flags & FLUX_RPC_NORESPONSE:
-            msg.matchtag = self._next_matchtag
+            msg._matchtag = self._next_matchtag
             self._next_matchtag += 1
-            self._futures[msg.matchtag] = future
-        future._matchtag = msg.matchtag  # flux_rpc_get_matchtag() on a real broker
-        msg.sender = self
-        self.counters["tx"]["request"] += 1
+            self._futures[msg._matchtag] = future
+        future._matchtag = msg._matchtag  # flux_rpc_get_matchtag() on a real broker
+        msg._sender = self
+        self._counters["tx"]["request"] += 1
         self._broker._route_request(msg)
         return future
 
@@ -390,20 +406,20 @@ class Handle:
     def _respond(self, request: Message, payload: Optional[bytes], errnum: int, errstr: Optional[str]) -> None:
         if not isinstance(request, Message) or request.type != FLUX_MSGTYPE_REQUEST:
             raise OSError(errno.EINVAL, f"cannot respond to {request!r}: not a request")
-        if request.noresponse:
+        if request._noresponse:
             return
         response = Message(
             FLUX_MSGTYPE_RESPONSE,
             request.topic,
             payload,
-            userid=self.userid,
-            rolemask=self.rolemask,
-            flags=request.flags,
-            matchtag=request.matchtag,
+            userid=self._userid,
+            rolemask=self._rolemask,
+            flags=request._flags,
+            matchtag=request._matchtag,
         )
-        response.errnum = errnum
-        response.errstr = errstr
-        self.counters["tx"]["response"] += 1
+        response._errnum = errnum
+        response._errstr = errstr
+        self._counters["tx"]["response"] += 1
         self._broker._route_response(self._record, request, response)
 
     def send(self, message: Message, flags: int = 0) -> None:
@@ -416,12 +432,12 @@ class Handle:
         """
         if not isinstance(message, Message):
             raise TypeError(f"send() takes a flux.membroker.Message, not {type(message).__name__}")
-        message.userid = self.userid
-        message.rolemask = self.rolemask
-        kind = message.type_str if message.type_str in self.counters["tx"] else "control"
-        self.counters["tx"][kind] += 1
+        message.userid = self._userid
+        message.rolemask = self._rolemask
+        kind = message.type_str if message.type_str in self._counters["tx"] else "control"
+        self._counters["tx"][kind] += 1
         if message.type == FLUX_MSGTYPE_REQUEST:
-            message.sender = self
+            message._sender = self
             self._broker._route_request(message)
         elif message.type == FLUX_MSGTYPE_EVENT:
             self._broker._publish(message)
@@ -432,10 +448,10 @@ class Handle:
             FLUX_MSGTYPE_EVENT,
             _topic(topic),
             encode_payload(payload),
-            userid=self.userid,
-            rolemask=self.rolemask,
+            userid=self._userid,
+            rolemask=self._rolemask,
         )
-        self.counters["tx"]["event"] += 1
+        self._counters["tx"]["event"] += 1
         self._broker._publish(msg)
 
     def event_subscribe(self, topic: str) -> None:
@@ -505,11 +521,11 @@ class Handle:
 
     def _brokermod_msgcounters(self) -> Dict[str, Dict[str, int]]:
         """flux_get_msgcounters() of this handle (see flux._libflux)."""
-        return {direction: dict(kinds) for direction, kinds in self.counters.items()}
+        return {direction: dict(kinds) for direction, kinds in self._counters.items()}
 
     def _brokermod_clear_msgcounters(self) -> None:
         """flux_clr_msgcounters() of this handle (see flux._libflux)."""
-        for kinds in self.counters.values():
+        for kinds in self._counters.values():
             for kind in kinds:
                 kinds[kind] = 0
 
@@ -549,9 +565,9 @@ class Handle:
         for service in self._services_used:
             msg = Message(
                 FLUX_MSGTYPE_REQUEST, f"{service}.disconnect", None,
-                userid=self.userid, rolemask=self.rolemask, flags=FLUX_RPC_NORESPONSE,
+                userid=self._userid, rolemask=self._rolemask, flags=FLUX_RPC_NORESPONSE,
             )
-            msg.sender = self
+            msg._sender = self
             self._broker._route_request(msg)
         self._services_used.clear()
 
@@ -586,13 +602,13 @@ class Handle:
 
     def _run_loop_watchers(self, kind: str) -> None:
         for watcher in list(self._loop_watchers):
-            if not watcher.running:
+            if not watcher._running:
                 continue
-            if watcher.kind == kind:
+            if watcher._kind == kind:
                 self._run_callback(watcher.callback, self, watcher, 0, watcher.args)
-            elif kind == "prepare" and watcher.kind == "fd":
+            elif kind == "prepare" and watcher._kind == "fd":
                 self._poll(watcher)
-        if kind == "prepare" and any(w.kind == "idle" for w in self._loop_watchers):
+        if kind == "prepare" and any(w._kind == "idle" for w in self._loop_watchers):
             self._post(_nothing)  # do not wait: come back at once
 
     def _poll(self, watcher: FDWatcher) -> None:
@@ -637,23 +653,18 @@ class Handle:
         return self._broker._service_future(self, lambda: self._broker._remove_service(name, record))
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise NotImplementedError(
-            f"flux.Flux.{name} is not available on the in-memory broker "
-            f"(flux.membroker); run the module on a real Flux instance to use it"
-        )
+        raise missing("Flux", self, name)
 
     # Messages in (called by the broker, in this handle's context)
 
     def _add_watcher(self, watcher: MessageWatcher) -> None:
-        if watcher._exact and watcher.type_mask == FLUX_MSGTYPE_REQUEST:
-            self._methods.setdefault(watcher.topic_glob, []).insert(0, watcher)
+        if watcher._exact and watcher._type_mask == FLUX_MSGTYPE_REQUEST:
+            self._methods.setdefault(watcher._topic_glob, []).insert(0, watcher)
         else:
             self._handlers.insert(0, watcher)
 
     def _remove_watcher(self, watcher: MessageWatcher) -> None:
-        stack = self._methods.get(watcher.topic_glob, [])
+        stack = self._methods.get(watcher._topic_glob, [])
         if watcher in stack:
             stack.remove(watcher)
         if watcher in self._handlers:
@@ -666,27 +677,27 @@ class Handle:
     def _dispatch(self, msg: Message) -> None:
         """Hand *msg* to the matching watchers, as libflux's dispatcher does."""
         if msg.type == FLUX_MSGTYPE_REQUEST:
-            self.counters["rx"]["request"] += 1
+            self._counters["rx"]["request"] += 1
             for watcher in self._methods.get(msg.topic, ()):
-                if watcher.running:
+                if watcher._running:
                     self._call(watcher, msg)
                     return
             for watcher in self._handlers:
-                if watcher.running and watcher.matches(msg):
+                if watcher._running and watcher._matches(msg):
                     self._call(watcher, msg)
                     return
-            if not msg.noresponse:
+            if not msg._noresponse:
                 self.respond_error(msg, errno.ENOSYS, f"Unknown service method '{msg.topic}'")
         elif msg.type == FLUX_MSGTYPE_EVENT:
-            self.counters["rx"]["event"] += 1
+            self._counters["rx"]["event"] += 1
             for watcher in list(self._handlers):
-                if watcher.running and watcher.matches(msg):
+                if watcher._running and watcher._matches(msg):
                     self._call(watcher, msg)
 
     def _call(self, watcher: MessageWatcher, msg: Message) -> None:
-        if not msg.rolemask & watcher.rolemask:
-            if msg.type == FLUX_MSGTYPE_REQUEST and not msg.noresponse:
-                if watcher.rolemask == FLUX_ROLE_OWNER:
+        if not msg.rolemask & watcher._rolemask:
+            if msg.type == FLUX_MSGTYPE_REQUEST and not msg._noresponse:
+                if watcher._rolemask == FLUX_ROLE_OWNER:
                     text = "Request requires owner credentials"
                 else:
                     text = "Request rejected due to insufficient privilege"
@@ -710,12 +721,12 @@ class Handle:
             traceback.print_exc(file=self._record.stderr)
 
     def _receive_response(self, msg: Message) -> None:
-        self.counters["rx"]["response"] += 1
-        future = self._futures.get(msg.matchtag)
+        self._counters["rx"]["response"] += 1
+        future = self._futures.get(msg._matchtag)
         if future is None:
             return
-        if msg.errnum or not msg.streaming:
-            del self._futures[msg.matchtag]
+        if msg._errnum or not msg._streaming:
+            del self._futures[msg._matchtag]
         future._fulfill(msg)
 
     def _require_module(self, method: str) -> "Module":
@@ -727,7 +738,7 @@ class Handle:
 
     def __repr__(self) -> str:
         who = self._record.name if self._record is not None else "client"
-        return f"<flux.membroker.Handle {who} userid={self.userid} rolemask={self.rolemask:#x}>"
+        return f"<flux.membroker.Handle {who} userid={self._userid} rolemask={self._rolemask:#x}>"
 
 
 _PERCENT = re.compile("%%?")

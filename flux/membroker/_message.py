@@ -53,12 +53,15 @@ def encode_payload(payload: Any) -> Optional[bytes]:
 
 
 class Message:
-    """A message, offering what ``flux.message.Message`` offers.
+    """A message, offering what ``flux.message.Message`` offers and no more.
 
     ``topic``, ``payload`` (the payload decoded as JSON; TypeError when
     there is none), ``payload_str`` (None when there is none), ``type``,
-    ``type_str``, ``userid`` and ``rolemask``, plus ``streaming`` and
-    ``noresponse`` for requests and ``errnum``/``errstr`` for responses.
+    ``type_str``, ``userid``, ``rolemask``, ``decode()`` and ``handle``.
+    Like flux-core's, it takes attributes a module sets on it.  What
+    libflux knows of a message beyond that (matchtag, flags, sender) is
+    private here, as it is behind ``handle`` there: see
+    :func:`flux.brokermod.request_facts`.
     """
 
     __slots__ = (
@@ -67,21 +70,21 @@ class Message:
         "_payload",
         "userid",
         "rolemask",
-        "flags",
-        "matchtag",
-        "nodeid",
-        "errnum",
-        "errstr",
-        "seq",
-        "sender",
+        "_flags",
+        "_matchtag",
+        "_nodeid",
+        "_errnum",
+        "_errstr",
+        "_seq",
+        "_sender",
         "__weakref__",
         "__dict__",  # a module may set attributes of its own, as on flux-core's
     )
 
     def __init__(
         self,
-        type_id: int,
-        topic: str,
+        type_id: int = FLUX_MSGTYPE_REQUEST,
+        topic: str = "",
         payload: Optional[bytes] = None,
         userid: int = 0,
         rolemask: int = FLUX_ROLE_NONE,
@@ -94,13 +97,23 @@ class Message:
         self._payload = payload
         self.userid = userid
         self.rolemask = rolemask
-        self.flags = flags
-        self.matchtag = matchtag
-        self.nodeid = nodeid
-        self.errnum = 0
-        self.errstr: Optional[str] = None
-        self.seq = 0
-        self.sender: Any = None
+        self._flags = flags
+        self._matchtag = matchtag
+        self._nodeid = nodeid
+        self._errnum = 0
+        self._errstr: Optional[str] = None
+        self._seq = 0
+        self._sender: Any = None
+
+    @classmethod
+    def from_event_encode(cls, topic: str, payload: Any = None) -> "Message":
+        """An event message, as flux-core's ``Message.from_event_encode`` makes."""
+        return cls(FLUX_MSGTYPE_EVENT, topic, encode_payload(payload))
+
+    @property
+    def handle(self) -> "Message":
+        """What flux-core's is the raw ``flux_msg_t *``: here, the message itself."""
+        return self
 
     @property
     def payload_str(self) -> Optional[str]:
@@ -110,15 +123,18 @@ class Message:
         # libflux hands out the payload as a C string: it ends at a NUL.
         return self._payload.split(b"\0", 1)[0].decode("utf-8")
 
+    @payload_str.setter
+    def payload_str(self, value: Optional[str]) -> None:
+        self._payload = None if value is None else value.encode("utf-8")
+
     @property
     def payload(self) -> Any:
         """The payload decoded as JSON (TypeError when there is none)."""
         return json.loads(self.payload_str)  # type: ignore[arg-type]
 
-    @property
-    def payload_bytes(self) -> Optional[bytes]:
-        """The payload exactly as sent, or None."""
-        return self._payload
+    @payload.setter
+    def payload(self, value: Any) -> None:
+        self._payload = encode_payload(value)
 
     @property
     def type_str(self) -> str:
@@ -126,28 +142,31 @@ class Message:
         return _TYPE_NAMES.get(self.type, "unknown")
 
     @property
-    def streaming(self) -> bool:
-        """True for a request sent with FLUX_RPC_STREAMING."""
-        return bool(self.flags & FLUX_RPC_STREAMING)
+    def _streaming(self) -> bool:
+        return bool(self._flags & FLUX_RPC_STREAMING)
 
     @property
-    def noresponse(self) -> bool:
-        """True for a request sent with FLUX_RPC_NORESPONSE."""
-        return bool(self.flags & FLUX_RPC_NORESPONSE)
+    def _noresponse(self) -> bool:
+        return bool(self._flags & FLUX_RPC_NORESPONSE)
 
     def _brokermod_facts(self) -> RequestFacts:
         """What libflux would tell of this request (see flux._libflux)."""
-        return RequestFacts(self.streaming, self.matchtag, route_of(self.sender), self.userid)
+        return RequestFacts(self._streaming, self._matchtag, route_of(self._sender), self.userid)
 
     def _brokermod_streaming(self) -> bool:
         """flux_msg_is_streaming() of this request (see flux._libflux)."""
-        return bool(self.flags & FLUX_RPC_STREAMING)
+        return bool(self._flags & FLUX_RPC_STREAMING)
 
     def decode(self) -> Any:
         """Return ``(type, topic, payload_str)``; OSError for an error response."""
-        if self.type == FLUX_MSGTYPE_RESPONSE and self.errnum:
-            raise OSError(self.errnum, self.errstr or "")
+        if self.type == FLUX_MSGTYPE_RESPONSE and self._errnum:
+            raise OSError(self._errnum, self._errstr or "")
         return self.type, self.topic, self.payload_str
+
+    def __getattr__(self, name: str) -> Any:
+        from flux.membroker._surface import missing
+
+        raise missing("Message", self, name)
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,99 @@
+"""The in-memory broker offers what flux-core offers, and nothing more.
+
+Every object a module or a test receives from the in-memory broker (a
+handle, a message, an RPC future, watchers) has only public names that
+flux-core's counterpart has: the live flux-core classes when flux-core is
+here, flux/membroker/flux_core_surface.json (recorded from flux-core
+0.88.0 with tests/tools/record_flux_core_surface.py) when it is not.  A
+recorded name the in-memory object lacks raises NotImplementedError naming
+it; any other name raises AttributeError, as on flux-core.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from flux.brokermod_testing import find_flux, skip_reason
+from flux.membroker import FLUX_MSGTYPE_REQUEST, Broker, Message
+from flux.membroker._surface import recorded
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RECORDER = os.path.join(HERE, "tools", "record_flux_core_surface.py")
+
+
+def _in_memory_objects():
+    broker = Broker()
+    client = broker.connect()
+    nothing = lambda *args: None  # noqa: E731
+    return broker, {
+        "Flux": client,
+        "Message": Message(FLUX_MSGTYPE_REQUEST, "a.b"),
+        "RPC": client.rpc("nosuch.x"),
+        "MessageWatcher": client.msg_watcher_create(nothing),
+        "TimerWatcher": client.timer_watcher_create(1.0, nothing),
+        "FDWatcher": client.fd_watcher_create(0, nothing),
+        "PrepareWatcher": client.prepare_watcher_create(nothing),
+        "CheckWatcher": client.check_watcher_create(nothing),
+        "IdleWatcher": client.idle_watcher_create(),
+    }
+
+
+def _public(obj):
+    names = {n for n in dir(type(obj)) if not n.startswith("_")}
+    return names | {n for n in getattr(obj, "__dict__", {}) if not n.startswith("_")}
+
+
+@pytest.fixture(scope="module")
+def flux_core_surface():
+    """The live flux-core surface when flux-core is here, else the record."""
+    if skip_reason() is not None:
+        return {kind: recorded(kind) for kind in _in_memory_objects()[1]}
+    result = subprocess.run(
+        [find_flux(), "start", "flux", "python", RECORDER], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    live = json.loads(result.stdout)
+    live["Flux"] = sorted(set(live["Flux"]) | set(live["libflux"]))
+    return {kind: frozenset(live[kind]) for kind in _in_memory_objects()[1]}
+
+
+@pytest.mark.parametrize("kind", list(_in_memory_objects()[1]))
+def test_nothing_more_than_flux_core(flux_core_surface, kind):
+    _, objects = _in_memory_objects()
+    extra = sorted(_public(objects[kind]) - flux_core_surface[kind])
+    assert extra == [], f"the in-memory {kind} offers names flux-core's lacks: {extra}"
+
+
+@pytest.mark.parametrize("kind", list(_in_memory_objects()[1]))
+def test_what_flux_core_has_and_this_lacks_says_so(flux_core_surface, kind):
+    _, objects = _in_memory_objects()
+    obj = objects[kind]
+    for name in sorted(flux_core_surface[kind] - _public(obj))[:50]:
+        with pytest.raises(NotImplementedError, match=f"{kind}.{name} of flux-core is not available"):
+            getattr(obj, name)
+        assert not hasattr(obj, name)
+    with pytest.raises(AttributeError) as info:
+        getattr(obj, "no_such_name_anywhere")
+    assert not isinstance(info.value, NotImplementedError)
+
+
+def test_the_record_is_flux_core_0_88():
+    assert recorded("version") == {"0.88.0"}
+    assert {"respond", "rpc", "reactor_run", "module_set_running"} <= recorded("Flux")
+    assert "matchtag" not in recorded("Message") and "handle" in recorded("Message")
+
+
+@pytest.mark.real_flux
+@pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+def test_the_record_matches_the_flux_core_on_path():
+    result = subprocess.run(
+        [find_flux(), "start", "flux", "python", RECORDER], capture_output=True, text=True, timeout=120
+    )
+    live = json.loads(result.stdout)
+    with open(os.path.join(os.path.dirname(HERE), "flux", "membroker", "flux_core_surface.json")) as f:
+        record = json.load(f)
+    if live["flux-core"] != record["flux-core"]:
+        pytest.skip(f"flux-core {live['flux-core']} on PATH, record of {record['flux-core']}: refresh it")
+    assert live == record

@@ -1,0 +1,58 @@
+"""Print flux-core's Python surface as JSON, for flux/membroker/flux_core_surface.json.
+
+Run it with the flux-core release to record, from a checkout of this project:
+
+    flux python tests/tools/record_flux_core_surface.py > flux/membroker/flux_core_surface.json
+
+The in-memory broker offers no public name outside this record, and
+answers the recorded names it lacks with NotImplementedError; the surface
+test (tests/test_surface.py) checks both against the live classes when
+flux-core is present, and against this record when it is not.
+"""
+
+import json
+import sys
+
+
+def surface() -> dict:
+    """Public names of the flux-core classes a module or a test receives."""
+    from _flux._core import lib
+    from flux.core.handle import Flux
+    from flux.core.watchers import CheckWatcher, FDWatcher, IdleWatcher, PrepareWatcher, TimerWatcher
+    from flux.message import Message, MessageWatcher
+    from flux.rpc import RPC
+
+    classes = {
+        "Flux": Flux, "Message": Message, "RPC": RPC, "MessageWatcher": MessageWatcher,
+        "TimerWatcher": TimerWatcher, "FDWatcher": FDWatcher, "PrepareWatcher": PrepareWatcher,
+        "CheckWatcher": CheckWatcher, "IdleWatcher": IdleWatcher,
+    }
+    record = {name: sorted(n for n in dir(cls) if not n.startswith("_")) for name, cls in classes.items()}
+    # What instances hold besides their class's names (needs a running instance).
+    h = Flux()
+    instances = {
+        "Flux": h, "Message": Message(), "RPC": h.rpc("broker.ping", {}),
+        "MessageWatcher": h.msg_watcher_create(_nothing), "TimerWatcher": h.timer_watcher_create(1.0, _nothing),
+        "FDWatcher": h.fd_watcher_create(0, _nothing), "PrepareWatcher": h.prepare_watcher_create(_nothing),
+        "CheckWatcher": h.check_watcher_create(_nothing), "IdleWatcher": h.idle_watcher_create(),
+    }
+    for name, obj in instances.items():
+        record[name] = sorted(set(record[name]) | {n for n in vars(obj) if not n.startswith("_")})
+    # flux.Flux answers any libflux function by its name without "flux_".
+    record["libflux"] = sorted(n[len("flux_"):] for n in dir(lib) if n.startswith("flux_"))
+    return record
+
+
+def _nothing(*args: object) -> None:
+    pass
+
+
+if __name__ == "__main__":
+
+
+    from _flux._core import ffi, lib
+
+    version = ffi.string(lib.flux_core_version_string()).decode()
+    json.dump({"flux-core": version, **surface()},
+              sys.stdout, indent=1, sort_keys=True)
+    sys.stdout.write("\n")
