@@ -72,6 +72,31 @@ class Probe(BrokerModule):
             self.handle.respond(msg, {"i": i})
         self.handle.respond_error(msg, errno.ENODATA)
 
+    @request_handler("error-zero")
+    def error_zero(self, msg):
+        self.handle.respond_error(msg, 0, "zero errnum")
+
+    @request_handler("error-empty")
+    def error_empty(self, msg):
+        self.handle.respond_error(msg, errno.EPERM, "")
+
+    @request_handler("attrs")
+    def attrs(self, msg):
+        out = {}
+        for name in ["local-uri", "hostlist", "version", "log-level", "broker.pid", "rundir", "parent-uri"]:
+            try:
+                out[name] = self.handle.attr_get(name)
+            except OSError as exc:
+                out[name] = exc.errno
+        return out
+
+    @request_handler("register-dotted")
+    def register_dotted(self, msg):
+        try:
+            self.handle.service_register("a.b").get()
+        except OSError as exc:
+            return [exc.errno, exc.strerror]
+
     @request_handler("stash")
     def stash(self, msg):
         msg.note = "kept"  # a module may keep its own data on a message
@@ -414,3 +439,83 @@ def test_log_lines_look_like_flux_dmesg(probe):
     lines = probe.dmesg()
     for expected in ["probe.warning[0]: level warning", "probe.err[0]: level err", "probe.crit[0]: level crit"]:
         assert expected in lines
+
+
+# Measured corner cases
+
+
+def test_respond_error_with_errnum_zero_and_with_empty_text(probe):
+    assert error_of(probe.rpc("probe.error-zero")) == (errno.EINVAL, "zero errnum")
+    assert error_of(probe.rpc("probe.error-empty")) == (errno.EPERM, "")
+
+
+def test_config_reload_needs_an_object(probe):
+    assert error_of(probe.rpc("probe.config-reload")) == (errno.EPROTO, "Failed to parse probe.config-reload request")
+    assert probe.rpc("probe.config-reload", {}).get_str() is None
+
+
+@pytest.mark.parametrize("payload, code", [([1], errno.ENOMEM), (None, errno.EPROTO), ("text", errno.EPROTO),
+                                           ('{"x": NaN}', errno.EPROTO), ('{"x": Infinity}', errno.EPROTO)])
+def test_ping_refuses_what_jansson_refuses(probe, payload, code):
+    assert error_of(probe.rpc("probe.ping", payload))[0] == code
+
+
+def test_a_payload_ends_at_a_nul(probe):
+    assert probe.rpc("probe.ping", '{"x": 1}\u0000tail').get()["x"] == 1
+
+
+def test_broker_attributes_a_module_reads(probe):
+    attrs = probe.rpc("probe.attrs").get()
+    assert attrs["local-uri"].startswith("local://") and attrs["version"] == "0.88.0"
+    assert attrs["log-level"] == "7" and attrs["hostlist"] and int(attrs["broker.pid"]) > 0 and attrs["rundir"]
+    assert attrs["parent-uri"] == errno.ENOENT
+
+
+def test_a_service_name_with_a_dot_is_refused(probe):
+    assert probe.rpc("probe.register-dotted").get() == [
+        errno.EINVAL, "could not register service a.b for module probe: Invalid argument"]
+
+
+def test_a_module_name_with_a_dot_is_refused(target, write):
+    code, _ = target.load_error(write("probe.py", PROBE), name="my.alias")
+    assert code == errno.EINVAL
+
+
+def test_upstream_of_rank_0_is_unreachable(probe):
+    out = probe.client(
+        """
+        try:
+            h.rpc("probe.ping", {}, nodeid=0xFFFFFFFE).get()
+        except OSError as exc:
+            emit([exc.errno, exc.strerror])
+        """
+    )
+    assert out == [[errno.EHOSTUNREACH, "No route to host"]]
+
+
+def test_broker_log_lines_on_load_and_remove(target, write):
+    target.clear_log()
+    target.load(write("probe.py", PROBE))
+    target.remove("probe")
+    lines = [line for line in target.dmesg() if line.startswith("broker.debug[0]: ") and "probe" in line]
+    assert lines[0] == "broker.debug[0]: insmod probe"
+    assert lines[1].startswith("broker.debug[0]: module-python-exec probe pid=")
+    assert lines[-2:] == ["broker.debug[0]: rmmod probe", "broker.debug[0]: module probe exited"]
+
+
+def test_a_module_importing_flux_constants_loads(target, write):
+    path = write(
+        "consts.py",
+        """
+        from flux.constants import FLUX_MSGTYPE_REQUEST, FLUX_ROLE_USER, FLUX_RPC_STREAMING
+        from flux.brokermod import BrokerModule, request_handler
+
+        class Consts(BrokerModule):
+            @request_handler("values")
+            def values(self, msg):
+                return [FLUX_MSGTYPE_REQUEST, FLUX_ROLE_USER, FLUX_RPC_STREAMING]
+        """,
+    )
+    target.load(path)
+    assert target.rpc("consts.values").get() == [1, 2, 2]
+    target.remove("consts")

@@ -125,6 +125,11 @@ class Stopper(BrokerModule):
     def fail_request(self, msg):
         self.stop_error()  # the request is never answered
 
+    @request_handler("answer-then-fail")
+    def answer_then_fail(self, msg):
+        self.handle.respond(msg, {"answered": True})
+        self.stop_error()
+
     @event_handler("fail")
     def fail_event(self, msg):
         self.stop_error()
@@ -451,10 +456,11 @@ def test_ping_is_allowed_for_guests(broker):
     assert (reply["seq"], reply["userid"], reply["rolemask"]) == (1, GUEST, FLUX_ROLE_USER)
 
 
-@pytest.mark.parametrize("payload", [[1, 2], "not json", 5, None])
-def test_ping_with_non_object_payload_is_eproto(broker, payload):
+@pytest.mark.parametrize("payload, code", [([1, 2], errno.ENOMEM), (5, errno.ENOMEM), ("not json", errno.EPROTO),
+                                           (None, errno.EPROTO), ('{"x": NaN}', errno.EPROTO)])
+def test_ping_with_non_object_payload_fails_as_measured(broker, payload, code):
     broker.load(Echo, name="echo")
-    assert raised_by(broker.rpc("echo.ping", payload)).errno == errno.EPROTO
+    assert raised_by(broker.rpc("echo.ping", payload)).errno == code
 
 
 def test_stats_get_has_tx_rx_counts_of_each_message_kind(broker):
@@ -1068,3 +1074,12 @@ def test_loading_the_same_file_twice_is_eexist(broker, example):
     with pytest.raises(ModuleError) as info:
         broker.load(example("mymod.py"))
     assert info.value.errno == errno.EEXIST
+
+
+def test_an_answer_sent_before_a_panic_still_reaches_the_caller(broker):
+    """A real broker delivers the response before the module's exit takes
+    the instance down; only what comes after fails."""
+    broker.load(Stopper, name="stopper")
+    assert broker.rpc("stopper.answer-then-fail").get() == {"answered": True}
+    with pytest.raises(BrokerPanic, match="stopper module runtime failure"):
+        broker.rpc("stopper.stop")

@@ -43,6 +43,10 @@ from flux.membroker._message import (
     Message,
 )
 
+from flux.membroker._message import provide_flux_constants
+
+provide_flux_constants()
+
 __all__ = [
     "MAX_WAIT",
     "Broker",

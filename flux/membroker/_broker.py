@@ -7,6 +7,7 @@ import json
 import os
 import re
 import resource
+import socket
 import syslog
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
@@ -195,6 +196,13 @@ class Broker:
             "size": str(size),
             "security.owner": str(self.owner),
             "instance-level": "0",
+            "version": "0.88.0",
+            "hostname": socket.gethostname(),
+            "hostlist": socket.gethostname(),
+            "broker.pid": str(os.getpid()),
+            "rundir": "/tmp/flux-membroker",
+            "local-uri": "local:///tmp/flux-membroker/local-0",
+            "log-level": str(syslog.LOG_DEBUG),
         }
         self.attrs.update(attrs or {})
         #: The virtual clock, in seconds.
@@ -273,6 +281,8 @@ class Broker:
             entry = _entry_point_of(module)
             if name is None:
                 raise ValueError(f"load({module!r}): give the module a name= when loading a class or function")
+        if "." in name:
+            raise ModuleError(errno.EINVAL, f"load {path or name}: Invalid argument (module name {name!r} has a dot)")
         if name in self._modules:
             raise ModuleError(errno.EEXIST, f"{name}: File exists")
         if name in self._services:
@@ -299,6 +309,7 @@ class Broker:
         if record is None:
             raise ModuleError(errno.ENOENT, f"{name}: No such file or directory")
         record.unload_requested = True
+        self._log("broker", syslog.LOG_DEBUG, f"rmmod {name}")
         self._owner_handle.rpc(f"{name}.shutdown", flags=FLUX_RPC_NORESPONSE)
         self._run_until(lambda: record.state == EXITED, f"remove {name}")
 
@@ -356,9 +367,9 @@ class Broker:
         self._scheduler.check_thread()
         limit = self.now + (MAX_WAIT if timeout < 0 else timeout)
         while not done():
-            self._check_alive()
             if self._scheduler.step() or self._fire_due_timers():
-                continue
+                continue  # answers sent before a panic are still delivered
+            self._check_alive()
             due = self._next_timer_due()
             if due is not None and due <= limit:
                 self.now = max(self.now, due)
@@ -404,7 +415,7 @@ class Broker:
             return
         record.state = RUNNING
         record.was_running = True
-        self._log("broker", syslog.LOG_DEBUG, f"module {record.name} running")
+        self._log("broker", syslog.LOG_DEBUG, f"module-python-exec {record.name} pid={os.getpid()}")
         if pause:
             self._scheduler.pause(record.ctx)
 
@@ -448,6 +459,9 @@ class Broker:
     def _route_request(self, msg: Message) -> None:
         if self.panicked is not None:
             raise BrokerPanic(self.panicked)
+        if msg._nodeid == FLUX_NODEID_UPSTREAM and self.rank == 0:
+            self._broker_error(msg, errno.EHOSTUNREACH, None)  # rank 0 has no upstream
+            return
         if msg._nodeid not in (FLUX_NODEID_ANY, FLUX_NODEID_UPSTREAM, self.rank):
             if msg._nodeid >= self.size:
                 self._broker_error(msg, errno.EHOSTUNREACH, None)
@@ -502,6 +516,8 @@ class Broker:
         return EventCollector(self.connect(userid=userid), topic)
 
     def _add_service(self, name: str, record: Module) -> None:
+        if "." in name:
+            raise OSError(errno.EINVAL, f"could not register service {name} for module {record.name}: Invalid argument")
         if name in self._services:
             raise OSError(errno.EEXIST, f"service {name} is already registered")
         self._services[name] = record
@@ -555,12 +571,15 @@ class Broker:
             h.msg_watcher_create(callback, msgtype, f"{name}.{method}", record, rolemask=rolemask).start()
 
     def _ping(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
+        # As measured: no payload, or text that is not JSON to jansson (NaN
+        # and Infinity included): EPROTO; JSON that is not an object: ENOMEM.
         try:
-            payload = msg.payload
-            if not isinstance(payload, dict):
-                raise ValueError
+            payload = _jansson_loads(msg.payload_str)
         except (TypeError, ValueError):
             h.respond_error(msg, errno.EPROTO)
+            return
+        if not isinstance(payload, dict):
+            h.respond_error(msg, errno.ENOMEM)
             return
         sender = msg._sender
         route = f"{id(sender) & 0xFFFFFFFF:08x}!{record.uuid[:8]}"
@@ -576,6 +595,12 @@ class Broker:
             h.respond(msg, None)
 
     def _config_reload(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
+        try:
+            if not isinstance(_jansson_loads(msg.payload_str), dict):
+                raise ValueError
+        except (TypeError, ValueError):
+            h.respond_error(msg, errno.EPROTO, f"Failed to parse {msg.topic} request")
+            return
         h.respond(msg, None)
 
     def _debug(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
@@ -612,6 +637,17 @@ class Broker:
 
     def _shutdown(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
         h.reactor_stop()
+
+
+def _jansson_loads(text: Optional[str]) -> Any:
+    """Decode JSON as libflux's jansson does: no NaN or Infinity (TypeError: no payload)."""
+    if text is None:
+        raise TypeError("no payload")
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 _LINE_BREAKS = re.compile("[\r\n]+")

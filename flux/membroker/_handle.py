@@ -72,7 +72,7 @@ class Future:
         self.wait_for()
         msg = self._responses[0]
         if msg._errnum:
-            raise OSError(msg._errnum, msg._errstr or os.strerror(msg._errnum))
+            raise OSError(msg._errnum, os.strerror(msg._errnum) if msg._errstr is None else msg._errstr)
         return msg.payload_str
 
     def get(self) -> Any:
@@ -398,7 +398,7 @@ class Handle:
     def respond_error(self, message: Message, errnum: int, errstr: Any = None) -> None:
         """Answer request *message* with error *errnum* and optional text."""
         if not errnum:
-            raise OSError(errno.EINVAL, "respond_error: errnum must not be 0")
+            errnum = errno.EINVAL  # as libflux: the caller gets EINVAL with the text
         if isinstance(errstr, bytes):
             errstr = errstr.decode("utf-8", errors="replace")
         self._respond(message, None, int(errnum), errstr)

@@ -178,3 +178,28 @@ class Message:
 def route_of(sender: Any) -> str:
     """The route identity of a sending handle, as a real broker's uuid stands for it."""
     return f"{id(sender) & 0xFFFFFFFF:08x}" if sender is not None else ""
+
+
+def provide_flux_constants() -> None:
+    """Make ``import flux.constants`` work without flux-core.
+
+    Modules import their constants from flux-core's ``flux.constants``.
+    With flux-core installed that module is used as it is; without it,
+    the in-memory broker provides one with the constants it implements.
+    """
+    import sys
+    import types
+
+    try:
+        import flux.constants  # noqa: F401 - flux-core's
+        return
+    except ImportError:
+        pass
+    constants = types.ModuleType("flux.constants", "The flux-core constants the in-memory broker implements.")
+    for name, value in globals().items():
+        if name.startswith("FLUX_") and isinstance(value, int):
+            setattr(constants, name, value)
+    sys.modules["flux.constants"] = constants
+    flux_pkg = sys.modules.get("flux")
+    if flux_pkg is not None:
+        flux_pkg.constants = constants  # type: ignore[attr-defined]
