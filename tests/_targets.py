@@ -86,6 +86,14 @@ class MemTarget:
     def load(self, path, *args, name=None):
         self.broker.load(path, *args, name=name)
 
+    def try_load(self, path, *args):
+        """Load; return None, or the errno the load failed with."""
+        try:
+            self.broker.load(path, *args)
+        except ModuleError as exc:
+            return exc.errno
+        return None
+
     def load_error(self, path, *args, name=None):
         """Load that must fail: return (errno or None, broker stderr text)."""
         before = len(self.broker.stderr)
@@ -150,10 +158,10 @@ class MemTarget:
     def owner(self):
         return self.broker.owner
 
-    def settle(self, predicate, what):
-        """Let virtual time pass (up to 30 s, as RealTarget waits) until *predicate*."""
+    def settle(self, predicate, what, timeout=30.0):
+        """Let virtual time pass (up to *timeout* s, as RealTarget waits) until *predicate*."""
         self.broker.run_until_idle()
-        for _ in range(300):
+        for _ in range(int(timeout * 10)):
             if predicate():
                 return
             self.broker.advance(0.1)
@@ -178,6 +186,14 @@ class RealTarget:
 
     def load(self, path, *args, name=None):
         self.instance.load(path, *args, name=name)
+
+    def try_load(self, path, *args):
+        result = self.instance.flux("module", "load", path, *args)
+        if result.returncode == 0:
+            return None
+        codes = {os.strerror(code): code for code in errno.errorcode}
+        found = [code for message, code in codes.items() if message in result.stderr]
+        return found[0] if found else -1
 
     def load_error(self, path, *args, name=None):
         before = len(self.instance.stderr())
@@ -212,7 +228,12 @@ class RealTarget:
 
     def event(self, topic, payload=None, guest=False):
         env = {"FLUX_HANDLE_USERID": str(GUEST), "FLUX_HANDLE_ROLEMASK": "0x2"} if guest else None
-        args = ["event", "pub", topic] + ([json.dumps(payload)] if payload is not None else [])
+        if payload is None:
+            args = ["event", "pub", topic]
+        elif isinstance(payload, str):  # a string payload, as event_send() sends a str
+            args = ["event", "pub", topic, payload]
+        else:
+            args = ["event", "pub", topic, json.dumps(payload)]
         result = self.instance.flux(*args, env=env)
         assert result.returncode == 0, result.stderr
 
@@ -229,8 +250,8 @@ class RealTarget:
     def owner(self):
         return os.getuid()
 
-    def settle(self, predicate, what):
-        wait_for(predicate, what=what)
+    def settle(self, predicate, what, timeout=30.0):
+        wait_for(predicate, timeout=timeout, what=what)
 
     def wait(self, seconds):
         """Let *seconds* pass."""

@@ -571,15 +571,15 @@ class Broker:
             h.msg_watcher_create(callback, msgtype, f"{name}.{method}", record, rolemask=rolemask).start()
 
     def _ping(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
-        # As measured: no payload, or text that is not JSON to jansson (NaN
-        # and Infinity included): EPROTO; JSON that is not an object: ENOMEM.
+        # As measured: an array gives ENOMEM; no payload, or anything else
+        # that is not a JSON object to jansson (NaN and Infinity, a bare
+        # number or string) gives EPROTO.
         try:
             payload = _jansson_loads(msg.payload_str)
         except (TypeError, ValueError):
-            h.respond_error(msg, errno.EPROTO)
-            return
+            payload = None
         if not isinstance(payload, dict):
-            h.respond_error(msg, errno.ENOMEM)
+            h.respond_error(msg, errno.ENOMEM if isinstance(payload, list) else errno.EPROTO)
             return
         sender = msg._sender
         route = f"{id(sender) & 0xFFFFFFFF:08x}!{record.uuid[:8]}"
