@@ -58,6 +58,22 @@ class DiffA(BrokerModule):
         for i in range(n):
             yield i
 
+    watching = 0
+
+    @request_handler("watch", allow_guest=True)
+    async def watch(self, msg):
+        import asyncio
+        type(self).watching += 1
+        try:
+            yield {"watching": type(self).watching}
+            await asyncio.Event().wait()
+        finally:
+            type(self).watching -= 1
+
+    @request_handler("watching", allow_guest=True)
+    def get_watching(self, msg):
+        return type(self).watching
+
     @request_handler("log")
     def log_(self, msg):
         self.log.info("logged %d%% " + str(msg.payload_str)[:10])
@@ -99,7 +115,31 @@ _op = st.one_of(
               st.booleans()),
     st.tuples(st.just("event"), st.sampled_from(["diffa.ev", "diffa.ev.sub", "other"]), _payload, st.booleans()),
     st.tuples(st.just("remove"), st.sampled_from(["diffa", "diffb"])),
+    st.tuples(st.just("session"), st.sampled_from(["cancel", "leave", "guest-cancel"])),
 )
+
+# A client that opens a watch stream, then cancels it, or just goes away
+# (the broker sends diffa.disconnect), or lets a guest try to cancel it.
+_SESSIONS = {
+    "cancel": """
+f = h.rpc("diffa.watch", None, flags=STREAMING)
+emit(f.get()); f.reset()
+h.rpc("diffa.watch-cancel", {"matchtag": matchtag_of(f)}, flags=1)
+try:
+    f.get()
+except OSError as exc:
+    emit(exc.errno)
+""",
+    "leave": """
+f = h.rpc("diffa.watch", None, flags=STREAMING)
+emit(f.get())
+""",
+    "guest-cancel": """
+f = h.rpc("diffa.watch", None, flags=STREAMING)
+emit(f.get()); f.reset()
+guest("h.rpc('diffa.watch-cancel', {'matchtag': %d}, flags=1)\\nemit(h.rpc('diffa.watching').get())" % matchtag_of(f))
+""",
+}
 
 # The modules' log lines compared: this project's modules only, and no
 # broker lines (the real broker logs its own start-up and pids).
@@ -128,6 +168,12 @@ def _run(target, files, ops):
             target.event("diffa.ev", "marker")
             target.settle(lambda: ["diffa.ev", "marker"] in target.rpc("diffa.seen").get(), "the marker event", 5.0)
             out.append(["seen", target.rpc("diffa.seen").answers])
+        elif kind == "session":
+            if "diffa" not in target.modules():
+                continue
+            out.append(["session", op[1], target.client(_SESSIONS[op[1]])])
+            target.settle(lambda: target.rpc("diffa.watching").get() == 0, "the session's stream to end", 5.0)
+            out.append(["watching", target.rpc("diffa.watching").get()])
         elif kind == "remove":
             name = op[1]
             if name in target.modules():
