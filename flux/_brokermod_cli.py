@@ -243,7 +243,7 @@ def describe_file(options: argparse.Namespace, out: Any = None) -> int:
     from flux import _layout, modloader
 
     _layout.prefer_this_package()
-    from flux.brokermod import BrokerModule, describe
+    from flux.brokermod import describe, module_classes
 
     name = options.name or os.path.basename(options.file).split(".", 1)[0]
     try:
@@ -252,11 +252,7 @@ def describe_file(options: argparse.Namespace, out: Any = None) -> int:
         print(f"flux-brokermod: describe: {exc} ({errno.errorcode.get(exc.errno, exc.errno)})", file=sys.stderr)
         return 1
     try:
-        classes = [
-            value for value in vars(module).values()
-            if isinstance(value, type) and issubclass(value, BrokerModule)
-            and value is not BrokerModule and value.__module__ == module.__name__
-        ]
+        classes = module_classes(module)
         if len(classes) != 1:
             found = ", ".join(cls.__name__ for cls in classes) or "none"
             print(f"flux-brokermod: describe: {options.file}: expected one BrokerModule subclass, "

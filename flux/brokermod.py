@@ -21,6 +21,7 @@ import inspect
 import syslog
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
+from flux._constants import FLUX_MSGTYPE_EVENT, FLUX_MSGTYPE_REQUEST, FLUX_ROLE_OWNER, FLUX_ROLE_USER
 from flux._dispatch import (
     AnswerError,
     Dispatcher,
@@ -56,13 +57,11 @@ __all__ = [
     "timer_handler",
 ]
 
-# Values of flux-core's FLUX_MSGTYPE_* and FLUX_ROLE_* (RFC 3), so that this
-# module does not need flux-core's compiled bindings to be imported.
-_MSGTYPE_REQUEST = 0x01
-_MSGTYPE_EVENT = 0x04
+_MSGTYPE_REQUEST = FLUX_MSGTYPE_REQUEST
+_MSGTYPE_EVENT = FLUX_MSGTYPE_EVENT
 _TIMER = 0  # not a message type: marks a timer_handler
-_ROLE_OWNER = 0x1
-_ROLE_USER = 0x2
+_ROLE_OWNER = FLUX_ROLE_OWNER
+_ROLE_USER = FLUX_ROLE_USER
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -93,6 +92,11 @@ class BrokerLogger:
         "debug": syslog.LOG_DEBUG,
     }
     _LEVEL_NUMBERS = {number: name for name, number in LEVEL_NAMES.items()}
+
+    @classmethod
+    def level_names(cls) -> Dict[int, str]:
+        """Syslog numbers mapped to the names ``flux dmesg`` shows (``err``...)."""
+        return dict(cls._LEVEL_NUMBERS)
 
     def __init__(self, h: Any) -> None:
         self._h = h
@@ -633,23 +637,9 @@ def resolve_entry_point(mod: Any) -> Callable[..., Any]:
         if not callable(mod_main):
             raise ValueError(f"{_file_of(mod)}: mod_main is not a function")
         return mod_main
-    own = getattr(mod, "__name__", None)
-    subclasses = [
-        value
-        for value in vars(mod).values()
-        if isinstance(value, type)
-        and issubclass(value, BrokerModule)
-        and value is not BrokerModule
-        and value.__module__ == own
-    ]
+    subclasses = module_classes(mod)
     if len(subclasses) == 1:
-        cls = subclasses[0]
-
-        def mod_main(h: Any, *args: str) -> None:
-            cls(h, *args).run()
-
-        mod_main.__qualname__ = f"{cls.__qualname__}.<entry point>"
-        return mod_main
+        return entry_point_of(subclasses[0])
     if subclasses:
         names = ", ".join(cls.__name__ for cls in subclasses)
         raise ValueError(
@@ -657,6 +647,30 @@ def resolve_entry_point(mod: Any) -> Callable[..., Any]:
             f"and no mod_main(); define mod_main() to choose one"
         )
     raise ValueError(f"{_file_of(mod)}: no mod_main() and no BrokerModule subclass")
+
+
+def module_classes(mod: Any) -> List[type]:
+    """The :class:`BrokerModule` subclasses defined in module file *mod* itself
+    (subclasses merely imported into it do not count)."""
+    own = getattr(mod, "__name__", None)
+    return [
+        value
+        for value in vars(mod).values()
+        if isinstance(value, type)
+        and issubclass(value, BrokerModule)
+        and value is not BrokerModule
+        and value.__module__ == own
+    ]
+
+
+def entry_point_of(cls: type) -> Callable[..., Any]:
+    """The ``mod_main(h, *args)`` of a :class:`BrokerModule` subclass: ``cls(h, *args).run()``."""
+
+    def mod_main(h: Any, *args: str) -> None:
+        cls(h, *args).run()
+
+    mod_main.__qualname__ = f"{cls.__qualname__}.<entry point>"
+    return mod_main
 
 
 def _file_of(mod: Any) -> str:

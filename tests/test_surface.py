@@ -97,3 +97,15 @@ def test_the_record_matches_the_flux_core_on_path():
     if live["flux-core"] != record["flux-core"]:
         pytest.skip(f"flux-core {live['flux-core']} on PATH, record of {record['flux-core']}: refresh it")
     assert live == record
+
+
+@pytest.mark.real_flux
+@pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+def test_constant_values_are_flux_cores():
+    import flux._constants as ours
+
+    names = sorted(n for n in vars(ours) if n.startswith("FLUX_"))
+    script = "import json, flux.constants as c, sys; print(json.dumps({n: getattr(c, n) for n in sys.argv[1:]}))"
+    result = subprocess.run([find_flux(), "python", "-c", script, *names], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {n: getattr(ours, n) for n in names}

@@ -22,7 +22,7 @@ from flux.membroker._broker import (
     BrokerPanic,
     EventCollector,
     LogEntry,
-    Module,
+    LoadedModule,
     ModuleError,
 )
 from flux.membroker._handle import Future, Handle, MessageWatcher, TimerWatcher
@@ -44,6 +44,9 @@ from flux.membroker._message import (
 )
 
 from flux.membroker._message import provide_flux_constants
+
+#: The former name of :class:`LoadedModule`.
+Module = LoadedModule
 
 provide_flux_constants()
 
@@ -70,6 +73,7 @@ __all__ = [
     "LogEntry",
     "Message",
     "MessageWatcher",
+    "LoadedModule",
     "Module",
     "ModuleError",
     "TimerWatcher",

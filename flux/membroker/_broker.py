@@ -1,19 +1,17 @@
 """The in-memory broker: modules, routing, events, timers and the log."""
 
 import errno
-import heapq
 import io
 import json
 import os
 import re
-import resource
 import socket
 import syslog
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from flux import _layout, modloader
-from flux.membroker._handle import Future, Handle, TimerWatcher
+from flux.membroker._handle import Future, Handle
 from flux.membroker._message import (
     FLUX_MSGTYPE_EVENT,
     FLUX_MSGTYPE_REQUEST,
@@ -27,21 +25,13 @@ from flux.membroker._message import (
     FLUX_RPC_NORESPONSE,
     Message,
 )
-from flux.membroker._scheduler import Context, Scheduler
+from flux.membroker._clock import VirtualClock
+from flux.membroker._methods import register_standard_methods
+from flux.membroker._strands import Strand, Strands
 
 #: How far :meth:`Future.get` lets the virtual clock run while it waits.
 MAX_WAIT = 3600.0
 
-_LEVEL_NAMES = {
-    syslog.LOG_EMERG: "emerg",
-    syslog.LOG_ALERT: "alert",
-    syslog.LOG_CRIT: "crit",
-    syslog.LOG_ERR: "err",
-    syslog.LOG_WARNING: "warning",
-    syslog.LOG_NOTICE: "notice",
-    syslog.LOG_INFO: "info",
-    syslog.LOG_DEBUG: "debug",
-}
 
 # Module states, as flux module list shows them.
 INIT = "init"
@@ -81,7 +71,9 @@ class LogEntry:
     @property
     def level_name(self) -> str:
         """The severity as ``flux dmesg`` spells it (err, crit, warning...)."""
-        return _LEVEL_NAMES.get(self.level, str(self.level))
+        from flux.brokermod import BrokerLogger  # imported late: see flux._layout
+
+        return BrokerLogger.level_names().get(self.level, str(self.level))
 
     def __str__(self) -> str:
         return f"{self.name}.{self.level_name}[{self.rank}]: {self.text}"
@@ -90,8 +82,9 @@ class LogEntry:
         return f"<LogEntry {self}>"
 
 
-class Module:
-    """A module loaded into the in-memory broker (a ``flux module list`` row)."""
+class LoadedModule:
+    """A module loaded into the in-memory broker: its ``flux module list`` row
+    (name, state, errno it exited with) and what the broker keeps of it."""
 
     def __init__(self, broker: "Broker", name: str, path: Optional[str], args: Tuple[str, ...]) -> None:
         self.broker = broker
@@ -107,11 +100,11 @@ class Module:
         self.stderr = io.StringIO()
         self.services: Set[str] = {name}
         self.inflight: Dict[int, Message] = {}
-        self.ctx = Context(name)
+        self.ctx = Strand(name)
         self.handle = Handle(broker, broker.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, self)
 
     def __repr__(self) -> str:
-        return f"<Module {self.name} {self.state}>"
+        return f"<LoadedModule {self.name} {self.state}>"
 
 
 class EventCollector:
@@ -205,17 +198,15 @@ class Broker:
             "log-level": str(syslog.LOG_DEBUG),
         }
         self.attrs.update(attrs or {})
-        #: The virtual clock, in seconds.
-        self.now = 0.0
+        #: The virtual clock and its timers.
+        self.clock = VirtualClock()
         self.log: List[LogEntry] = []
         #: What module loaders printed (the broker's stderr), line by line.
         self.stderr: List[str] = []
         self.panicked: Optional[str] = None
-        self._scheduler = Scheduler()
-        self._modules: Dict[str, Module] = {}
-        self._services: Dict[str, Module] = {}
-        self._timers: List[Tuple[float, int, TimerWatcher]] = []
-        self._timer_seq = 0
+        self._strands = Strands()
+        self._modules: Dict[str, LoadedModule] = {}
+        self._services: Dict[str, LoadedModule] = {}
         self._event_seq = 0
         self._clients: List[Handle] = []
         self._owner_handle = self.connect()
@@ -223,7 +214,7 @@ class Broker:
     # The public interface
 
     @property
-    def modules(self) -> Dict[str, Module]:
+    def modules(self) -> Dict[str, LoadedModule]:
         """Loaded modules by name (a copy)."""
         return dict(self._modules)
 
@@ -254,7 +245,7 @@ class Broker:
         module: Union[str, "os.PathLike[str]", Callable[..., Any]],
         *args: str,
         name: Optional[str] = None,
-    ) -> Module:
+    ) -> LoadedModule:
         """Load a module, like ``flux module load [--name NAME] PATH ARGS...``.
 
         *module* is a path to a ``.py`` file, or (handy in tests) a
@@ -289,12 +280,12 @@ class Broker:
             raise ModuleError(errno.EEXIST, f"{name}: service is already registered: File exists")
         # The broker passes arguments to the loader as one space-joined
         # string, which the loader splits on whitespace.
-        record = Module(self, name, path, tuple(modloader.split_args(" ".join(args))))
-        self._register_standard_methods(record)
+        record = LoadedModule(self, name, path, tuple(modloader.split_args(" ".join(args))))
+        register_standard_methods(self, record)
         self._modules[name] = record
         self._services[name] = record
         self._log("broker", syslog.LOG_DEBUG, f"insmod {name}")
-        self._scheduler.spawn(record.ctx, lambda: self._module_main(record, entry))
+        self._strands.spawn(record.ctx, lambda: self._module_main(record, entry))
         self._run_until(lambda: record.state != INIT, f"load {name}")
         if record.state == EXITED and record.errnum:
             detail = record.stderr.getvalue().strip().splitlines()
@@ -316,8 +307,8 @@ class Broker:
     def run_until_idle(self) -> None:
         """Deliver every queued message and due timer, without moving the clock."""
         self._check_alive()
-        self._scheduler.check_thread()
-        while self._scheduler.step() or self._fire_due_timers():
+        self._strands.check_thread()
+        while self._strands.step() or self._fire_due_timers():
             pass
 
     def advance(self, seconds: float) -> None:
@@ -326,13 +317,18 @@ class Broker:
             raise ValueError("cannot move the clock backwards")
         target = self.now + seconds
         self.run_until_idle()
-        due = self._next_timer_due()
+        due = self.clock.next_due()
         while due is not None and due <= target:
-            self.now = max(self.now, due)
+            self.clock.jump(due)
             self.run_until_idle()
-            due = self._next_timer_due()
-        self.now = target
+            due = self.clock.next_due()
+        self.clock.jump(target)
         self.run_until_idle()
+
+    @property
+    def now(self) -> float:
+        """The virtual clock, in seconds."""
+        return self.clock.now
 
     def dmesg(self, name: Optional[str] = None) -> List[str]:
         """The log as ``flux dmesg`` lines, optionally only one module's."""
@@ -364,74 +360,55 @@ class Broker:
 
     def _run_until(self, done: Callable[[], bool], what: str, timeout: float = -1.0) -> None:
         """Run queued work until *done*, letting virtual time pass if idle."""
-        self._scheduler.check_thread()
+        self._strands.check_thread()
         limit = self.now + (MAX_WAIT if timeout < 0 else timeout)
         while not done():
-            if self._scheduler.step() or self._fire_due_timers():
+            if self._strands.step() or self._fire_due_timers():
                 continue  # answers sent before a panic are still delivered
             self._check_alive()
-            due = self._next_timer_due()
+            due = self.clock.next_due()
             if due is not None and due <= limit:
-                self.now = max(self.now, due)
+                self.clock.jump(due)
                 continue
             if timeout >= 0:
-                self.now = limit
+                self.clock.jump(limit)
                 raise OSError(errno.ETIMEDOUT, f"{what}: timed out after {timeout:g} virtual seconds")
             if due is not None:
                 raise OSError(errno.ETIMEDOUT, f"{what}: no answer within {MAX_WAIT:g} virtual seconds")
             raise OSError(errno.EDEADLK, f"{what}: no answer, and nothing left to run")
 
-    def _arm_timer(self, watcher: TimerWatcher, due: float) -> None:
-        # Each arming gets a new sequence number; heap entries of earlier
-        # armings are stale and skipped when they come up.
-        self._timer_seq += 1
-        watcher._due = due
-        watcher._armed_seq = self._timer_seq
-        heapq.heappush(self._timers, (due, self._timer_seq, watcher))
-
-    def _disarm_timer(self, watcher: TimerWatcher) -> None:
-        watcher._due = None
-        watcher._armed_seq = 0
-
-    def _next_timer_due(self) -> Optional[float]:
-        while self._timers and self._timers[0][1] != self._timers[0][2]._armed_seq:
-            heapq.heappop(self._timers)
-        return self._timers[0][0] if self._timers else None
-
     def _fire_due_timers(self) -> bool:
         fired = False
-        while self._next_timer_due() is not None and self._timers[0][0] <= self.now:
-            _, _, watcher = heapq.heappop(self._timers)
-            watcher._armed_seq = 0
+        for watcher in self.clock.pop_due():
             record = watcher.flux_handle._record
             if record is None or record.state == EXITED:
                 continue
-            self._scheduler.queue.append((record.ctx, watcher._fire))
+            self._strands.queue.append((record.ctx, watcher._fire))
             fired = True
         return fired
 
-    def _set_running(self, record: Module, pause: bool) -> None:
+    def _set_running(self, record: LoadedModule, pause: bool) -> None:
         if record.state != INIT:
             return
         record.state = RUNNING
         record.was_running = True
         self._log("broker", syslog.LOG_DEBUG, f"module-python-exec {record.name} pid={os.getpid()}")
         if pause:
-            self._scheduler.pause(record.ctx)
+            self._strands.pause(record.ctx)
 
-    def _module_main(self, record: Module, entry: Optional[Callable[..., Any]]) -> None:
+    def _module_main(self, record: LoadedModule, entry: Optional[Callable[..., Any]]) -> None:
         """What the loader does, in the module's own context."""
         errnum = modloader.run_module(record.handle, record.path or record.name, record.args, record.stderr, entry)
         self._finalize(record, errnum)
 
-    def _finalize(self, record: Module, errnum: int) -> None:
+    def _finalize(self, record: LoadedModule, errnum: int) -> None:
         record.state = FINALIZING
-        for item in self._scheduler.drop(record.ctx):
+        for item in self._strands.drop(record.ctx):
             if isinstance(item, _Delivery) and item.msg.type == FLUX_MSGTYPE_REQUEST and not item.msg._noresponse:
                 record.handle.respond_error(item.msg, errno.ENOSYS)
         self._module_exited(record, errnum)
 
-    def _module_exited(self, record: Module, errnum: int) -> None:
+    def _module_exited(self, record: LoadedModule, errnum: int) -> None:
         name = record.name
         record.errnum = errnum
         record.state = EXITED
@@ -473,15 +450,15 @@ class Broker:
             return
         if not msg._noresponse:
             record.inflight[id(msg)] = msg
-        self._scheduler.queue.append((record.ctx, _Delivery(record.handle, msg)))
+        self._strands.queue.append((record.ctx, _Delivery(record.handle, msg)))
 
-    def _route_response(self, responder: Optional[Module], request: Message, response: Message) -> None:
+    def _route_response(self, responder: Optional[LoadedModule], request: Message, response: Message) -> None:
         if responder is not None and (response._errnum or not request._streaming):
             responder.inflight.pop(id(request), None)
         sender = request._sender
         if sender is None:
             return
-        self._scheduler.queue.append((None, lambda: sender._receive_response(response)))
+        self._strands.queue.append((None, lambda: sender._receive_response(response)))
 
     def _broker_error(self, request: Message, errnum: int, errstr: Optional[str]) -> None:
         if request._noresponse or request._sender is None:
@@ -490,7 +467,7 @@ class Broker:
         response._errnum = errnum
         response._errstr = errstr
         sender = request._sender
-        self._scheduler.queue.append((None, lambda: sender._receive_response(response)))
+        self._strands.queue.append((None, lambda: sender._receive_response(response)))
 
     def _publish(self, msg: Message) -> None:
         if self.panicked is not None:
@@ -501,10 +478,10 @@ class Broker:
             if record.state == EXITED:
                 continue
             if any(msg.topic.startswith(sub) for sub in record.handle._subscriptions):
-                self._scheduler.queue.append((record.ctx, _Delivery(record.handle, msg)))
+                self._strands.queue.append((record.ctx, _Delivery(record.handle, msg)))
         for client in self._clients:
             if any(msg.topic.startswith(sub) for sub in client._subscriptions):
-                self._scheduler.queue.append((None, _Delivery(client, msg)))
+                self._strands.queue.append((None, _Delivery(client, msg)))
 
     def collect_events(self, topic: str = "", userid: Optional[int] = None) -> "EventCollector":
         """Start collecting the events whose topic starts with *topic*.
@@ -515,7 +492,7 @@ class Broker:
         """
         return EventCollector(self.connect(userid=userid), topic)
 
-    def _add_service(self, name: str, record: Module) -> None:
+    def _add_service(self, name: str, record: LoadedModule) -> None:
         if "." in name:
             raise OSError(errno.EINVAL, f"could not register service {name} for module {record.name}: Invalid argument")
         if name in self._services:
@@ -523,7 +500,7 @@ class Broker:
         self._services[name] = record
         record.services.add(name)
 
-    def _remove_service(self, name: str, record: Module) -> None:
+    def _remove_service(self, name: str, record: LoadedModule) -> None:
         if self._services.get(name) is not record:
             raise OSError(errno.ENOENT, f"service {name} is not registered by {record.name}")
         del self._services[name]
@@ -550,105 +527,6 @@ class Broker:
             if level <= _int_attr(self.attrs, "log-stderr-level", syslog.LOG_ERR):
                 self.stderr.append(str(entry))
 
-    # Standard module methods (libflux's flux_module_register_handlers)
-
-    def _register_standard_methods(self, record: Module) -> None:
-        h = record.handle
-        name = record.name
-        methods = [
-            (FLUX_MSGTYPE_REQUEST, "stats-get", self._stats_get, FLUX_ROLE_ALL),
-            (FLUX_MSGTYPE_REQUEST, "stats-clear", self._stats_clear, 0),
-            (FLUX_MSGTYPE_EVENT, "stats-clear", self._stats_clear, 0),
-            (FLUX_MSGTYPE_REQUEST, "config-reload", self._config_reload, 0),
-            (FLUX_MSGTYPE_REQUEST, "config-update", self._config_reload, 0),
-            (FLUX_MSGTYPE_REQUEST, "debug", self._debug, 0),
-            (FLUX_MSGTYPE_REQUEST, "rusage", self._rusage, FLUX_ROLE_USER),
-            (FLUX_MSGTYPE_REQUEST, "ping", self._ping, FLUX_ROLE_USER),
-            (FLUX_MSGTYPE_REQUEST, "shutdown", self._shutdown, 0),
-        ]
-        h.event_subscribe(f"{name}.stats-clear")
-        for msgtype, method, callback, rolemask in methods:
-            h.msg_watcher_create(callback, msgtype, f"{name}.{method}", record, rolemask=rolemask).start()
-
-    def _ping(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
-        # As measured: an array gives ENOMEM; no payload, or anything else
-        # that is not a JSON object to jansson (NaN and Infinity, a bare
-        # number or string) gives EPROTO.
-        try:
-            payload = _jansson_loads(msg.payload_str)
-        except (TypeError, ValueError):
-            payload = None
-        if not isinstance(payload, dict):
-            h.respond_error(msg, errno.ENOMEM if isinstance(payload, list) else errno.EPROTO)
-            return
-        sender = msg._sender
-        route = f"{id(sender) & 0xFFFFFFFF:08x}!{record.uuid[:8]}"
-        payload.update(route=route, userid=msg.userid, rolemask=msg.rolemask, rank=self.rank)
-        h.respond(msg, payload)
-
-    def _stats_get(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
-        h.respond(msg, h._brokermod_msgcounters())
-
-    def _stats_clear(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
-        h._brokermod_clear_msgcounters()
-        if msg.type == FLUX_MSGTYPE_REQUEST:
-            h.respond(msg, None)
-
-    def _config_reload(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
-        try:
-            if not isinstance(_jansson_loads(msg.payload_str), dict):
-                raise ValueError
-        except (TypeError, ValueError):
-            h.respond_error(msg, errno.EPROTO, f"Failed to parse {msg.topic} request")
-            return
-        h.respond(msg, None)
-
-    def _debug(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
-        try:
-            payload = msg.payload
-            op, flags = payload["op"], payload["flags"]
-            if not isinstance(flags, int) or not isinstance(op, str):
-                raise TypeError
-        except (TypeError, ValueError, KeyError):
-            h.respond_error(msg, errno.EPROTO)
-            return
-        if op == "setbit":
-            record.debug_flags |= flags
-        elif op == "clrbit":
-            record.debug_flags &= ~flags
-        elif op == "set":
-            record.debug_flags = flags
-        elif op == "clr":
-            record.debug_flags = 0
-        else:
-            h.respond_error(msg, errno.EPROTO)
-            return
-        h.respond(msg, {"flags": record.debug_flags})
-
-    def _rusage(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        fields = [
-            "maxrss", "ixrss", "idrss", "isrss", "minflt", "majflt", "nswap", "inblock",
-            "oublock", "msgsnd", "msgrcv", "nsignals", "nvcsw", "nivcsw",
-        ]
-        result: Dict[str, Any] = {"utime": usage.ru_utime, "stime": usage.ru_stime}
-        result.update((field, getattr(usage, f"ru_{field}")) for field in fields)
-        h.respond(msg, result)
-
-    def _shutdown(self, h: Handle, watcher: Any, msg: Message, record: Module) -> None:
-        h.reactor_stop()
-
-
-def _jansson_loads(text: Optional[str]) -> Any:
-    """Decode JSON as libflux's jansson does: no NaN or Infinity (TypeError: no payload)."""
-    if text is None:
-        raise TypeError("no payload")
-
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} is not JSON")
-
-    return json.loads(text, parse_constant=refuse)
-
 
 _LINE_BREAKS = re.compile("[\r\n]+")
 
@@ -668,15 +546,10 @@ def _int_attr(attrs: Dict[str, str], name: str, default: int) -> int:
 
 
 def _entry_point_of(module: Callable[..., Any]) -> Callable[..., Any]:
-    from flux.brokermod import BrokerModule
+    from flux.brokermod import BrokerModule, entry_point_of
 
     if isinstance(module, type) and issubclass(module, BrokerModule):
-        cls = module
-
-        def mod_main(h: Any, *args: str) -> None:
-            cls(h, *args).run()
-
-        return mod_main
+        return entry_point_of(module)
     if callable(module):
         return module
     raise TypeError(f"cannot load {module!r}: expected a path, a BrokerModule subclass or a function")

@@ -33,7 +33,7 @@ from flux.membroker._message import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from flux.membroker._broker import Broker, Module
+    from flux.membroker._broker import Broker, LoadedModule
 
 
 class Future:
@@ -203,21 +203,20 @@ class TimerWatcher:
         self.after = float(after)
         self.repeat = float(repeat)
         self.args = args
-        self._due: Optional[float] = None
-        self._armed_seq = 0
 
     def start(self) -> "TimerWatcher":
         """Arm the timer: it fires *after* seconds from now on the broker clock.
 
         Starting a timer that is already armed changes nothing, as in libev.
         """
-        if not self._armed_seq:
-            self.flux_handle._broker._arm_timer(self, self.flux_handle._broker.now + self.after)
+        clock = self.flux_handle._broker.clock
+        if not clock.is_armed(self):
+            clock.arm(self, self.after)
         return self
 
     def stop(self) -> "TimerWatcher":
         """Disarm the timer."""
-        self.flux_handle._broker._disarm_timer(self)
+        self.flux_handle._broker.clock.disarm(self)
         return self
 
     def reset(self, after: Optional[float] = None, repeat: Optional[float] = None) -> None:
@@ -244,9 +243,9 @@ class TimerWatcher:
         return self
 
     def _fire(self) -> None:
-        self._due = None
-        if self.repeat > 0 and not self._armed_seq:
-            self.flux_handle._broker._arm_timer(self, self.flux_handle._broker.now + self.repeat)
+        clock = self.flux_handle._broker.clock
+        if self.repeat > 0 and not clock.is_armed(self):
+            clock.arm(self, self.repeat)
         self.flux_handle._run_callback(self.callback, self.flux_handle, self, 0, self.args)
 
     def __enter__(self) -> "TimerWatcher":
@@ -336,7 +335,7 @@ class Handle:
         broker: "Broker",
         userid: int,
         rolemask: int,
-        record: Optional["Module"] = None,
+        record: Optional["LoadedModule"] = None,
     ) -> None:
         self._broker = broker
         self._userid = userid
@@ -590,7 +589,7 @@ class Handle:
                 self._run_loop_watchers("prepare")
                 if self._stop is not None:
                     break
-            item = broker._scheduler.wait_for_work(record.ctx)
+            item = broker._strands.wait_for_work(record.ctx)
             item()
             if self._loop_watchers:
                 self._run_loop_watchers("check")
@@ -672,7 +671,7 @@ class Handle:
 
     def _post(self, item: Callable[[], None]) -> None:
         ctx = self._record.ctx if self._record is not None else None
-        self._broker._scheduler.queue.append((ctx, item))
+        self._broker._strands.queue.append((ctx, item))
 
     def _dispatch(self, msg: Message) -> None:
         """Hand *msg* to the matching watchers, as libflux's dispatcher does."""
@@ -729,7 +728,7 @@ class Handle:
             del self._futures[msg._matchtag]
         future._fulfill(msg)
 
-    def _require_module(self, method: str) -> "Module":
+    def _require_module(self, method: str) -> "LoadedModule":
         if self._record is None:
             raise NotImplementedError(
                 f"{method}() is for module handles; this is a client handle"

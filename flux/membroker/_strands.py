@@ -1,11 +1,11 @@
-"""Run each module's code in turn, one at a time, in a fixed order.
+"""Strands: each module's code runs in turn, one at a time, in a fixed order.
 
 A module's ``mod_main`` blocks in ``reactor_run()`` for as long as the
 module lives, and a handler may block in a synchronous ``future.get()``.
 To host several such modules in one process without an event loop of
 their own, each module runs on its own thread, but the threads never run
 at the same time: control passes explicitly, like coroutines.  Exactly one
-context is active; it hands control to another with :meth:`Scheduler.resume`
+strand is active; it hands control to another with :meth:`Strands.resume`
 and gets it back when that context goes idle, becomes runnable again, or
 ends.  Which context runs next depends only on the order of events, never
 on the operating system's thread scheduling, so runs are deterministic.
@@ -23,30 +23,30 @@ DRIVING = "driving"
 DONE = "done"
 
 
-class Context:
-    """One thread of control: the test's thread, or a module's thread."""
+class Strand:
+    """One thread of control, taking turns: the test's thread, or a module's."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.state = NEW
         self.wake = threading.Semaphore(0)
-        self.resumer: Optional["Context"] = None
+        self.resumer: Optional["Strand"] = None
         self.item: Optional[Callable[[], None]] = None
         self.thread: Optional[threading.Thread] = None
 
     def __repr__(self) -> str:
-        return f"<Context {self.name} {self.state}>"
+        return f"<Strand {self.name} {self.state}>"
 
 
-class Scheduler:
-    """Pass control between contexts, and queue work for them."""
+class Strands:
+    """Pass control between strands, and queue work for them."""
 
     def __init__(self) -> None:
-        self.driver = Context("driver")
+        self.driver = Strand("driver")
         self.driver.state = ACTIVE
         self.driver.thread = threading.current_thread()
         self.current = self.driver
-        self._runnable: Deque[Context] = deque()
+        self._runnable: Deque[Strand] = deque()
         # Work items in arrival order: (target context or None, callable).
         # None means "run in whichever context is driving" (client handles).
         self.queue: Deque[tuple] = deque()
@@ -59,7 +59,7 @@ class Scheduler:
                 "thread that created it (or from a module's handlers)"
             )
 
-    def spawn(self, ctx: Context, target: Callable[[], None]) -> None:
+    def spawn(self, ctx: Strand, target: Callable[[], None]) -> None:
         """Prepare *ctx* to run *target* on its own thread when first resumed."""
 
         def main() -> None:
@@ -76,12 +76,12 @@ class Scheduler:
         ctx.thread.start()
         self.make_runnable(ctx)
 
-    def make_runnable(self, ctx: Context) -> None:
+    def make_runnable(self, ctx: Strand) -> None:
         """Mark *ctx* as having code to continue, to be resumed in turn."""
         ctx.state = RUNNABLE
         self._runnable.append(ctx)
 
-    def resume(self, ctx: Context, item: Optional[Callable[[], None]] = None) -> None:
+    def resume(self, ctx: Strand, item: Optional[Callable[[], None]] = None) -> None:
         """Run *ctx* (with a work *item* if it is idle) until it gives control back."""
         me = self.current
         ctx.item = item
@@ -94,7 +94,7 @@ class Scheduler:
         self.current = me
         me.state = ACTIVE
 
-    def wait_for_work(self, ctx: Context) -> Callable[[], None]:
+    def wait_for_work(self, ctx: Strand) -> Callable[[], None]:
         """Called by *ctx* in its reactor: go idle until handed a work item."""
         ctx.state = IDLE
         self._give_back(ctx)
@@ -103,12 +103,12 @@ class Scheduler:
         assert item is not None
         return item
 
-    def pause(self, ctx: Context) -> None:
+    def pause(self, ctx: Strand) -> None:
         """Called by *ctx*: give control back now, continue later in turn."""
         self.make_runnable(ctx)
         self._give_back(ctx)
 
-    def _give_back(self, ctx: Context) -> None:
+    def _give_back(self, ctx: Strand) -> None:
         resumer = ctx.resumer
         assert resumer is not None
         resumer.wake.release()
@@ -132,7 +132,7 @@ class Scheduler:
                 return True
         return False
 
-    def drop(self, ctx: Context) -> List[Callable[[], None]]:
+    def drop(self, ctx: Strand) -> List[Callable[[], None]]:
         """Remove and return the work still queued for *ctx*."""
         kept: Deque[tuple] = deque()
         dropped = []

@@ -1,0 +1,127 @@
+"""The standard methods of every module, as libflux's flux_module_register_handlers gives them.
+
+``NAME.ping``, ``stats-get``, ``stats-clear`` (request and event),
+``config-reload``/``config-update``, ``debug``, ``rusage`` and ``shutdown``,
+answering as a real broker does (measured on flux-core 0.88.0; see
+docs/real-flux.md).
+"""
+
+import errno
+import functools
+import json
+import resource
+from typing import Any, Dict, Optional
+
+from flux.membroker._message import (
+    FLUX_MSGTYPE_EVENT,
+    FLUX_MSGTYPE_REQUEST,
+    FLUX_ROLE_ALL,
+    FLUX_ROLE_USER,
+)
+
+
+def register_standard_methods(broker: Any, record: Any) -> None:
+    """Give *record*'s module the standard methods libflux gives every module."""
+    h = record.handle
+    name = record.name
+    methods = [
+        (FLUX_MSGTYPE_REQUEST, "stats-get", _stats_get, FLUX_ROLE_ALL),
+        (FLUX_MSGTYPE_REQUEST, "stats-clear", _stats_clear, 0),
+        (FLUX_MSGTYPE_EVENT, "stats-clear", _stats_clear, 0),
+        (FLUX_MSGTYPE_REQUEST, "config-reload", _config_reload, 0),
+        (FLUX_MSGTYPE_REQUEST, "config-update", _config_reload, 0),
+        (FLUX_MSGTYPE_REQUEST, "debug", _debug, 0),
+        (FLUX_MSGTYPE_REQUEST, "rusage", _rusage, FLUX_ROLE_USER),
+        (FLUX_MSGTYPE_REQUEST, "ping", _ping, FLUX_ROLE_USER),
+        (FLUX_MSGTYPE_REQUEST, "shutdown", _shutdown, 0),
+    ]
+    h.event_subscribe(f"{name}.stats-clear")
+    for msgtype, method, callback, rolemask in methods:
+        h.msg_watcher_create(functools.partial(callback, broker), msgtype, f"{name}.{method}", record,
+                             rolemask=rolemask).start()
+
+
+def _ping(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
+    # As measured: an array gives ENOMEM; no payload, or anything else
+    # that is not a JSON object to jansson (NaN and Infinity, a bare
+    # number or string) gives EPROTO.
+    try:
+        payload = _jansson_loads(msg.payload_str)
+    except (TypeError, ValueError):
+        payload = None
+    if not isinstance(payload, dict):
+        h.respond_error(msg, errno.ENOMEM if isinstance(payload, list) else errno.EPROTO)
+        return
+    sender = msg._sender
+    route = f"{id(sender) & 0xFFFFFFFF:08x}!{record.uuid[:8]}"
+    payload.update(route=route, userid=msg.userid, rolemask=msg.rolemask, rank=broker.rank)
+    h.respond(msg, payload)
+
+
+def _stats_get(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
+    h.respond(msg, h._brokermod_msgcounters())
+
+
+def _stats_clear(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
+    h._brokermod_clear_msgcounters()
+    if msg.type == FLUX_MSGTYPE_REQUEST:
+        h.respond(msg, None)
+
+
+def _config_reload(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
+    try:
+        if not isinstance(_jansson_loads(msg.payload_str), dict):
+            raise ValueError
+    except (TypeError, ValueError):
+        h.respond_error(msg, errno.EPROTO, f"Failed to parse {msg.topic} request")
+        return
+    h.respond(msg, None)
+
+
+def _debug(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
+    try:
+        payload = msg.payload
+        op, flags = payload["op"], payload["flags"]
+        if not isinstance(flags, int) or not isinstance(op, str):
+            raise TypeError
+    except (TypeError, ValueError, KeyError):
+        h.respond_error(msg, errno.EPROTO)
+        return
+    if op == "setbit":
+        record.debug_flags |= flags
+    elif op == "clrbit":
+        record.debug_flags &= ~flags
+    elif op == "set":
+        record.debug_flags = flags
+    elif op == "clr":
+        record.debug_flags = 0
+    else:
+        h.respond_error(msg, errno.EPROTO)
+        return
+    h.respond(msg, {"flags": record.debug_flags})
+
+
+def _rusage(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    fields = [
+        "maxrss", "ixrss", "idrss", "isrss", "minflt", "majflt", "nswap", "inblock",
+        "oublock", "msgsnd", "msgrcv", "nsignals", "nvcsw", "nivcsw",
+    ]
+    result: Dict[str, Any] = {"utime": usage.ru_utime, "stime": usage.ru_stime}
+    result.update((field, getattr(usage, f"ru_{field}")) for field in fields)
+    h.respond(msg, result)
+
+
+def _shutdown(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
+    h.reactor_stop()
+
+
+def _jansson_loads(text: Optional[str]) -> Any:
+    """Decode JSON as libflux's jansson does: no NaN or Infinity (TypeError: no payload)."""
+    if text is None:
+        raise TypeError("no payload")
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
