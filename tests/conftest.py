@@ -59,6 +59,38 @@ def _no_leaked_module_imports():
     assert not leaked, f"module files left in sys.modules: {sorted(leaked)}"
 
 
+@pytest.fixture(scope="module")
+def real_broker():
+    """A real instance for the test module, without broker.module-nopanic (a
+    module that crashes panics it); skipped, with the reason, without flux-core.
+    It must exit cleanly at the end."""
+    from flux.brokermod_testing import skip_reason, start_instance
+
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    instance = start_instance()
+    try:
+        yield instance
+    finally:
+        assert instance.stop() == 0, instance.stderr()[-2000:]
+
+
+@pytest.fixture(params=["membroker", "real"])
+def target(request):
+    """Each test twice: on the in-memory broker and on a real instance
+    (tests/_targets.py), starting with an empty log."""
+    from _targets import MemTarget, RealTarget
+
+    if request.param == "membroker":
+        t = MemTarget()
+    else:
+        t = RealTarget(request.getfixturevalue("real_broker"))
+    t.clear_log()
+    yield t
+    t.close()
+
+
 # The package's pytest plugin (registered by its entry point when installed);
 # imported here too so the suite also runs from a plain checkout.
 from flux.brokermod_testing import flux_instance, membroker  # noqa: E402,F401

@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 from _helpers import error_of
-from _targets import MemTarget, RealTarget
+from _targets import RealTarget
 
-from flux.brokermod_testing import skip_reason, start_instance
+from flux.brokermod_testing import start_instance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PULSE = os.path.join(ROOT, "examples", "pulse.py")
@@ -47,28 +47,6 @@ class Life(BrokerModule):
         return {}
 '''
 
-
-@pytest.fixture(scope="module")
-def real_broker():
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    instance = start_instance()
-    try:
-        yield instance
-    finally:
-        assert instance.stop() == 0
-
-
-@pytest.fixture(params=["membroker", "real"])
-def target(request):
-    if request.param == "membroker":
-        t = MemTarget()
-    else:
-        t = RealTarget(request.getfixturevalue("real_broker"))
-    t.clear_log()
-    yield t
-    t.close()
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ import textwrap
 
 import pytest
 from _helpers import error_of
-from _targets import MemTarget, RealTarget
 
-from flux.brokermod_testing import skip_reason, start_instance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -87,27 +85,6 @@ class Returns(BrokerModule):
         return {"released": True}
 '''
 
-
-@pytest.fixture(scope="module")
-def real_broker():
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    instance = start_instance()
-    try:
-        yield instance
-    finally:
-        assert instance.stop() == 0
-
-
-@pytest.fixture(params=["membroker", "real"])
-def target(request):
-    if request.param == "membroker":
-        t = MemTarget()
-    else:
-        t = RealTarget(request.getfixturevalue("real_broker"))
-    yield t
-    t.close()
 
 
 @pytest.fixture
