@@ -24,6 +24,7 @@ import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from flux import _aio
+from flux._constants import FLUX_MSGTYPE_REQUEST
 from flux._logtext import log_verbatim
 from flux._payloads import PayloadError, PayloadSchema
 from flux._libflux import RequestFacts, clear_msgcounters, is_streaming, msgcounters, request_facts
@@ -67,7 +68,6 @@ class Dispatcher:
             loop.finish([task for task in asyncio.all_tasks(loop) if not task.done()])
             loop.close()
             self._loop = None
-
 
     def request_callback(
         self, topic: str, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str
@@ -113,6 +113,7 @@ class Dispatcher:
             self._h.respond_error(msg, errno.ENODATA)
 
     def event_callback(self, method: Callable[[Any], Any], kind: str) -> Callable[..., None]:
+        """The callback of event handler *method*: failures are logged, never raised."""
         if kind != PLAIN:
             start = self._task_starter()
 
@@ -130,6 +131,8 @@ class Dispatcher:
         return callback
 
     def timer_callback(self, attr: str, method: Callable[[], Any], kind: str) -> Callable[..., None]:
+        """The callback of ``@timer_handler`` method *attr*: failures are logged;
+        a coroutine tick still running makes the next one skip."""
         if kind != PLAIN:
             start = self._task_starter()
             running: list = [None]
@@ -182,7 +185,7 @@ class Dispatcher:
         loop = self._task_loop()
         pending = self._pending
         assert pending is not None
-        stream = kind in (GENERATOR, ASYNC_GENERATOR)
+        stream = is_stream(kind)
 
         def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
             try:
@@ -252,8 +255,10 @@ class Dispatcher:
             try:
                 matchtag = json.loads(msg.payload_str or "null")["matchtag"]
                 facts = request_facts(msg)
-            except (TypeError, ValueError, KeyError):
+            except (TypeError, ValueError, KeyError, OSError):
                 return  # a cancel gets no response, even a malformed one
+            if isinstance(matchtag, bool) or not isinstance(matchtag, int):
+                return
             request = (self._pending or {}).get((facts.sender, matchtag))
             if request is not None and request.userid == facts.userid and request.topic == topic:
                 request.cancelled = True
@@ -307,17 +312,18 @@ class Dispatcher:
             clear_msgcounters(h)
             for stats in self.stats.values():
                 stats.clear()
-            if msg.type == 1:  # a request (the event gets no answer)
+            if msg.type == FLUX_MSGTYPE_REQUEST:  # the event gets no answer
                 h.respond(msg, None)
 
         return callback
 
     def failed(self, what: str, exc: BaseException, stop: bool = True) -> None:
+        """Log *what*'s failure with its traceback (the module's own frames) at
+        LOG_ERR; then, if *stop*, call the module's on_failure."""
         lines = traceback.format_exception(type(exc), exc, user_frames(exc.__traceback__))
         log_verbatim(self._h, syslog.LOG_ERR, f"{what} handler failed: {''.join(lines).rstrip()}")
         if stop:
             self._on_failure()
-
 
 
 # How a handler's exception is turned into an error response: exceptions

@@ -234,3 +234,15 @@ def test_awaits_follow_the_virtual_clock_in_memory(tmp_path):
         fast = broker.rpc("worker.nap", {"t": 5.0, "name": "fast"})
         assert fast.get() == {"name": "fast"} and broker.now == 5.0
         assert slow.get() == {"name": "slow"} and broker.now == 50.0
+
+
+@pytest.mark.parametrize("payload", [None, "text", [1], {"matchtag": [1]}, {"matchtag": "x"}, {"matchtag": True}, {}])
+def test_a_malformed_cancel_is_ignored_and_the_module_keeps_serving(kv, payload):
+    kv.client(
+        """
+        f = h.rpc("kvstore.watch", {"key": "a"}, flags=STREAMING)
+        emit(f.get())
+        h.rpc("kvstore.watch-cancel", %r, flags=1)
+        """ % (payload,)
+    )
+    assert kv.rpc("kvstore.keys").get() == []
