@@ -104,6 +104,13 @@ class MemTarget:
     def remove(self, name):
         self.broker.remove(name)
 
+    def load_on(self, path, rank, *args):
+        """Load on *rank* (a number, or "all")."""
+        self.broker.load(path, *args, rank=rank)
+
+    def remove_on(self, name, rank):
+        self.broker.remove(name, rank=rank)
+
     def _client(self, guest):
         return self.broker.connect(userid=GUEST, rolemask=FLUX_ROLE_USER) if guest else self.broker.connect()
 
@@ -150,7 +157,14 @@ class MemTarget:
         return self.broker.dmesg()
 
     def clear_log(self):
-        self.broker.log.clear()
+        for rank in range(self.broker.size):
+            self.broker._logs[rank].clear()
+
+    def dmesg_on(self, rank):
+        return self.broker.dmesg(rank=rank)
+
+    def stderr_text(self):
+        return "\n".join(self.broker.stderr)
 
     def modules(self):
         return list(self.broker.modules)
@@ -208,6 +222,13 @@ class RealTarget:
     def remove(self, name):
         self.instance.remove(name)
 
+    def load_on(self, path, rank, *args):
+        """Load on *rank* (a number, or "all"), with ``flux exec -r``."""
+        self.instance.load(path, *args, rank=str(rank))
+
+    def remove_on(self, name, rank):
+        self.instance.remove(name, rank=str(rank))
+
     def rpc(self, topic, payload=None, streaming=False, guest=False):
         return self.instance.rpc(topic, payload, streaming=streaming, guest=guest)
 
@@ -241,8 +262,16 @@ class RealTarget:
         return self.instance.dmesg()
 
     def clear_log(self):
-        result = self.instance.flux("dmesg", "--clear")
-        assert result.returncode == 0, result.stderr
+        for rank in range(self.instance.size):
+            result = self.instance.flux("exec", "-r", str(rank), "flux", "dmesg", "--clear")
+            assert result.returncode == 0, result.stderr
+
+    def stderr_text(self):
+        return self.instance.stderr()
+
+    def dmesg_on(self, rank):
+        out = self.instance.flux("exec", "-r", str(rank), "flux", "dmesg").stdout
+        return [line.split(" ", 1)[1] if " " in line else line for line in out.splitlines()]
 
     def modules(self):
         return module_names(self.instance)

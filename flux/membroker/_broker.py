@@ -86,9 +86,13 @@ class LoadedModule:
     """A module loaded into the in-memory broker: its ``flux module list`` row
     (name, state, errno it exited with) and what the broker keeps of it."""
 
-    def __init__(self, broker: "Broker", name: str, path: Optional[str], args: Tuple[str, ...]) -> None:
+    def __init__(
+        self, broker: "Broker", name: str, path: Optional[str], args: Tuple[str, ...], rank: int = 0
+    ) -> None:
         self.broker = broker
         self.name = name
+        #: The rank of the broker the module runs on.
+        self.rank = rank
         self.path = path
         self.args = args
         self.uuid = str(uuid.uuid4())
@@ -104,7 +108,7 @@ class LoadedModule:
         self.handle = Handle(broker, broker.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, self)
 
     def __repr__(self) -> str:
-        return f"<LoadedModule {self.name} {self.state}>"
+        return f"<LoadedModule {self.name} rank={self.rank} {self.state}>"
 
 
 class EventCollector:
@@ -181,7 +185,10 @@ class Broker:
         _layout.prefer_this_package()
         if not 0 <= rank < size:
             raise ValueError(f"rank {rank} is not below size {size}")
+        #: The rank :meth:`rpc`, :meth:`connect`, :meth:`load` and
+        #: :meth:`remove` use unless told otherwise.
         self.rank = rank
+        #: The number of ranks (brokers) this instance has.
         self.size = size
         self.owner = os.getuid() if userid is None else userid
         self.attrs: Dict[str, str] = {
@@ -200,13 +207,17 @@ class Broker:
         self.attrs.update(attrs or {})
         #: The virtual clock and its timers.
         self.clock = VirtualClock()
-        self.log: List[LogEntry] = []
+        # Each rank's ring buffer (what flux dmesg shows there).
+        self._logs: List[List[LogEntry]] = [[] for _ in range(size)]
+        #: The log of :attr:`rank`'s broker, as ``flux dmesg`` there shows it.
+        self.log: List[LogEntry] = self._logs[rank]
         #: What module loaders printed (the broker's stderr), line by line.
         self.stderr: List[str] = []
         self.panicked: Optional[str] = None
         self._strands = Strands()
-        self._modules: Dict[str, LoadedModule] = {}
-        self._services: Dict[str, LoadedModule] = {}
+        # Per rank: loaded modules and registered services, by name.
+        self._modules: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
+        self._services: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
         self._event_seq = 0
         self._clients: List[Handle] = []
         self._owner_handle = self.connect()
@@ -215,11 +226,17 @@ class Broker:
 
     @property
     def modules(self) -> Dict[str, LoadedModule]:
-        """Loaded modules by name (a copy)."""
-        return dict(self._modules)
+        """Modules loaded on :attr:`rank`, by name (a copy)."""
+        return dict(self._modules[self.rank])
 
-    def connect(self, userid: Optional[int] = None, rolemask: Optional[int] = None) -> Handle:
-        """Return a client handle.
+    def modules_on(self, rank: int) -> Dict[str, LoadedModule]:
+        """Modules loaded on *rank*, by name (a copy), as ``flux module list`` there."""
+        return dict(self._modules[self._rank(rank)])
+
+    def connect(
+        self, userid: Optional[int] = None, rolemask: Optional[int] = None, rank: Optional[int] = None
+    ) -> Handle:
+        """Return a client handle, connected to *rank* (default :attr:`rank`).
 
         By default it has the owner's credentials (rolemask OWNER|LOCAL, as
         owner requests have on a real instance); pass ``rolemask=FLUX_ROLE_USER``
@@ -227,7 +244,7 @@ class Broker:
         """
         if rolemask is None:
             rolemask = FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL if userid in (None, self.owner) else FLUX_ROLE_USER
-        client = Handle(self, self.owner if userid is None else userid, rolemask)
+        client = Handle(self, self.owner if userid is None else userid, rolemask, rank=self._rank(rank))
         self._clients.append(client)
         return client
 
@@ -245,16 +262,23 @@ class Broker:
         module: Union[str, "os.PathLike[str]", Callable[..., Any]],
         *args: str,
         name: Optional[str] = None,
-    ) -> LoadedModule:
+        rank: Union[int, str, None] = None,
+    ) -> Any:
         """Load a module, like ``flux module load [--name NAME] PATH ARGS...``.
 
         *module* is a path to a ``.py`` file, or (handy in tests) a
         BrokerModule subclass or a ``mod_main``-like function, which then
-        needs *name*.  Returns once the module is running.
+        needs *name*.  Returns its :class:`LoadedModule` once the module is
+        running.  *rank* is the rank to load it on (default :attr:`rank`),
+        or ``"all"`` to load it on every rank, as ``flux exec -r all flux
+        module load`` does; then the list of them is returned.
 
         :raises ModuleError: if the module exits before it runs, with the
             errno it exited with and the loader's one-line message.
         """
+        if rank == "all":
+            return [self.load(module, *args, name=name, rank=r) for r in range(self.size)]
+        on = self._rank(rank)
         self._check_alive()
         path: Optional[str] = None
         entry: Optional[Callable[..., Any]] = None
@@ -274,17 +298,17 @@ class Broker:
                 raise ValueError(f"load({module!r}): give the module a name= when loading a class or function")
         if "." in name:
             raise ModuleError(errno.EINVAL, f"load {path or name}: Invalid argument (module name {name!r} has a dot)")
-        if name in self._modules:
+        if name in self._modules[on]:
             raise ModuleError(errno.EEXIST, f"{name}: File exists")
-        if name in self._services:
+        if name in self._services[on]:
             raise ModuleError(errno.EEXIST, f"{name}: service is already registered: File exists")
         # The broker passes arguments to the loader as one space-joined
         # string, which the loader splits on whitespace.
-        record = LoadedModule(self, name, path, tuple(modloader.split_args(" ".join(args))))
+        record = LoadedModule(self, name, path, tuple(modloader.split_args(" ".join(args))), rank=on)
         register_standard_methods(self, record)
-        self._modules[name] = record
-        self._services[name] = record
-        self._log("broker", syslog.LOG_DEBUG, f"insmod {name}")
+        self._modules[on][name] = record
+        self._services[on][name] = record
+        self._log("broker", syslog.LOG_DEBUG, f"insmod {name}", on)
         self._strands.spawn(record.ctx, lambda: self._module_main(record, entry))
         self._run_until(lambda: record.state != INIT, f"load {name}")
         if record.state == EXITED and record.errnum:
@@ -292,16 +316,21 @@ class Broker:
             raise ModuleError(record.errnum, detail[0] if detail else f"{name}: {os.strerror(record.errnum)}")
         return record
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, rank: Union[int, str, None] = None) -> None:
         """Remove a module, like ``flux module remove NAME``: send it
-        ``NAME.shutdown`` and wait for it to exit."""
+        ``NAME.shutdown`` and wait for it to exit.  *rank*: as for :meth:`load`."""
+        if rank == "all":
+            for r in range(self.size):
+                self.remove(name, rank=r)
+            return
+        on = self._rank(rank)
         self._check_alive()
-        record = self._modules.get(name)
+        record = self._modules[on].get(name)
         if record is None:
             raise ModuleError(errno.ENOENT, f"{name}: No such file or directory")
         record.unload_requested = True
-        self._log("broker", syslog.LOG_DEBUG, f"rmmod {name}")
-        self._owner_handle.rpc(f"{name}.shutdown", flags=FLUX_RPC_NORESPONSE)
+        self._log("broker", syslog.LOG_DEBUG, f"rmmod {name}", on)
+        self._owner_handle.rpc(f"{name}.shutdown", nodeid=on, flags=FLUX_RPC_NORESPONSE)
         self._run_until(lambda: record.state == EXITED, f"remove {name}")
 
     def run_until_idle(self) -> None:
@@ -330,9 +359,16 @@ class Broker:
         """The virtual clock, in seconds."""
         return self.clock.now
 
-    def dmesg(self, name: Optional[str] = None) -> List[str]:
-        """The log as ``flux dmesg`` lines, optionally only one module's."""
-        return [str(entry) for entry in self.log if name is None or entry.name == name]
+    def dmesg(self, name: Optional[str] = None, rank: Optional[int] = None) -> List[str]:
+        """The log as ``flux dmesg`` lines on *rank* (default :attr:`rank`),
+        optionally only one module's.
+
+        As on a real instance, each rank's ring buffer holds its own lines
+        only; lines at ``log-stderr-level`` (LOG_ERR) or more urgent from
+        every rank also go to the instance's stderr (:attr:`stderr`).
+        """
+        entries = self._logs[self._rank(rank)]
+        return [str(entry) for entry in entries if name is None or entry.name == name]
 
     def close(self) -> None:
         """Close every client handle (each service it used gets
@@ -342,9 +378,10 @@ class Broker:
                 client.close()
             self._clients.clear()
             self.run_until_idle()
-        for name in list(self._modules):
-            if self.panicked is None and name in self._modules:
-                self.remove(name)
+        for on, modules in enumerate(self._modules):
+            for name in list(modules):
+                if self.panicked is None and name in modules:
+                    self.remove(name, rank=on)
 
     def __enter__(self) -> "Broker":
         return self
@@ -413,22 +450,24 @@ class Broker:
         record.errnum = errnum
         record.state = EXITED
         self.stderr.extend(record.stderr.getvalue().splitlines())
-        self._log("broker", syslog.LOG_DEBUG, f"module {name} exited")
+        on = record.rank
+        self._log("broker", syslog.LOG_DEBUG, f"module {name} exited", on)
         if errnum:
-            self._log("broker", syslog.LOG_ERR, f"{name}: {os.strerror(errnum)}")
+            self._log("broker", syslog.LOG_ERR, f"{name}: {os.strerror(errnum)}", on)
+        services = self._services[on]
         for service in list(record.services):
-            if self._services.get(service) is record:
-                del self._services[service]
+            if services.get(service) is record:
+                del services[service]
         for msg in list(record.inflight.values()):
             self._broker_error(msg, errno.EHOSTUNREACH, "module disconnect")
         record.inflight.clear()
-        if self._modules.get(name) is record:
-            del self._modules[name]
+        if self._modules[on].get(name) is record:
+            del self._modules[on][name]
         if record.was_running and errnum and not record.unload_requested:
             if self.attrs.get("broker.module-nopanic", "0") not in ("", "0"):
-                self._log("broker", syslog.LOG_CRIT, f"{name} module runtime failure")
+                self._log("broker", syslog.LOG_CRIT, f"{name} module runtime failure", on)
             else:
-                self._log("broker", syslog.LOG_CRIT, f"broker panic: {name} module runtime failure")
+                self._log("broker", syslog.LOG_CRIT, f"broker panic: {name} module runtime failure", on)
                 self.panicked = f"{name} module runtime failure"
 
     # Routing
@@ -436,15 +475,22 @@ class Broker:
     def _route_request(self, msg: Message) -> None:
         if self.panicked is not None:
             raise BrokerPanic(self.panicked)
-        if msg._nodeid == FLUX_NODEID_UPSTREAM and self.rank == 0:
-            self._broker_error(msg, errno.EHOSTUNREACH, None)  # rank 0 has no upstream
-            return
-        if msg._nodeid not in (FLUX_NODEID_ANY, FLUX_NODEID_UPSTREAM, self.rank):
-            if msg._nodeid >= self.size:
-                self._broker_error(msg, errno.EHOSTUNREACH, None)
+        origin = msg._sender._rank if msg._sender is not None else self.rank
+        nodeid = msg._nodeid
+        if nodeid == FLUX_NODEID_UPSTREAM:
+            if origin == 0:
+                self._broker_error(msg, errno.EHOSTUNREACH, None)  # rank 0 has no upstream
                 return
+            ranks = _path_to_root(_parent(origin))
+        elif nodeid == FLUX_NODEID_ANY:
+            ranks = _path_to_root(origin)  # the local broker first, then upstream
+        elif nodeid >= self.size:
+            self._broker_error(msg, errno.EHOSTUNREACH, None)
+            return
+        else:
+            ranks = [nodeid]
         service = msg.topic.split(".", 1)[0]
-        record = self._services.get(service)
+        record = next((self._services[r][service] for r in ranks if service in self._services[r]), None)
         if record is None or record.state == EXITED:
             self._broker_error(msg, errno.ENOSYS, f"No service matching {msg.topic} is registered")
             return
@@ -474,7 +520,7 @@ class Broker:
             raise BrokerPanic(self.panicked)
         self._event_seq += 1
         msg._seq = self._event_seq
-        for record in list(self._modules.values()):
+        for record in [record for modules in self._modules for record in modules.values()]:
             if record.state == EXITED:
                 continue
             if any(msg.topic.startswith(sub) for sub in record.handle._subscriptions):
@@ -495,15 +541,17 @@ class Broker:
     def _add_service(self, name: str, record: LoadedModule) -> None:
         if "." in name:
             raise OSError(errno.EINVAL, f"could not register service {name} for module {record.name}: Invalid argument")
-        if name in self._services:
+        services = self._services[record.rank]
+        if name in services:
             raise OSError(errno.EEXIST, f"service {name} is already registered")
-        self._services[name] = record
+        services[name] = record
         record.services.add(name)
 
     def _remove_service(self, name: str, record: LoadedModule) -> None:
-        if self._services.get(name) is not record:
+        services = self._services[record.rank]
+        if services.get(name) is not record:
             raise OSError(errno.ENOENT, f"service {name} is not registered by {record.name}")
-        del self._services[name]
+        del services[name]
         record.services.discard(name)
 
     def _service_future(self, handle: Handle, action: Callable[[], None]) -> Future:
@@ -517,15 +565,40 @@ class Broker:
         future._fulfill(response)
         return future
 
-    def _log(self, name: str, level: int, text: str) -> None:
+    def _rank(self, rank: Optional[int]) -> int:
+        if rank is None:
+            return self.rank
+        if not isinstance(rank, int) or not 0 <= rank < self.size:
+            raise ValueError(f"rank {rank!r} is not one of 0..{self.size - 1}")
+        return rank
+
+    def _log(self, name: str, level: int, text: str, rank: Optional[int] = None) -> None:
         """Record a message as the broker's log does: in the ring buffer at
         ``log-level`` and below, on stderr at ``log-stderr-level`` and below."""
+        on = self.rank if rank is None else rank
+        keep = level <= _int_attr(self.attrs, "log-level", syslog.LOG_DEBUG)
         for line in _log_lines(text):
-            entry = LogEntry(self.now, name, level, self.rank, line)
-            if level <= _int_attr(self.attrs, "log-level", syslog.LOG_DEBUG):
-                self.log.append(entry)
+            entry = LogEntry(self.now, name, level, on, line)
+            if keep:
+                self._logs[on].append(entry)
             if level <= _int_attr(self.attrs, "log-stderr-level", syslog.LOG_ERR):
                 self.stderr.append(str(entry))
+
+
+# A real instance's tree (tbon.topo kary:32): each rank's parent.
+_FANOUT = 32
+
+
+def _parent(rank: int) -> int:
+    return (rank - 1) // _FANOUT
+
+
+def _path_to_root(rank: int) -> List[int]:
+    """*rank*, its parent, and so on up to rank 0: where a request looks for its service."""
+    path = [rank]
+    while path[-1] != 0:
+        path.append(_parent(path[-1]))
+    return path
 
 
 _LINE_BREAKS = re.compile("[\r\n]+")

@@ -336,11 +336,14 @@ class Handle:
         userid: int,
         rolemask: int,
         record: Optional["LoadedModule"] = None,
+        rank: Optional[int] = None,
     ) -> None:
         self._broker = broker
         self._userid = userid
         self._rolemask = rolemask
         self._record = record
+        # The rank of the broker this handle is connected to.
+        self._rank = record.rank if record is not None else (broker.rank if rank is None else rank)
         self._futures: Dict[int, Future] = {}
         self._next_matchtag = 1
         self._methods: Dict[str, List[MessageWatcher]] = {}
@@ -478,7 +481,7 @@ class Handle:
         elif not isinstance(fstring, str):
             raise TypeError(f"log() text must be str or bytes, not {type(fstring).__name__}")
         name = self._record.name if self._record is not None else "client"
-        self._broker._log(name, level, _printf_without_arguments(fstring.split("\0", 1)[0]))
+        self._broker._log(name, level, _printf_without_arguments(fstring.split("\0", 1)[0]), self._rank)
 
     # Watchers and the reactor
 
@@ -632,10 +635,12 @@ class Handle:
 
     def get_rank(self) -> int:
         """The rank of the broker this handle is connected to."""
-        return self._broker.rank
+        return self._rank
 
     def attr_get(self, attr_name: str) -> str:
         """The value of broker attribute *attr_name* (OSError ENOENT if unset)."""
+        if attr_name == "rank":
+            return str(self._rank)
         try:
             return self._broker.attrs[attr_name]
         except KeyError:

@@ -54,7 +54,7 @@ def _ping(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
         return
     sender = msg._sender
     route = f"{id(sender) & 0xFFFFFFFF:08x}!{record.uuid[:8]}"
-    payload.update(route=route, userid=msg.userid, rolemask=msg.rolemask, rank=broker.rank)
+    payload.update(route=route, userid=msg.userid, rolemask=msg.rolemask, rank=record.rank)
     h.respond(msg, payload)
 
 
