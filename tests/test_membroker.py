@@ -1083,3 +1083,25 @@ def test_an_answer_sent_before_a_panic_still_reaches_the_caller(broker):
     assert broker.rpc("stopper.answer-then-fail").get() == {"answered": True}
     with pytest.raises(BrokerPanic, match="stopper module runtime failure"):
         broker.rpc("stopper.stop")
+
+
+class SelfCaller(BrokerModule):
+    @request_handler("outer")
+    def outer(self, msg):
+        return self.handle.rpc("selfcall.inner").get()  # a real module hangs here
+
+    @request_handler("inner")
+    def inner(self, msg):
+        return {"inner": True}
+
+
+def test_a_module_calling_itself_synchronously_stops_the_broker_loudly(broker):
+    """A real module would hang forever; the in-memory broker raises
+    ModuleHang, saying so, instead of letting the module answer an error."""
+    from flux.membroker import ModuleHang
+
+    broker.load(SelfCaller, name="selfcall")
+    with pytest.raises(ModuleHang, match="module selfcall waited for selfcall.inner .* would hang here forever"):
+        broker.rpc("selfcall.outer").get()
+    with pytest.raises(ModuleHang):
+        broker.rpc("selfcall.inner").get()

@@ -24,6 +24,7 @@ from flux.membroker._broker import (
     LogEntry,
     LoadedModule,
     ModuleError,
+    ModuleHang,
 )
 from flux.membroker._handle import Future, Handle, MessageWatcher, TimerWatcher
 from flux.membroker._message import (
@@ -76,5 +77,6 @@ __all__ = [
     "LoadedModule",
     "Module",
     "ModuleError",
+    "ModuleHang",
     "TimerWatcher",
 ]

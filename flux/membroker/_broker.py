@@ -53,6 +53,13 @@ class BrokerPanic(RuntimeError):
     ``broker.module-nopanic``): like a real instance, it is down."""
 
 
+class ModuleHang(BrokerPanic):
+    """A module waited for an answer nothing will ever send (a synchronous
+    ``get()`` on a request to itself, or to a request nobody answers).  A
+    real module would hang forever; the in-memory broker stops instead,
+    and every later call says so."""
+
+
 class LogEntry:
     """One broker log record, as ``flux dmesg`` shows it.
 
@@ -214,6 +221,8 @@ class Broker:
         #: What module loaders printed (the broker's stderr), line by line.
         self.stderr: List[str] = []
         self.panicked: Optional[str] = None
+        #: Why a module would hang forever on a real instance, once one would.
+        self.hung: Optional[str] = None
         self._strands = Strands()
         # Per rank: loaded modules and registered services, by name.
         self._modules: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
@@ -373,11 +382,12 @@ class Broker:
     def close(self) -> None:
         """Close every client handle (each service it used gets
         ``NAME.disconnect``), then remove every module still loaded."""
-        if self.panicked is None:
-            for client in self._clients:
-                client.close()
-            self._clients.clear()
-            self.run_until_idle()
+        if self.panicked is not None or self.hung is not None:
+            return  # down, or stuck: nothing more can run
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+        self.run_until_idle()
         for on, modules in enumerate(self._modules):
             for name in list(modules):
                 if self.panicked is None and name in modules:
@@ -392,6 +402,8 @@ class Broker:
     # Running things
 
     def _check_alive(self) -> None:
+        if self.hung is not None:
+            raise ModuleHang(self.hung)
         if self.panicked is not None:
             raise BrokerPanic(self.panicked)
 
@@ -400,6 +412,8 @@ class Broker:
         self._strands.check_thread()
         limit = self.now + (MAX_WAIT if timeout < 0 else timeout)
         while not done():
+            if self.hung is not None:
+                raise ModuleHang(self.hung)
             if self._strands.step() or self._fire_due_timers():
                 continue  # answers sent before a panic are still delivered
             self._check_alive()
@@ -412,6 +426,12 @@ class Broker:
                 raise OSError(errno.ETIMEDOUT, f"{what}: timed out after {timeout:g} virtual seconds")
             if due is not None:
                 raise OSError(errno.ETIMEDOUT, f"{what}: no answer within {MAX_WAIT:g} virtual seconds")
+            if self._strands.current is not self._strands.driver:
+                self.hung = (
+                    f"module {self._strands.current.name} waited for {what} (a synchronous get()), "
+                    f"which nothing will ever answer: a real module would hang here forever"
+                )
+                raise ModuleHang(self.hung)
             raise OSError(errno.EDEADLK, f"{what}: no answer, and nothing left to run")
 
     def _fire_due_timers(self) -> bool:
