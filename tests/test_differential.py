@@ -74,6 +74,11 @@ class DiffA(BrokerModule):
     def get_watching(self, msg):
         return type(self).watching
 
+    @request_handler("raw", allow_guest=True)
+    def raw(self, msg):
+        answers = {"text": b"\xff\xfe", "{}": b'{"x": NaN}', '{"n": 2}': b'{"a": 1}\0tail', "5": b"Infinity"}
+        return answers.get(msg.payload_str, b"[1, 2]")
+
     @request_handler("log")
     def log_(self, msg):
         self.log.info("logged %d%% " + str(msg.payload_str)[:10])
@@ -245,8 +250,9 @@ def test_both_brokers_answer_every_sequence_alike(real_instance, module_files, o
 
 
 _TOPICS = ["diffa.echo", "diffa.owner", "diffa.fail", "diffa.refuse", "diffa.log", "diffa.ping",
-           "diffa.config-reload", "diffa.nosuch", "diffb.args", "diffb.nosuch", "nosuch.x"]
-_PAYLOADS = [None, {}, {"key": "a"}, {"n": 2}, {"x": "%s %n"}, [1], 5, "text", '{"x": NaN}', '{"x": 1}\u0000tail']
+           "diffa.config-reload", "diffa.raw", "diffa.nosuch", "diffb.args", "diffb.nosuch", "nosuch.x"]
+_PAYLOADS = [None, {}, {"key": "a"}, {"n": 2}, {"x": "%s %n"}, [1], 5, "text", '{"x": NaN}', '{"x": 1}\u0000tail',
+             b'{"key": "\xff"}']
 
 # Every topic with every payload, as owner and as guest, from one client
 # (a guest's requests from a second one).
@@ -254,11 +260,15 @@ _MATRIX = """
 import json
 for topic in TOPICS:
     for payload in PAYLOADS:
+        future = h.rpc(topic, payload)
         try:
-            answer = {"payload": h.rpc(topic, payload).get_str()}
+            answer = {"payload": future.get_str()}
+            answer["json"] = repr(future.get())  # as a client decodes it (NaN, Infinity...)
         except OSError as exc:
             answer = {"errno": exc.errno, "error": exc.strerror}
-        emit([topic, payload, answer])
+        except Exception as exc:  # noqa: BLE001 - undecodable answers are compared too
+            answer = {"exception": type(exc).__name__}
+        emit([topic, repr(payload), answer])
 """
 
 
@@ -271,7 +281,7 @@ def test_every_request_of_the_matrix_is_answered_alike(real_instance, module_fil
         target.load(module_files["diffb"], "a", "b")
         owner = target.client(script)
         guest = target.client(f"guest({script!r})")
-        results[name] = [[t, p, _comparable(a)] for t, p, a in owner + guest]
+        results[name] = [[t, p, _comparable(a)] for t, p, a in owner + guest]  # p: the payload's repr
         _reset(target)
         target.close()
     differences = [(r, m) for r, m in zip(results["real"], results["memory"]) if r != m]
