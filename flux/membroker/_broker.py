@@ -112,10 +112,74 @@ class LoadedModule:
         self.services: Set[str] = {name}
         self.inflight: Dict[int, Message] = {}
         self.ctx = Strand(name)
-        self.handle = Handle(broker, broker.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, self)
+        self.handle = Handle(broker.link, broker.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, self)
 
     def __repr__(self) -> str:
         return f"<LoadedModule {self.name} rank={self.rank} {self.state}>"
+
+
+class BrokerLink:
+    """What a :class:`Handle` asks of its broker: the one interface from
+    handles to the broker (handles touch nothing else of it).
+
+    Made by the :class:`Broker`; every handle of that broker shares it.
+    """
+
+    def __init__(self, broker: "Broker") -> None:
+        self._broker = broker
+
+    @property
+    def clock(self) -> VirtualClock:
+        """The broker's virtual clock (timers arm and disarm on it)."""
+        return self._broker.clock
+
+    @property
+    def default_rank(self) -> int:
+        """The rank clients connect to unless told otherwise."""
+        return self._broker.rank
+
+    def attr(self, name: str) -> str:
+        """Broker attribute *name* (KeyError if unset)."""
+        return self._broker.attrs[name]
+
+    def send_request(self, msg: Message) -> None:
+        """Route request *msg* (its ``_sender`` is the sending handle)."""
+        self._broker._route_request(msg)
+
+    def send_response(self, responder: Optional["LoadedModule"], request: Message, response: Message) -> None:
+        """Deliver *response* to *request*'s sender."""
+        self._broker._route_response(responder, request, response)
+
+    def publish(self, msg: Message) -> None:
+        """Publish event *msg* to every subscriber on every rank."""
+        self._broker._publish(msg)
+
+    def log(self, name: str, level: int, text: str, rank: int) -> None:
+        """Add *text* to rank *rank*'s log, as ``flux_log()`` does."""
+        self._broker._log(name, level, text, rank)
+
+    def wait_until(self, done: Callable[[], bool], what: str, timeout: float = -1.0) -> None:
+        """Run the broker until *done* (OSError if it never will)."""
+        self._broker._run_until(done, what, timeout)
+
+    def post(self, strand: Optional[Strand], item: Callable[[], None]) -> None:
+        """Queue *item* to run in *strand* (None: whichever strand drives)."""
+        self._broker._strands.queue.append((strand, item))
+
+    def next_item(self, strand: Strand) -> Callable[[], None]:
+        """Called by a module's reactor: go idle until there is work for *strand*."""
+        return self._broker._strands.wait_for_work(strand)
+
+    def module_running(self, record: "LoadedModule", pause: bool) -> None:
+        """Mark *record* running (``flux module load`` returns); *pause*:
+        let others run before the module goes on."""
+        self._broker._set_running(record, pause)
+
+    def service_change(self, handle: Handle, register: bool, name: str, record: "LoadedModule") -> Future:
+        """Register (or unregister) service *name* for *record*; a future for the answer."""
+        broker = self._broker
+        change = broker._add_service if register else broker._remove_service
+        return broker._service_future(handle, lambda: change(name, record))
 
 
 class EventCollector:
@@ -160,7 +224,7 @@ class _Delivery:
         self.msg = msg
 
     def __call__(self) -> None:
-        self.handle._dispatch(self.msg)
+        self.handle._inbox.deliver(self.msg)
 
 
 class Broker:
@@ -229,6 +293,8 @@ class Broker:
         self._services: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
         self._event_seq = 0
         self._clients: List[Handle] = []
+        #: The interface handles use (see BrokerLink).
+        self.link = BrokerLink(self)
         self._owner_handle = self.connect()
 
     # The public interface
@@ -253,7 +319,7 @@ class Broker:
         """
         if rolemask is None:
             rolemask = FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL if userid in (None, self.owner) else FLUX_ROLE_USER
-        client = Handle(self, self.owner if userid is None else userid, rolemask, rank=self._rank(rank))
+        client = Handle(self.link, self.owner if userid is None else userid, rolemask, rank=self._rank(rank))
         self._clients.append(client)
         return client
 
@@ -437,7 +503,7 @@ class Broker:
     def _fire_due_timers(self) -> bool:
         fired = False
         for watcher in self.clock.pop_due():
-            record = watcher.flux_handle._record
+            record = watcher.flux_handle._inbox.record
             if record is None or record.state == EXITED:
                 continue
             self._strands.queue.append((record.ctx, watcher._fire))
@@ -495,7 +561,7 @@ class Broker:
     def _route_request(self, msg: Message) -> None:
         if self.panicked is not None:
             raise BrokerPanic(self.panicked)
-        origin = msg._sender._rank if msg._sender is not None else self.rank
+        origin = msg._sender._inbox.rank if msg._sender is not None else self.rank
         nodeid = msg._nodeid
         if nodeid == FLUX_NODEID_UPSTREAM:
             if origin == 0:
@@ -524,7 +590,7 @@ class Broker:
         sender = request._sender
         if sender is None:
             return
-        self._strands.queue.append((None, lambda: sender._receive_response(response)))
+        self._strands.queue.append((None, lambda: sender._inbox.receive_response(response)))
 
     def _broker_error(self, request: Message, errnum: int, errstr: Optional[str]) -> None:
         if request._noresponse or request._sender is None:
@@ -533,7 +599,7 @@ class Broker:
         response._errnum = errnum
         response._errstr = errstr
         sender = request._sender
-        self._strands.queue.append((None, lambda: sender._receive_response(response)))
+        self._strands.queue.append((None, lambda: sender._inbox.receive_response(response)))
 
     def _publish(self, msg: Message) -> None:
         if self.panicked is not None:
@@ -543,10 +609,10 @@ class Broker:
         for record in [record for modules in self._modules for record in modules.values()]:
             if record.state == EXITED:
                 continue
-            if any(msg.topic.startswith(sub) for sub in record.handle._subscriptions):
+            if any(msg.topic.startswith(sub) for sub in record.handle._inbox.subscriptions):
                 self._strands.queue.append((record.ctx, _Delivery(record.handle, msg)))
         for client in self._clients:
-            if any(msg.topic.startswith(sub) for sub in client._subscriptions):
+            if any(msg.topic.startswith(sub) for sub in client._inbox.subscriptions):
                 self._strands.queue.append((None, _Delivery(client, msg)))
 
     def collect_events(self, topic: str = "", userid: Optional[int] = None) -> "EventCollector":

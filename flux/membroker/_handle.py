@@ -33,7 +33,7 @@ from flux.membroker._message import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from flux.membroker._broker import Broker, LoadedModule
+    from flux.membroker._broker import BrokerLink, LoadedModule
 
 
 class Future:
@@ -64,7 +64,7 @@ class Future:
 
     def wait_for(self, timeout: float = -1.0) -> "Future":
         """Wait until a response is there (timeout in virtual seconds, -1: none)."""
-        self._handle._broker._run_until(self.is_ready, self._topic, timeout)
+        self._handle._link.wait_until(self.is_ready, self._topic, timeout)
         return self
 
     def get_str(self) -> Optional[str]:
@@ -209,14 +209,14 @@ class TimerWatcher:
 
         Starting a timer that is already armed changes nothing, as in libev.
         """
-        clock = self.flux_handle._broker.clock
+        clock = self.flux_handle._link.clock
         if not clock.is_armed(self):
             clock.arm(self, self.after)
         return self
 
     def stop(self) -> "TimerWatcher":
         """Disarm the timer."""
-        self.flux_handle._broker.clock.disarm(self)
+        self.flux_handle._link.clock.disarm(self)
         return self
 
     def reset(self, after: Optional[float] = None, repeat: Optional[float] = None) -> None:
@@ -243,7 +243,7 @@ class TimerWatcher:
         return self
 
     def _fire(self) -> None:
-        clock = self.flux_handle._broker.clock
+        clock = self.flux_handle._link.clock
         if self.repeat > 0 and not clock.is_armed(self):
             clock.arm(self, self.repeat)
         self.flux_handle._run_callback(self.callback, self.flux_handle, self, 0, self.args)
@@ -322,6 +322,38 @@ class FDWatcher(LoopWatcher):
         self.events = events
 
 
+class HandleInbox:
+    """What the broker calls on a :class:`Handle`: the one interface from the
+    broker to handles (kept off the handle itself, whose public names are
+    flux-core's)."""
+
+    def __init__(self, handle: "Handle") -> None:
+        self._handle = handle
+
+    @property
+    def rank(self) -> int:
+        """The rank of the broker the handle is connected to."""
+        return self._handle._rank
+
+    @property
+    def record(self) -> Optional["LoadedModule"]:
+        """The module the handle belongs to (None for a client)."""
+        return self._handle._record
+
+    @property
+    def subscriptions(self) -> List[str]:
+        """The event topic prefixes the handle subscribed to."""
+        return self._handle._subscriptions
+
+    def deliver(self, msg: Message) -> None:
+        """Hand request or event *msg* to the handle's watchers."""
+        self._handle._dispatch(msg)
+
+    def receive_response(self, msg: Message) -> None:
+        """Fulfil the future waiting for response *msg*."""
+        self._handle._receive_response(msg)
+
+
 class Handle:
     """A connection to the in-memory broker, offering ``flux.Flux`` methods.
 
@@ -332,18 +364,20 @@ class Handle:
 
     def __init__(
         self,
-        broker: "Broker",
+        link: "BrokerLink",
         userid: int,
         rolemask: int,
         record: Optional["LoadedModule"] = None,
         rank: Optional[int] = None,
     ) -> None:
-        self._broker = broker
+        self._link = link
         self._userid = userid
         self._rolemask = rolemask
         self._record = record
         # The rank of the broker this handle is connected to.
-        self._rank = record.rank if record is not None else (broker.rank if rank is None else rank)
+        self._rank = record.rank if record is not None else (link.default_rank if rank is None else rank)
+        #: What the broker calls on this handle (see HandleInbox).
+        self._inbox = HandleInbox(self)
         self._futures: Dict[int, Future] = {}
         self._next_matchtag = 1
         self._methods: Dict[str, List[MessageWatcher]] = {}
@@ -390,7 +424,7 @@ class Handle:
         future._matchtag = msg._matchtag  # flux_rpc_get_matchtag() on a real broker
         msg._sender = self
         self._counters["tx"]["request"] += 1
-        self._broker._route_request(msg)
+        self._link.send_request(msg)
         return future
 
     def respond(self, message: Message, payload: Any = None) -> None:
@@ -422,7 +456,7 @@ class Handle:
         response._errnum = errnum
         response._errstr = errstr
         self._counters["tx"]["response"] += 1
-        self._broker._route_response(self._record, request, response)
+        self._link.send_response(self._record, request, response)
 
     def send(self, message: Message, flags: int = 0) -> None:
         """Send a message you built yourself (any type), as ``flux.Flux.send``.
@@ -440,9 +474,9 @@ class Handle:
         self._counters["tx"][kind] += 1
         if message.type == FLUX_MSGTYPE_REQUEST:
             message._sender = self
-            self._broker._route_request(message)
+            self._link.send_request(message)
         elif message.type == FLUX_MSGTYPE_EVENT:
-            self._broker._publish(message)
+            self._link.publish(message)
 
     def event_send(self, topic: str, payload: Any = None) -> None:
         """Publish an event to every subscriber."""
@@ -454,7 +488,7 @@ class Handle:
             rolemask=self._rolemask,
         )
         self._counters["tx"]["event"] += 1
-        self._broker._publish(msg)
+        self._link.publish(msg)
 
     def event_subscribe(self, topic: str) -> None:
         """Receive events whose topic starts with *topic*."""
@@ -481,7 +515,7 @@ class Handle:
         elif not isinstance(fstring, str):
             raise TypeError(f"log() text must be str or bytes, not {type(fstring).__name__}")
         name = self._record.name if self._record is not None else "client"
-        self._broker._log(name, level, _printf_without_arguments(fstring.split("\0", 1)[0]), self._rank)
+        self._link.log(name, level, _printf_without_arguments(fstring.split("\0", 1)[0]), self._rank)
 
     # Watchers and the reactor
 
@@ -534,7 +568,7 @@ class Handle:
     def module_set_running(self) -> int:
         """flux_module_set_running(): tell the broker the module is running."""
         record = self._require_module("module_set_running")
-        self._broker._set_running(record, pause=True)
+        self._link.module_running(record, pause=True)
         return 0
 
     def module_debug_test(self, flag: int, clear: bool) -> bool:
@@ -556,7 +590,7 @@ class Handle:
 
     def reactor_now(self, reactor: Any = None) -> float:
         """The reactor's clock: the broker's virtual clock, in seconds."""
-        return self._broker.now
+        return self._link.clock.now
 
     def close(self) -> None:
         """Close this client handle: like a real broker's local connector,
@@ -570,7 +604,7 @@ class Handle:
                 userid=self._userid, rolemask=self._rolemask, flags=FLUX_RPC_NORESPONSE,
             )
             msg._sender = self
-            self._broker._route_request(msg)
+            self._link.send_request(msg)
         self._services_used.clear()
 
     def reactor_run(self, reactor: Any = None, flags: int = 0) -> int:
@@ -579,20 +613,20 @@ class Handle:
         A Python exception raised by a watcher callback stops the reactor
         and is raised from here, as with flux-core.
         """
-        broker = self._broker
+        link = self._link
         self._stop = None
         record = self._record
         if record is None:  # a client: run the broker until it is stopped
-            broker._run_until(lambda: self._stop is not None, "client reactor_run, which a real reactor would never end")
+            link.wait_until(lambda: self._stop is not None, "client reactor_run, which a real reactor would never end")
             rc, self._stop = self._stop, None
             return int(rc or 0)
-        broker._set_running(record, pause=False)
+        link.module_running(record, pause=False)
         while self._stop is None:
             if self._loop_watchers:
                 self._run_loop_watchers("prepare")
                 if self._stop is not None:
                     break
-            item = broker._strands.wait_for_work(record.ctx)
+            item = link.next_item(record.ctx)
             item()
             if self._loop_watchers:
                 self._run_loop_watchers("check")
@@ -642,19 +676,19 @@ class Handle:
         if attr_name == "rank":
             return str(self._rank)
         try:
-            return self._broker.attrs[attr_name]
+            return self._link.attr(attr_name)
         except KeyError:
             raise OSError(errno.ENOENT, f"No such attribute: {attr_name}") from None
 
     def service_register(self, name: str) -> Future:
         """Route requests for service *name* to this module."""
         record = self._require_module("service_register")
-        return self._broker._service_future(self, lambda: self._broker._add_service(name, record))
+        return self._link.service_change(self, True, name, record)
 
     def service_unregister(self, name: str) -> Future:
         """Stop routing requests for service *name* to this module."""
         record = self._require_module("service_unregister")
-        return self._broker._service_future(self, lambda: self._broker._remove_service(name, record))
+        return self._link.service_change(self, False, name, record)
 
     def __getattr__(self, name: str) -> Any:
         raise missing("Flux", self, name)
@@ -676,7 +710,7 @@ class Handle:
 
     def _post(self, item: Callable[[], None]) -> None:
         ctx = self._record.ctx if self._record is not None else None
-        self._broker._strands.queue.append((ctx, item))
+        self._link.post(ctx, item)
 
     def _dispatch(self, msg: Message) -> None:
         """Hand *msg* to the matching watchers, as libflux's dispatcher does."""
