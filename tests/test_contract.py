@@ -519,3 +519,26 @@ def test_a_module_importing_flux_constants_loads(target, write):
     target.load(path)
     assert target.rpc("consts.values").get() == [1, 2, 2]
     target.remove("consts")
+
+
+def test_a_modules_stderr_and_logging_reach_the_brokers_stderr(target, write):
+    path = write(
+        "talker.py",
+        """
+        import logging
+        import sys
+        from flux.brokermod import BrokerModule, request_handler
+
+        class Talker(BrokerModule):
+            @request_handler("talk")
+            def talk(self, msg):
+                print("talker says hello on stderr", file=sys.stderr, flush=True)
+                logging.getLogger("talker").warning("talker warns through logging")
+                return {}
+        """,
+    )
+    target.load(path)
+    target.rpc("talker.talk").get()
+    target.settle(lambda: "talker warns through logging" in target.stderr_text(), "the module's stderr")
+    assert "talker says hello on stderr" in target.stderr_text()
+    target.remove("talker")

@@ -108,14 +108,38 @@ class LoadedModule:
         self.debug_flags = 0
         self.unload_requested = False
         self.was_running = False
-        self.stderr = io.StringIO()
+        #: What the module and its loader wrote to stderr.
+        self.stderr = _Output(broker.stderr)
         self.services: Set[str] = {name}
         self.inflight: Dict[int, Message] = {}
         self.ctx = Strand(name)
+        self.ctx.output = self.stderr
         self.handle = Handle(broker.link, broker.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, self)
 
     def __repr__(self) -> str:
         return f"<LoadedModule {self.name} rank={self.rank} {self.state}>"
+
+
+class _Output(io.StringIO):
+    """A module's stderr: kept whole, and each line added to the broker's
+    stderr as soon as it is complete (as a real broker prints it)."""
+
+    def __init__(self, lines: List[str]) -> None:
+        super().__init__()
+        self._lines = lines
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        *complete, self._partial = (self._partial + text).split("\n")
+        self._lines.extend(complete)
+        return written
+
+    def flush(self) -> None:
+        if self._partial:
+            self._lines.append(self._partial)
+            self._partial = ""
+        super().flush()
 
 
 class BrokerLink:
@@ -535,7 +559,7 @@ class Broker:
         name = record.name
         record.errnum = errnum
         record.state = EXITED
-        self.stderr.extend(record.stderr.getvalue().splitlines())
+        record.stderr.flush()
         on = record.rank
         self._log("broker", syslog.LOG_DEBUG, f"module {name} exited", on)
         if errnum:

@@ -11,9 +11,12 @@ ends.  Which context runs next depends only on the order of events, never
 on the operating system's thread scheduling, so runs are deterministic.
 """
 
+import logging
+import sys
 import threading
+import weakref
 from collections import deque
-from typing import Callable, Deque, List, Optional
+from typing import Callable, Deque, List, Optional, TextIO
 
 NEW = "new"
 RUNNABLE = "runnable"
@@ -33,9 +36,52 @@ class Strand:
         self.resumer: Optional["Strand"] = None
         self.item: Optional[Callable[[], None]] = None
         self.thread: Optional[threading.Thread] = None
+        #: Where ``sys.stderr`` points while this strand runs (None: leave
+        #: it as it is).  A module's stderr is its broker's, as on a real
+        #: instance.
+        self.output: Optional[TextIO] = None
 
     def __repr__(self) -> str:
         return f"<Strand {self.name} {self.state}>"
+
+
+class _ModuleLogging(logging.Handler):
+    """Standard ``logging`` from a module strand, written to its stderr.
+
+    A real module runs in a process of its own whose root logger has no
+    handler: a warning goes to stderr through logging's last resort
+    (the message alone).  Here the root logger is the test process's, so
+    this handler does the same for records made in a module's strand.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self.outputs: "weakref.WeakKeyDictionary[threading.Thread, TextIO]" = weakref.WeakKeyDictionary()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        output = self.outputs.get(threading.current_thread())
+        if output is not None:
+            output.write(self.format(record) + "\n")
+        elif not _other_handlers(record.name, self) and logging.lastResort is not None:
+            # This handler must not silence the test's own unconfigured
+            # logging: do what Python would have done without it.
+            logging.lastResort.handle(record)
+
+
+def _other_handlers(name: str, this: logging.Handler) -> bool:
+    """True if a record of logger *name* meets a handler besides *this*."""
+    logger: Optional[logging.Logger] = logging.getLogger(name)
+    while logger is not None:
+        if any(handler is not this for handler in logger.handlers):
+            return True
+        if not logger.propagate:
+            return False
+        logger = logger.parent
+    return False
+
+
+_MODULE_LOGGING = _ModuleLogging()
 
 
 class Strands:
@@ -73,6 +119,11 @@ class Strands:
                 resumer.wake.release()
 
         ctx.thread = threading.Thread(target=main, name=f"membroker:{ctx.name}", daemon=True)
+        if ctx.output is not None:
+            _MODULE_LOGGING.outputs[ctx.thread] = ctx.output
+            root = logging.getLogger()
+            if _MODULE_LOGGING not in root.handlers:
+                root.addHandler(_MODULE_LOGGING)
         ctx.thread.start()
         self.make_runnable(ctx)
 
@@ -89,8 +140,14 @@ class Strands:
         ctx.state = ACTIVE
         me.state = DRIVING
         self.current = ctx
-        ctx.wake.release()
-        me.wake.acquire()
+        saved = sys.stderr
+        if ctx.output is not None:
+            sys.stderr = ctx.output
+        try:
+            ctx.wake.release()
+            me.wake.acquire()
+        finally:
+            sys.stderr = saved
         self.current = me
         me.state = ACTIVE
 
