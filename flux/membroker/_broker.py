@@ -574,10 +574,10 @@ class Broker:
         if self._modules[on].get(name) is record:
             del self._modules[on][name]
         if record.was_running and errnum and not record.unload_requested:
-            if self.attrs.get("broker.module-nopanic", "0") not in ("", "0"):
-                self._log("broker", syslog.LOG_CRIT, f"{name} module runtime failure", on)
-            else:
-                self._log("broker", syslog.LOG_CRIT, f"broker panic: {name} module runtime failure", on)
+            # The same line with or without broker.module-nopanic (measured);
+            # without it, the instance then goes down.
+            self._log("broker", syslog.LOG_CRIT, f"{name} module runtime failure", on)
+            if self.attrs.get("broker.module-nopanic", "0") in ("", "0"):
                 self.panicked = f"{name} module runtime failure"
 
     # Routing
