@@ -841,12 +841,12 @@ def test_unsupported_flux_method_in_module_raises_notimplemented(broker):
         @request_handler("probe")
         def probe(self, msg):
             try:
-                self.handle.signal_watcher_create(2, lambda *a: None)
+                self.handle.attr_set("a", "b")
             except NotImplementedError as exc:
                 self.handle.respond(msg, {"error": str(exc)})
 
     broker.load(Prober, name="prober")
-    assert "signal_watcher_create" in broker.rpc("prober.probe").get()["error"]
+    assert "Flux.attr_set of flux-core is not available" in broker.rpc("prober.probe").get()["error"]
 
 
 def test_attr_get_rank_size_and_get_rank():
@@ -1105,3 +1105,29 @@ def test_a_module_calling_itself_synchronously_stops_the_broker_loudly(broker):
         broker.rpc("selfcall.outer").get()
     with pytest.raises(ModuleHang):
         broker.rpc("selfcall.inner").get()
+
+
+def test_conf_get_event_create_and_signal_watchers(write_module):
+    broker = Broker(config={"pulse": {"interval": 2.5}, "tbon": {"topo": "kary:2"}})
+    path = write_module(
+        "confmod.py",
+        """
+        from flux.brokermod import BrokerModule, request_handler
+
+        class ConfMod(BrokerModule):
+            @request_handler("conf")
+            def conf(self, msg):
+                watcher = self.handle.signal_watcher_create(15, lambda *a: None)
+                watcher.start()
+                watcher.stop()
+                self.handle.send(self.handle.event_create("confmod.made", {"ok": 1}))
+                return [self.handle.conf_get("pulse.interval"), self.handle.conf_get("no.such", 7),
+                        sorted(self.handle.conf_get())]
+        """,
+    )
+    broker.load(path)
+    events = broker.collect_events("confmod.")
+    assert broker.rpc("confmod.conf").get() == [2.5, 7, ["pulse", "tbon"]]
+    broker.run_until_idle()
+    assert events.events == [("confmod.made", {"ok": 1})]
+    broker.close()

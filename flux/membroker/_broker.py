@@ -1,5 +1,6 @@
 """The in-memory broker: modules, routing, events, timers and the log."""
 
+import copy
 import errno
 import io
 import json
@@ -166,6 +167,10 @@ class BrokerLink:
         """Broker attribute *name* (KeyError if unset)."""
         return self._broker.attrs[name]
 
+    def config(self) -> Dict[str, Any]:
+        """The instance's configuration (a copy)."""
+        return copy.deepcopy(self._broker.config)
+
     def send_request(self, msg: Message) -> None:
         """Route request *msg* (its ``_sender`` is the sending handle)."""
         self._broker._route_request(msg)
@@ -276,8 +281,12 @@ class Broker:
         size: int = 1,
         userid: Optional[int] = None,
         attrs: Optional[Dict[str, str]] = None,
+        config: Optional[Dict[str, Any]] = None,
     ) -> None:
         _layout.prefer_this_package()
+        #: The instance configuration modules read with ``h.conf_get()``
+        #: (what a real instance loads from its TOML files).
+        self.config: Dict[str, Any] = dict(config or {})
         if not 0 <= rank < size:
             raise ValueError(f"rank {rank} is not below size {size}")
         #: The rank :meth:`rpc`, :meth:`connect`, :meth:`load` and
@@ -539,12 +548,16 @@ class Broker:
             return
         record.state = RUNNING
         record.was_running = True
-        self._log("broker", syslog.LOG_DEBUG, f"module-python-exec {record.name} pid={os.getpid()}")
+        record.handle._counters["tx"]["request"] += 1  # the loader's status request
+        self._log("broker", syslog.LOG_DEBUG, f"module-python-exec {record.name} pid={os.getpid()}", record.rank)
         if pause:
             self._strands.pause(record.ctx)
 
     def _module_main(self, record: LoadedModule, entry: Optional[Callable[..., Any]]) -> None:
         """What the loader does, in the module's own context."""
+        counters = record.handle._counters  # the RFC 5 welcome: one request, one response
+        counters["tx"]["request"] += 1
+        counters["rx"]["response"] += 1
         errnum = modloader.run_module(record.handle, record.path or record.name, record.args, record.stderr, entry)
         self._finalize(record, errnum)
 

@@ -255,7 +255,8 @@ class TimerWatcher:
         self.destroy()
 
 
-_LOOP_KINDS = {"prepare": "PrepareWatcher", "check": "CheckWatcher", "idle": "IdleWatcher", "fd": "FDWatcher"}
+_LOOP_KINDS = {"prepare": "PrepareWatcher", "check": "CheckWatcher", "idle": "IdleWatcher", "fd": "FDWatcher",
+               "signal": "IdleWatcher"}
 
 
 class LoopWatcher:
@@ -583,6 +584,28 @@ class Handle:
     def _brokermod_module_name(self) -> str:
         """The module's name, which libflux keeps in the handle (see flux._libflux)."""
         return self._require_module("module name").name
+
+    def event_create(self, topic: str, payload: Any = None) -> Message:
+        """A new event message (send it with :meth:`send`)."""
+        return Message.from_event_encode(_topic(topic), payload)
+
+    def conf_get(self, key: Optional[str] = None, default: Any = None, update: bool = False) -> Any:
+        """The instance's configuration (``Broker(config=...)``), or the value
+        at dotted *key* in it (*default* when absent), as flux-core's does."""
+        config = self._link.config()
+        if key is None:
+            return config
+        value: Any = config
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return default
+            value = value[part]
+        return value
+
+    def signal_watcher_create(self, signum: int, callback: Callable[..., Any], args: Any = None) -> "LoopWatcher":
+        """A watcher of signal *signum*.  The in-memory broker delivers no
+        signals, so it never fires; starting and stopping it work."""
+        return LoopWatcher(self, "signal", callback, args)
 
     def get_reactor(self) -> "Handle":
         """The reactor of this handle (an opaque value to pass back)."""
