@@ -20,7 +20,7 @@ import json
 import os
 import shlex
 import sys
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 LIBEXEC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_libexec")
 LOADER_SCRIPT = os.path.join(LIBEXEC_DIR, "flux-module-python-exec.py")
@@ -48,41 +48,31 @@ def _parser() -> argparse.ArgumentParser:
         help="load a module file into the in-memory broker and talk to it",
         description=(
             "Load FILE into the in-memory broker (as `flux module load "
-            "[--name NAME] FILE ARGS...` would), send each --rpc and --event "
-            "in order, print every answer, then the log (as `flux dmesg`), and "
-            "remove the module. A request TOPIC without a dot is a method of the "
-            "loaded module: `--rpc ping` sends NAME.ping; event topics are used as "
-            "given. Options go before FILE; "
-            "everything after FILE is passed to the module."
+            "[--name NAME] FILE ARGS...` would), carry out each --rpc, --stream, "
+            "--event, --advance, --as and --rank in the order given, print every "
+            "answer and every event published, then the log (as `flux dmesg`), "
+            "and remove the module. A request TOPIC without a dot is a method of "
+            "the loaded module: `--rpc ping` sends NAME.ping; event topics are "
+            "used as given. Options go before FILE; everything after FILE is "
+            "passed to the module. Exit status: 0 when every request was "
+            "answered without error, 1 when a request got an error, the module "
+            "failed to load or failed at run time, 2 for a bad command line."
         ),
     )
     run.add_argument("--name", help="module name (default: FILE's basename up to its first '.')")
-    run.add_argument(
-        "--rpc",
-        metavar="TOPIC[=JSON]",
-        action=_Ordered,
-        dest="rpc",
-        help="send a request (payload: JSON, or text that is not JSON)",
-    )
-    run.add_argument(
-        "--event",
-        metavar="TOPIC[=JSON]",
-        action=_Ordered,
-        dest="event",
-        help="publish an event (the topic is used as given)",
-    )
-    run.add_argument(
-        "--guest",
-        action="store_true",
-        help="send the requests and events as a guest (FLUX_ROLE_USER, userid 1234)",
-    )
-    run.add_argument(
-        "--advance",
-        metavar="SECONDS",
-        type=float,
-        default=0.0,
-        help="let SECONDS of virtual time pass after the messages (timers fire)",
-    )
+    run.add_argument("--size", type=int, default=1, metavar="N",
+                     help="ranks of the in-memory instance (the module is loaded on every rank)")
+    for flag, metavar, help_text in (
+        ("--rpc", "TOPIC[=JSON]", "send a request (payload: JSON, or text that is not JSON)"),
+        ("--stream", "TOPIC[=JSON]", "send a streaming request; print each response and how the stream ended"),
+        ("--event", "TOPIC[=JSON]", "publish an event (the topic is used as given)"),
+        ("--advance", "SECONDS", "let SECONDS of virtual time pass here (timers fire)"),
+        ("--as", "WHO", "send what follows as 'owner', 'guest' (userid 1234) or the guest USERID"),
+        ("--rank", "RANK", "send what follows to RANK (with --size)"),
+    ):
+        run.add_argument(flag, metavar=metavar, action=_Ordered, dest=flag[2:], help=help_text)
+    run.add_argument("--guest", action="store_true", help="start as a guest (as `--as guest` first)")
+    run.add_argument("--json", action="store_true", help="print one JSON object per line")
     run.add_argument("file", metavar="FILE", help="the module's .py file")
     run.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help="module arguments")
 
@@ -134,53 +124,142 @@ def _show(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True)
 
 
+class _Printer:
+    """Print results as ``flux rpc``-like lines, or as JSON lines."""
+
+    def __init__(self, out: Any, as_json: bool) -> None:
+        self.out = out
+        self.as_json = as_json
+
+    def __call__(self, record: Dict[str, Any], text: str) -> None:
+        print(json.dumps(record, sort_keys=True) if self.as_json else text, file=self.out)
+
+
+def _answer(topic: str, future: Any) -> Tuple[Dict[str, Any], str, bool]:
+    """One answer of *future*: (record, text, failed)."""
+    try:
+        payload = future.get_str()
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        return {"topic": topic, "errno": exc.errno, "error": exc.strerror}, f"{topic}: error {code}: {exc.strerror}", True
+    try:
+        value = None if payload is None else json.loads(payload)
+    except ValueError:
+        value = payload
+    return {"topic": topic, "payload": value}, f"{topic}: {_show(value)}", False
+
+
+def _drain(streams: List[Tuple[str, Any]], show: _Printer) -> int:
+    """Print the responses open streams got so far; drop the ended ones.
+    Return 1 if one ended with an error other than ENODATA."""
+    failed_any = 0
+    for topic, future in list(streams):
+        while future.is_ready():
+            record, text, failed = _answer(topic, future)
+            if failed:
+                streams.remove((topic, future))
+                if record["errno"] == errno.ENODATA:
+                    show({"topic": topic, "end": "ENODATA"}, f"{topic}: end of stream")
+                else:
+                    show(record, text)
+                    failed_any = 1
+                break
+            show(record, text)
+            future.reset()
+    return failed_any
+
+
 def run(options: argparse.Namespace, out: Any = None, err: Any = None) -> int:
-    """Carry out ``flux-brokermod run``; return the exit status."""
-    from flux.membroker import FLUX_ROLE_USER, Broker, ModuleError
+    """Carry out ``flux-brokermod run``; return the exit status (see its --help)."""
+    from flux.membroker import FLUX_ROLE_USER, FLUX_RPC_STREAMING, Broker, BrokerPanic, ModuleError
 
     out = out or sys.stdout
     err = err or sys.stderr
-    broker = Broker()
+    show = _Printer(out, getattr(options, "json", False))
+    size = max(1, getattr(options, "size", 1) or 1)
+    broker = Broker(size=size)
     try:
-        record = broker.load(options.file, *options.args, name=options.name)
+        records = broker.load(options.file, *options.args, name=options.name, rank="all")
     except ModuleError as exc:
-        print(f"flux-brokermod: load {options.file}: {exc.strerror}", file=err)
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        reason = str(exc.strerror)
+        named = reason.startswith((options.file + ":", os.path.basename(options.file) + ":"))
+        print(f"flux-brokermod: {reason if named else options.file + ': ' + reason} ({code})", file=err)
         return 1
-    name = record.name
-    print(f"loaded {name} from {options.file}", file=out)
-    client = broker.connect(userid=1234, rolemask=FLUX_ROLE_USER) if options.guest else broker.connect()
+    name = records[0].name
+    show({"loaded": name, "file": options.file}, f"loaded {name} from {options.file}")
+    events = broker.collect_events("")
+    seen_events = 0
+    who, rank = ("guest" if options.guest else "owner"), broker.rank
+    streams: List[Tuple[str, Any]] = []  # streaming requests not ended yet
     status = 0
-    for kind, spec in getattr(options, "actions", None) or []:
-        try:
-            topic, payload = _split(spec, name if kind == "rpc" else None)
-        except ValueError as exc:
-            print(f"flux-brokermod: --{kind} {exc}", file=err)
-            status = 1
-            continue
-        if kind == "event":
-            client.event_send(topic, payload)
+
+    def client() -> Any:
+        if who == "owner":
+            return broker.connect(rank=rank)
+        return broker.connect(userid=1234 if who == "guest" else int(who), rolemask=FLUX_ROLE_USER, rank=rank)
+
+    try:
+        for kind, spec in getattr(options, "actions", None) or []:
+            if kind == "as":
+                if spec not in ("owner", "guest") and not spec.isdigit():
+                    raise ValueError(f"--as {spec!r}: expected owner, guest or a userid")
+                who = spec
+            elif kind == "rank":
+                if not spec.isdigit() or int(spec) >= size:
+                    raise ValueError(f"--rank {spec!r}: expected a rank below --size {size}")
+                rank = int(spec)
+            elif kind == "advance":
+                broker.advance(float(spec))
+                show({"advanced": float(spec), "now": broker.now}, f"advanced {float(spec):g}s (now {broker.now:g}s)")
+            elif kind == "event":
+                topic, payload = _split(spec, None)
+                client().event_send(topic, payload)
+                broker.run_until_idle()
+            elif kind == "stream":
+                topic, payload = _split(spec, name)
+                streams.append((topic, client().rpc(topic, payload, flags=FLUX_RPC_STREAMING)))
+            else:
+                topic, payload = _split(spec, name)
+                record, text, failed = _answer(topic, client().rpc(topic, payload))
+                show(record, text)
+                status |= failed
             broker.run_until_idle()
-            print(f"event {topic}: published", file=out)
-            continue
+            status |= _drain(streams, show)
+            for topic, payload in events.events[seen_events:]:
+                show({"event": topic, "payload": payload}, f"event {topic}: {_show(payload)}")
+            seen_events = len(events.events)
+        for topic, _ in streams:
+            show({"topic": topic, "end": None}, f"{topic}: stream still open")
+    except ValueError as exc:
+        print(f"flux-brokermod: {exc}", file=err)
+        status = 2
+    except BrokerPanic as exc:
+        print(f"flux-brokermod: the broker went down: {exc}", file=err)
+        status = 1
+    if broker.panicked is None and broker.hung is None:
         try:
-            result = client.rpc(topic, payload).get()
-        except OSError as exc:
-            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            print(f"{topic}: error {code}: {exc.strerror}", file=out)
+            for record in records:
+                if name in broker.modules_on(record.rank):
+                    broker.remove(name, rank=record.rank)
+        except BrokerPanic as exc:
+            print(f"flux-brokermod: the broker went down: {exc}", file=err)
             status = 1
-        else:
-            print(f"{topic}: {_show(result)}", file=out)
-    if options.advance:
-        broker.advance(options.advance)
-    if name in broker.modules:
-        broker.remove(name)
-    lines = broker.dmesg(name) + [line for line in broker.dmesg("broker") if f"{name}:" in line or "panic" in line]
+    logged = set()
+    lines = []
+    for on in range(size):
+        for line in broker.dmesg(rank=on):
+            logged.add(line)
+            if line.startswith(f"{name}.") or (line.startswith("broker.") and f"{name}" in line):
+                lines.append(line)
     if lines:
-        print("--- log ---", file=out)
+        if not show.as_json:
+            print("--- log ---", file=out)
         for line in lines:
-            print(line, file=out)
-    for line in broker.stderr:
-        print(line, file=err)
+            show({"log": line}, line)
+    for line in broker.stderr:  # what the module printed; log lines were shown above
+        if line not in logged:
+            print(line, file=err)
     return status
 
 

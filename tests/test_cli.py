@@ -1,5 +1,7 @@
 """The flux-brokermod console command."""
 
+import errno
+import json
 import os
 import subprocess
 import sys
@@ -67,7 +69,7 @@ def test_run_sends_events_in_order_with_payloads(write_module, capsys):
     )
     assert status == 0
     lines = out.splitlines()
-    assert lines[1:4] == ["event ev.note: published", "event ev.note: published", "ev.seen: [1, 2]"]
+    assert lines[1:4] == ['event ev.note: {"n": 1}', 'event ev.note: {"n": 2}', "ev.seen: [1, 2]"]
 
 
 def test_run_sends_text_that_is_not_json_as_is(write_module, capsys):
@@ -113,7 +115,8 @@ def test_load_failure_exits_nonzero_with_one_line(write_module, capsys):
     status, out, err = run(["run", path], capsys)
     assert status == 1
     first = err.splitlines()[0]
-    assert first.startswith(f"flux-brokermod: load {path}: {path}:1: SyntaxError")
+    assert first.startswith(f"flux-brokermod: {path}:1: SyntaxError") and first.endswith("(EINVAL)")
+    assert first.count(path) == 1
     assert "Traceback" not in err
 
 
@@ -153,13 +156,13 @@ def test_console_script_runs_as_a_module(example):
 def test_empty_topic_is_reported(example, capsys, bad):
     args = ["run", "--rpc", "=x", example("mymod.py")] if bad == "=x" else ["run", "--rpc", "", example("mymod.py")]
     status, _, err = run(args, capsys)
-    assert status == 1
+    assert status == 2  # a bad command line
     assert "empty topic" in err
 
 
 def test_event_topics_are_used_as_given(example, capsys):
     status, out, _ = run(["run", "--event", "shutdown", "--rpc", "info", example("mymod.py")], capsys)
-    assert "event shutdown: published" in out
+    assert "event shutdown: (no payload)" in out
     # the module stopped on the un-prefixed "shutdown" event, so info is unanswered
     assert "mymod.info: error ENOSYS" in out
     assert status == 1
@@ -240,3 +243,96 @@ def test_describe_needs_one_broker_module_class(example, tmp_path, capsys):
     broken.write_text("def f(:\n")
     status, _, err = run(["describe", str(broken)], capsys)
     assert status == 1 and "broken.py:1: SyntaxError" in err and "(EINVAL)" in err
+
+
+COUNTER = """
+import sys
+from flux.brokermod import BrokerModule, request_handler, timer_handler
+
+
+class Counter(BrokerModule):
+    ticks = 0
+
+    @timer_handler(1, repeat=1)
+    def tick(self):
+        type(self).ticks += 1
+
+    @request_handler("ticks", allow_guest=True)
+    def get_ticks(self, msg):
+        return {"ticks": self.ticks, "rank": self.rank, "guest": msg.rolemask == 2}
+
+    @request_handler("count", allow_guest=True)
+    def count(self, msg, *, n: int):
+        for i in range(n):
+            yield i
+
+    @request_handler("fail")
+    def fail(self, msg):
+        raise RuntimeError("on purpose")
+
+    @request_handler("crash")
+    def crash(self, msg):
+        print("crashing now", file=sys.stderr)
+        self.stop_error()
+        return {}
+"""
+
+
+@pytest.fixture
+def counter(write_module):
+    return write_module("counter.py", COUNTER)
+
+
+def test_run_carries_out_options_in_order(counter, capsys):
+    status, out, _ = run(
+        ["run", "--rpc", "ticks", "--advance", "2.5", "--rpc", "ticks", "--as", "guest", "--rpc", "ticks",
+         "--as", "owner", "--rpc", "ticks", counter], capsys)
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[1:6] == [
+        'counter.ticks: {"guest": false, "rank": 0, "ticks": 0}',
+        "advanced 2.5s (now 2.5s)",
+        'counter.ticks: {"guest": false, "rank": 0, "ticks": 2}',
+        'counter.ticks: {"guest": true, "rank": 0, "ticks": 2}',
+        'counter.ticks: {"guest": false, "rank": 0, "ticks": 2}',
+    ]
+
+
+def test_run_streams_print_each_response_and_the_end(counter, example, capsys):
+    status, out, _ = run(["run", "--stream", 'count={"n": 2}', counter], capsys)
+    assert status == 0
+    assert out.splitlines()[1:4] == ["counter.count: 0", "counter.count: 1", "counter.count: end of stream"]
+    status, out, _ = run(["run", "--stream", 'watch={"key": "a"}', "--rpc", 'put={"key": "a", "value": 5}',
+                          example("kvstore.py")], capsys)
+    assert out.splitlines()[1:5] == ['kvstore.watch: {"value": null}', "kvstore.put: {}",
+                                     'kvstore.watch: {"value": 5}', "kvstore.watch: stream still open"]
+
+
+def test_run_json_output(counter, capsys):
+    status, out, _ = run(["run", "--json", "--rpc", "ticks", "--rpc", "nosuch", counter], capsys)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records[1] == {"topic": "counter.ticks", "payload": {"guest": False, "rank": 0, "ticks": 0}}
+    assert records[2]["errno"] == errno.ENOSYS and status == 1
+    assert any("log" in record for record in records)
+
+
+def test_run_on_several_ranks(counter, capsys):
+    status, out, _ = run(["run", "--size", "3", "--rank", "2", "--rpc", "ticks", counter], capsys)
+    assert status == 0
+    assert 'counter.ticks: {"guest": false, "rank": 2, "ticks": 0}' in out
+
+
+def test_run_prints_each_log_line_once_on_one_stream(counter, capsys):
+    status, out, err = run(["run", "--rpc", "fail", counter], capsys)
+    assert status == 1
+    assert out.count("counter.err[0]: RuntimeError: on purpose") == 1
+    assert "RuntimeError: on purpose" not in err
+
+
+def test_run_reports_a_runtime_failure_as_the_broker_does(counter, capsys):
+    status, out, err = run(["run", "--rpc", "crash", "--rpc", "ticks", counter], capsys)
+    assert status == 1
+    assert "Traceback" not in err
+    assert "flux-brokermod: the broker went down: counter module runtime failure" in err
+    assert "crashing now" in err  # the module's own stderr
+    assert "broker.crit[0]: counter module runtime failure" in out
