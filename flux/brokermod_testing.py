@@ -1,23 +1,28 @@
-"""Pytest fixtures for module authors: an in-memory broker and a real instance.
+"""Helpers for testing broker modules on a real Flux instance.
 
-Installed as a pytest plugin with the package, so these fixtures are
-available in any test suite once ``flux-brokermod`` is installed:
+The pytest fixtures built on them (``membroker``, ``flux_instance``) are in
+the plugin the package installs, ``flux_brokermod_pytest``.  This module's
+public API:
 
-``membroker``
-    A fresh :class:`flux.membroker.Broker`; every module still loaded is
-    removed afterwards.
-
-``flux_instance``
-    A private real Flux instance (``flux start``) whose ``.py`` modules run
-    on this library (see ``flux-brokermod setup``), torn down afterwards.
-    Skipped, with the reason, when flux-core 0.84 or newer is not on
-    ``PATH`` (or at ``$FLUX_BROKERMOD_FLUX``).
+* :class:`FluxInstance` (and :func:`start_instance`): a private instance
+  started with ``flux start``, with :meth:`~FluxInstance.load`,
+  :meth:`~FluxInstance.remove`, :meth:`~FluxInstance.rpc`,
+  :meth:`~FluxInstance.start_rpc` and :meth:`~FluxInstance.dmesg`;
+* :func:`find_flux`, :func:`flux_version` and :func:`skip_reason`: which
+  ``flux`` to use, and why real-instance tests cannot run here;
+* :class:`RPCResult`, :func:`wait_for` and :func:`module_names`.
 
 Example::
 
-    def test_info(flux_instance):
-        flux_instance.load("mymod.py")
-        assert flux_instance.rpc("mymod.info").get() == {"name": "mymod"}
+    from flux.brokermod_testing import start_instance
+
+    def test_info():
+        instance = start_instance()          # skips without flux-core 0.84+
+        try:
+            instance.load("mymod.py")
+            assert instance.rpc("mymod.info").get() == {"name": "mymod"}
+        finally:
+            instance.stop()
 """
 
 import json
@@ -35,7 +40,16 @@ import pytest
 
 from flux._brokermod_cli import loader_dir
 
-__all__ = ["FluxInstance", "find_flux", "flux_instance", "membroker"]
+__all__ = [
+    "FluxInstance",
+    "RPCResult",
+    "find_flux",
+    "flux_version",
+    "module_names",
+    "skip_reason",
+    "start_instance",
+    "wait_for",
+]
 
 #: Oldest flux-core whose loader runs Python modules.
 MIN_FLUX_VERSION = (0, 84, 0)
@@ -330,29 +344,6 @@ def start_instance(
     flux = find_flux()
     assert flux is not None
     return FluxInstance(flux, size=size, attrs=attrs, setup=setup, env=env).start()
-
-
-@pytest.fixture
-def flux_instance() -> Iterator[FluxInstance]:
-    """A private one-broker Flux instance running ``.py`` modules on this library."""
-    instance = start_instance(attrs={"broker.module-nopanic": "1"})
-    try:
-        yield instance
-    finally:
-        instance.stop()
-
-
-@pytest.fixture
-def membroker() -> Iterator[Any]:
-    """A fresh in-memory broker (:class:`flux.membroker.Broker`)."""
-    from flux.membroker import Broker
-
-    broker = Broker()
-    try:
-        yield broker
-    finally:
-        if broker.panicked is None:
-            broker.close()
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:

@@ -93,4 +93,4 @@ def target(request):
 
 # The package's pytest plugin (registered by its entry point when installed);
 # imported here too so the suite also runs from a plain checkout.
-from flux.brokermod_testing import flux_instance, membroker  # noqa: E402,F401
+from flux_brokermod_pytest import flux_instance, membroker  # noqa: E402,F401

@@ -1,6 +1,8 @@
 """The pytest fixtures the package installs for module authors."""
 
 import json
+import subprocess
+import sys
 import os
 
 import pytest
@@ -117,3 +119,62 @@ def test_flux_instance_fixture_tears_down(fake_instance):
     assert brokermod_testing.module_names is not None
     fake_instance.stop()
     assert fake_instance.stop() == 0  # stopping twice is harmless
+
+
+# The installed plugin next to a flux-core on PYTHONPATH (as `flux env` sets
+# it): stand-in flux packages, so no flux-core is needed.
+
+_AUTHOR_TEST = """
+import os
+import flux.brokermod
+
+
+def test_flux_brokermod_is_this_library():
+    assert not hasattr(flux.brokermod, "WHO"), flux.brokermod.__file__
+    assert os.path.dirname(flux.brokermod.__file__) == {ours!r}
+
+
+def test_membroker_fixture_runs(membroker):
+    from flux.brokermod import BrokerModule, request_handler
+
+    class Hi(BrokerModule):
+        @request_handler("hi")
+        def hi(self, msg):
+            return {{"hi": True}}
+
+    membroker.load(Hi, name="hi")
+    assert membroker.rpc("hi.hi").get() == {{"hi": True}}
+"""
+
+
+def _run_author_suite(tmp_path, init_source):
+    site = tmp_path / "site"
+    (site / "flux").mkdir(parents=True)
+    (site / "flux" / "__init__.py").write_text(init_source)
+    (site / "flux" / "brokermod.py").write_text("WHO = 'flux-core'\n")
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_author.py").write_text(_AUTHOR_TEST.format(ours=os.path.join(ROOT, "flux")))
+    env = dict(os.environ, PYTHONPATH=str(site))
+    env.pop("PYTEST_ADDOPTS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(suite)],
+        capture_output=True, text=True, cwd=str(suite), env=env, timeout=120,
+    )
+
+
+def test_a_broken_flux_core_never_takes_pytest_down(tmp_path):
+    result = _run_author_suite(tmp_path, "raise ImportError(\"No module named '_cffi_backend'\")\n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+    header = [line for line in result.stdout.splitlines() if line.startswith("flux-brokermod:")]
+    assert len(header) == 1 and "_cffi_backend" in header[0] and "flux-brokermod[flux]" in header[0]
+
+
+def test_next_to_flux_core_flux_brokermod_is_this_library(tmp_path):
+    result = _run_author_suite(
+        tmp_path, "from pkgutil import extend_path\n__path__ = extend_path(__path__, __name__)\n"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+    assert "flux-brokermod:" not in result.stdout

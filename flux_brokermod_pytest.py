@@ -1,0 +1,94 @@
+"""pytest plugin of flux-brokermod: fixtures for testing broker modules.
+
+Installed with the package (entry point ``pytest11``), so any test suite
+gets these fixtures:
+
+``membroker``
+    A fresh in-memory broker (:class:`flux.membroker.Broker`); every
+    module still loaded is removed afterwards.
+
+``flux_instance``
+    A private real Flux instance (``flux start``) whose ``.py`` modules run
+    on this library, torn down afterwards; skipped, with the reason,
+    without flux-core 0.84+ (see :mod:`flux.brokermod_testing`).
+
+This file holds fixtures only; the helpers behind them are in
+:mod:`flux.brokermod_testing`.  It lives outside the ``flux`` package on
+purpose: importing ``flux`` runs flux-core's package when flux-core's
+bindings are on the path, and must never take pytest down.  When that
+import fails (flux-core's Python requirements missing from the
+environment), the plugin says so once, with the fix, and makes ``flux``
+this project's package alone, so in-memory tests still run.  Once the
+plugin is loaded, ``import flux.brokermod`` means this library's module.
+"""
+
+import os
+import sys
+import types
+from typing import Any, Iterator, Optional
+
+import pytest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _prepare_flux_package() -> Optional[str]:
+    """Make ``flux.brokermod`` this project's; return why flux-core's
+    ``flux`` package could not be imported, if it could not."""
+    try:
+        import flux  # noqa: F401 - flux-core's, when installed
+    except ImportError as exc:
+        sys.modules.pop("flux", None)
+        package = types.ModuleType("flux", "flux-brokermod (flux-core's bindings could not be imported)")
+        ours = os.path.join(_HERE, "flux")
+        others = [
+            os.path.join(entry, "flux") for entry in sys.path
+            if entry and os.path.isdir(os.path.join(entry, "flux")) and os.path.join(entry, "flux") != ours
+        ]
+        package.__path__ = [ours, *others]  # type: ignore[attr-defined]
+        sys.modules["flux"] = package
+        return f"{type(exc).__name__}: {exc}"
+    from flux import _layout
+
+    _layout.prefer_this_package()
+    return None
+
+
+_BROKEN_FLUX_CORE = _prepare_flux_package()
+
+
+def pytest_report_header(config: Any) -> Optional[str]:
+    """Say once, in the header, when flux-core's bindings cannot be imported."""
+    if _BROKEN_FLUX_CORE is None:
+        return None
+    return (
+        f"flux-brokermod: flux-core's Python bindings are on the path but cannot be imported "
+        f"({_BROKEN_FLUX_CORE}); in-memory tests run, tests that need the bindings in this "
+        f"process cannot. Fix: pip install 'flux-brokermod[flux]' (flux-core's Python "
+        f"requirements) in this environment."
+    )
+
+
+@pytest.fixture
+def membroker() -> Iterator[Any]:
+    """A fresh in-memory broker (:class:`flux.membroker.Broker`)."""
+    from flux.membroker import Broker
+
+    broker = Broker()
+    try:
+        yield broker
+    finally:
+        if broker.panicked is None:
+            broker.close()
+
+
+@pytest.fixture
+def flux_instance() -> Iterator[Any]:
+    """A private one-broker Flux instance running ``.py`` modules on this library."""
+    from flux.brokermod_testing import start_instance
+
+    instance = start_instance(attrs={"broker.module-nopanic": "1"})
+    try:
+        yield instance
+    finally:
+        instance.stop()
