@@ -360,6 +360,14 @@ def describe_file(options: argparse.Namespace, out: Any = None) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``flux-brokermod`` console command."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader went away (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     options = _parser().parse_args(argv)
     if options.command == "describe":
         return describe_file(options)
