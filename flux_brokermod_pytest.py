@@ -5,7 +5,10 @@ gets these fixtures:
 
 ``membroker``
     A fresh in-memory broker (:class:`flux.membroker.Broker`); every
-    module still loaded is removed afterwards.
+    module still loaded is removed afterwards.  A handler exception fails
+    the test (unless marked ``flux_handler_errors``), a failed test shows
+    the broker's log, and a loaded module's ``instance`` is its
+    BrokerModule object.
 
 ``flux_instance``
     A private real Flux instance (``flux start``) whose ``.py`` modules run
@@ -69,9 +72,25 @@ def pytest_report_header(config: Any) -> Optional[str]:
     )
 
 
+def pytest_configure(config: Any) -> None:
+    """Register the plugin's marker."""
+    config.addinivalue_line(
+        "markers",
+        "flux_handler_errors: the test expects module handlers to raise; "
+        "the membroker fixture does not fail it for that",
+    )
+
+
 @pytest.fixture
-def membroker() -> Iterator[Any]:
-    """A fresh in-memory broker (:class:`flux.membroker.Broker`)."""
+def membroker(request: Any) -> Iterator[Any]:
+    """A fresh in-memory broker (:class:`flux.membroker.Broker`).
+
+    A handler that raises is answered and logged as usual, and then fails
+    the test at teardown with its traceback (mark the test
+    ``@pytest.mark.flux_handler_errors`` when that is expected).  A failed
+    test's report shows the broker's log.  ``broker.load(...)`` returns the
+    loaded module, whose ``instance`` is the BrokerModule object.
+    """
     from flux.membroker import Broker
 
     broker = Broker()
@@ -80,6 +99,15 @@ def membroker() -> Iterator[Any]:
     finally:
         if broker.panicked is None:
             broker.close()
+        log = "\n".join(broker.dmesg())
+        if log:
+            request.node.add_report_section("teardown", "flux dmesg (membroker)", log)
+    if broker.handler_errors and request.node.get_closest_marker("flux_handler_errors") is None:
+        pytest.fail(
+            "a module's handler raised (mark the test @pytest.mark.flux_handler_errors "
+            "if that is expected):\n\n" + "\n\n".join(str(error) for error in broker.handler_errors),
+            pytrace=False,
+        )
 
 
 @pytest.fixture

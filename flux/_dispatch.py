@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from flux import _aio
 from flux._constants import FLUX_MSGTYPE_REQUEST
 from flux._logtext import log_verbatim
+from flux._observe import handler_failed
 from flux._payloads import PayloadError, PayloadSchema
 from flux._libflux import RequestFacts, clear_msgcounters, is_streaming, msgcounters, request_facts
 
@@ -322,6 +323,7 @@ class Dispatcher:
         LOG_ERR; then, if *stop*, call the module's on_failure."""
         lines = traceback.format_exception(type(exc), exc, user_frames(exc.__traceback__))
         log_verbatim(self._h, syslog.LOG_ERR, f"{what} handler failed: {''.join(lines).rstrip()}")
+        handler_failed(self._h, what, exc)
         if stop:
             self._on_failure()
 

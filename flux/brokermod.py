@@ -32,6 +32,7 @@ from flux._dispatch import (
 )
 from flux._aio import run_to_completion
 from flux._logtext import log_verbatim
+from flux._observe import module_created
 from flux._options import Option, OptionError, option_table, options_of, parse_options
 from flux._payloads import PayloadError, schema_of
 from flux._libflux import RequestFacts, module_name, request_facts
@@ -402,6 +403,7 @@ class BrokerModule:
             self.__dict__["_flux_options"] = parse_options(declared, self._args)
         self._flux_dispatch = Dispatcher(h, self.log, self._handler_failed)
         self._register_handlers()
+        module_created(h, self)
 
     @property
     def handle(self) -> Any:

@@ -178,3 +178,66 @@ def test_next_to_flux_core_flux_brokermod_is_this_library(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
     assert "flux-brokermod:" not in result.stdout
+
+
+_PLUGIN_SUITE = """
+import pytest
+from flux.brokermod import BrokerModule, request_handler
+
+
+class Counter(BrokerModule):
+    def setup(self):
+        self.count = 0
+
+    @request_handler("bump")
+    def bump(self, msg):
+        self.count += 1
+        return {{}}
+
+    @request_handler("boom")
+    def boom(self, msg):
+        raise RuntimeError("boom in the handler")
+
+
+def test_instance_state_without_extra_handlers(membroker):
+    module = membroker.load(Counter, name="counter")
+    membroker.rpc("counter.bump").get()
+    membroker.rpc("counter.bump").get()
+    assert module.instance.count == 2
+
+
+def test_a_handler_error_fails_the_test(membroker):
+    membroker.load(Counter, name="counter")
+    membroker.rpc("counter.boom").wait_for()  # answered EIO, and the test fails at teardown
+
+
+@pytest.mark.flux_handler_errors
+def test_an_expected_handler_error(membroker):
+    membroker.load(Counter, name="counter")
+    with pytest.raises(OSError):
+        membroker.rpc("counter.boom").get()
+
+
+def test_a_failing_test_shows_the_log(membroker):
+    membroker.load(Counter, name="counter")
+    assert False, "failing on purpose"
+"""
+
+
+def test_fixture_gives_the_instance_fails_on_handler_errors_and_shows_the_log(tmp_path):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_suite.py").write_text(_PLUGIN_SUITE.format())
+    env = dict(os.environ)
+    env.pop("PYTEST_ADDOPTS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", str(suite)],
+        capture_output=True, text=True, cwd=str(suite), env=env, timeout=120,
+    )
+    out = result.stdout
+    assert "PASSED test_suite.py::test_instance_state_without_extra_handlers" in out
+    assert "ERROR test_suite.py::test_a_handler_error_fails_the_test" in out
+    assert "RuntimeError: boom in the handler" in out
+    assert "PASSED test_suite.py::test_an_expected_handler_error" in out
+    assert "FAILED test_suite.py::test_a_failing_test_shows_the_log" in out
+    assert "flux dmesg (membroker)" in out and "broker.debug[0]: insmod counter" in out

@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import syslog
+import traceback
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
@@ -113,6 +114,9 @@ class LoadedModule:
         self.stderr = _Output(broker.stderr)
         self.services: Set[str] = {name}
         self.inflight: Dict[int, Message] = {}
+        #: The BrokerModule instance the module runs (None for a mod_main
+        #: that made none), for tests to inspect.
+        self.instance: Any = None
         self.ctx = Strand(name)
         self.ctx.output = self.stderr
         self.handle = Handle(broker.link, broker.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, self)
@@ -143,6 +147,22 @@ class _Output(io.StringIO):
         super().flush()
 
 
+class HandlerError:
+    """An exception a module's handler raised: ``module``, ``what`` (the
+    handler, as the log names it) and ``exception``."""
+
+    __slots__ = ("module", "what", "exception")
+
+    def __init__(self, module: str, what: str, exception: BaseException) -> None:
+        self.module = module
+        self.what = what
+        self.exception = exception
+
+    def __str__(self) -> str:
+        lines = traceback.format_exception(type(self.exception), self.exception, self.exception.__traceback__)
+        return f"{self.module}: {self.what} handler failed:\n{''.join(lines).rstrip()}"
+
+
 class BrokerLink:
     """What a :class:`Handle` asks of its broker: the one interface from
     handles to the broker (handles touch nothing else of it).
@@ -166,6 +186,10 @@ class BrokerLink:
     def attr(self, name: str) -> str:
         """Broker attribute *name* (KeyError if unset)."""
         return self._broker.attrs[name]
+
+    def handler_failed(self, record: Optional["LoadedModule"], what: str, exc: BaseException) -> None:
+        """Keep a handler failure for the test (see :attr:`Broker.handler_errors`)."""
+        self._broker.handler_errors.append(HandlerError(record.name if record else "client", what, exc))
 
     def config(self) -> Dict[str, Any]:
         """The instance's configuration (a copy)."""
@@ -318,6 +342,9 @@ class Broker:
         #: What module loaders printed (the broker's stderr), line by line.
         self.stderr: List[str] = []
         self.panicked: Optional[str] = None
+        #: Every exception a module's handler raised (the library answered
+        #: and logged it); the pytest fixture fails the test on them.
+        self.handler_errors: List[HandlerError] = []
         #: Why a module would hang forever on a real instance, once one would.
         self.hung: Optional[str] = None
         self._strands = Strands()

@@ -581,6 +581,15 @@ class Handle:
             record.debug_flags &= ~flag
         return True
 
+    def _brokermod_module_created(self, instance: Any) -> None:
+        """The BrokerModule running on this handle (see flux._observe)."""
+        if self._record is not None:
+            self._record.instance = instance
+
+    def _brokermod_handler_failed(self, what: str, exc: BaseException) -> None:
+        """A handler raised (see flux._observe): keep it for the test."""
+        self._link.handler_failed(self._record, what, exc)
+
     def _brokermod_module_name(self) -> str:
         """The module's name, which libflux keeps in the handle (see flux._libflux)."""
         return self._require_module("module name").name
