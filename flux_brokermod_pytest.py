@@ -15,6 +15,10 @@ gets these fixtures:
     on this library, torn down afterwards; skipped, with the reason,
     without flux-core 0.84+ (see :mod:`flux.brokermod_testing`).
 
+``flux_broker``
+    Each test twice, on the in-memory broker and on a real instance shared
+    by the session (``flux_session_instance``), with the same calls.
+
 This file holds fixtures only; the helpers behind them are in
 :mod:`flux.brokermod_testing`.  It lives outside the ``flux`` package on
 purpose: importing ``flux`` runs flux-core's package when flux-core's
@@ -120,3 +124,55 @@ def flux_instance() -> Iterator[Any]:
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture(scope="session")
+def flux_session_instance() -> Iterator[Any]:
+    """One real instance for the whole test session (``broker.module-nopanic=1``,
+    so a crashing module cannot take it down for the tests after it);
+    skipped, with the reason, without flux-core 0.84+."""
+    from flux.brokermod_testing import start_instance
+
+    instance = start_instance(attrs={"broker.module-nopanic": "1"})
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(params=["memory", "real"])
+def flux_broker(request: Any) -> Iterator[Any]:
+    """Each test twice, with the same calls: on the in-memory broker
+    (:class:`~flux.brokermod_testing.MemoryBroker`) and on a real instance
+    (:class:`~flux.brokermod_testing.RealBroker`, skipped without
+    flux-core).  ``load``, ``remove``, ``rpc(topic, payload, guest=,
+    streaming=)``, ``event``, ``dmesg``, ``modules``, ``settle``...
+
+    The real instance is shared by the session; the modules a test loaded
+    are removed after it.  In memory, a handler exception fails the test
+    as with ``membroker``.
+    """
+    from flux.brokermod_testing import MemoryBroker, RealBroker
+
+    if request.param == "memory":
+        broker = MemoryBroker()
+    else:
+        broker = RealBroker(request.getfixturevalue("flux_session_instance"))
+    before = set(broker.modules())
+    broker.clear_log()
+    try:
+        yield broker
+    finally:
+        for name in set(broker.modules()) - before:
+            broker.remove(name)
+        log = "\n".join(broker.dmesg())
+        if log:
+            request.node.add_report_section("teardown", f"flux dmesg ({request.param})", log)
+        broker.close()
+    errors = [] if broker.real else broker.broker.handler_errors
+    if errors and request.node.get_closest_marker("flux_handler_errors") is None:
+        pytest.fail(
+            "a module's handler raised (mark the test @pytest.mark.flux_handler_errors "
+            "if that is expected):\n\n" + "\n\n".join(str(error) for error in errors),
+            pytrace=False,
+        )

@@ -25,6 +25,7 @@ Example::
             instance.stop()
 """
 
+import errno
 import json
 import os
 import re
@@ -42,6 +43,9 @@ from flux._brokermod_cli import loader_dir
 
 __all__ = [
     "FluxInstance",
+    "MemoryBroker",
+    "RealBroker",
+    "collect_answers",
     "RPCResult",
     "find_flux",
     "flux_version",
@@ -359,3 +363,229 @@ def module_names(instance: FluxInstance) -> Sequence[str]:
     """Names in ``flux module list`` of *instance*."""
     lines = instance.flux("module", "list").stdout.splitlines()[1:]
     return [line.split()[0] for line in lines if line.strip()]
+
+
+# One interface over both brokers
+
+#: The userid of the guest that ``guest=True`` acts as.
+GUEST = 1234
+
+
+def _membroker() -> Any:
+    """flux.membroker, imported when first needed."""
+    from flux import membroker
+
+    return membroker
+
+
+def collect_answers(future: Any, streaming: bool) -> List[Dict[str, Any]]:
+    """Every answer *future* gets, as RPCResult records.
+
+    ``wait_for()`` comes first and is not caught: when no answer comes,
+    the in-memory broker's EDEADLK or ETIMEDOUT fails the test instead of
+    passing for an error answer.
+    """
+    answers = []
+    while True:
+        future.wait_for()
+        try:
+            answers.append({"payload": future.get_str()})
+        except OSError as exc:
+            answers.append({"errno": exc.errno, "error": exc.strerror})
+            break
+        if not streaming:
+            break
+        future.reset()
+    return answers
+
+
+class MemoryBroker:
+    """The in-memory broker (:class:`flux.membroker.Broker`) behind the
+    interface :class:`RealBroker` shares, so one test body runs on both.
+
+    ``broker`` is the in-memory broker itself.
+    """
+
+    #: False here, True for :class:`RealBroker`.
+    real = False
+
+    def __init__(self, attrs=None):
+        self.broker = _membroker().Broker(attrs=attrs)
+
+    def load(self, path, *args, name=None):
+        self.broker.load(path, *args, name=name)
+
+    def try_load(self, path, *args):
+        """Load; return None, or the errno the load failed with."""
+        try:
+            self.broker.load(path, *args)
+        except _membroker().ModuleError as exc:
+            return exc.errno
+        return None
+
+    def load_error(self, path, *args, name=None):
+        """Load that must fail: return (errno or None, broker stderr text)."""
+        before = len(self.broker.stderr)
+        with pytest.raises(_membroker().ModuleError) as info:
+            self.broker.load(path, *args, name=name)
+        return info.value.errno, "\n".join(self.broker.stderr[before:] + [str(info.value)])
+
+    def remove(self, name):
+        self.broker.remove(name)
+
+    def load_on(self, path, rank, *args):
+        """Load on *rank* (a number, or "all")."""
+        self.broker.load(path, *args, rank=rank)
+
+    def remove_on(self, name, rank):
+        self.broker.remove(name, rank=rank)
+
+    def _client(self, guest):
+        return self.broker.connect(userid=GUEST, rolemask=_membroker().FLUX_ROLE_USER) if guest else self.broker.connect()
+
+    def rpc(self, topic, payload=None, streaming=False, guest=False):
+        future = self._client(guest).rpc(topic, payload, flags=_membroker().FLUX_RPC_STREAMING if streaming else 0)
+        return RPCResult(topic, collect_answers(future, streaming))
+
+    def start_rpc(self, topic, payload=None):
+        future = self.broker.connect().rpc(topic, payload)
+        self.broker.run_until_idle()
+
+        class Pending:
+            def wait(self_):
+                return RPCResult(topic, collect_answers(future, False))
+
+        return Pending()
+
+    def event(self, topic, payload=None, guest=False):
+        self._client(guest).event_send(topic, payload)
+        self.broker.run_until_idle()
+
+    def dmesg(self):
+        return self.broker.dmesg()
+
+    def clear_log(self):
+        for rank in range(self.broker.size):
+            self.broker._logs[rank].clear()
+
+    def dmesg_on(self, rank):
+        return self.broker.dmesg(rank=rank)
+
+    def stderr_text(self):
+        return "\n".join(self.broker.stderr)
+
+    def modules(self):
+        return list(self.broker.modules)
+
+    def owner(self):
+        return self.broker.owner
+
+    def settle(self, predicate, what, timeout=30.0):
+        """Let virtual time pass (up to *timeout* s, as RealTarget waits) until *predicate*."""
+        self.broker.run_until_idle()
+        for _ in range(int(timeout * 10)):
+            if predicate():
+                return
+            self.broker.advance(0.1)
+        assert predicate(), what
+
+    def wait(self, seconds):
+        """Let *seconds* pass (virtual time here)."""
+        self.broker.advance(seconds)
+
+    def close(self):
+        if self.broker.panicked is None:
+            self.broker.close()
+
+
+class RealBroker:
+    """A real instance (a :class:`FluxInstance`) behind the interface
+    :class:`MemoryBroker` shares.
+
+    ``instance`` is the :class:`FluxInstance`.
+    """
+
+    #: True here, False for :class:`MemoryBroker`.
+    real = True
+
+    def __init__(self, instance):
+        self.instance = instance
+
+    def load(self, path, *args, name=None):
+        self.instance.load(path, *args, name=name)
+
+    def try_load(self, path, *args):
+        result = self.instance.flux("module", "load", path, *args)
+        if result.returncode == 0:
+            return None
+        codes = {os.strerror(code): code for code in errno.errorcode}
+        found = [code for message, code in codes.items() if message in result.stderr]
+        return found[0] if found else -1
+
+    def load_error(self, path, *args, name=None):
+        before = len(self.instance.stderr())
+        cmd = ["module", "load"] + (["--name", name] if name else []) + [path, *args]
+        result = self.instance.flux(*cmd)
+        assert result.returncode != 0, f"load of {path} should have failed"
+        text = self.instance.stderr()[before:] + result.stderr
+        codes = {os.strerror(code): code for code in errno.errorcode}
+        found = [code for message, code in codes.items() if message in result.stderr]
+        return (found[0] if found else None), text
+
+    def remove(self, name):
+        self.instance.remove(name)
+
+    def load_on(self, path, rank, *args):
+        """Load on *rank* (a number, or "all"), with ``flux exec -r``."""
+        self.instance.load(path, *args, rank=str(rank))
+
+    def remove_on(self, name, rank):
+        self.instance.remove(name, rank=str(rank))
+
+    def rpc(self, topic, payload=None, streaming=False, guest=False):
+        return self.instance.rpc(topic, payload, streaming=streaming, guest=guest)
+
+    def start_rpc(self, topic, payload=None):
+        return self.instance.start_rpc(topic, payload)
+
+    def event(self, topic, payload=None, guest=False):
+        env = {"FLUX_HANDLE_USERID": str(GUEST), "FLUX_HANDLE_ROLEMASK": "0x2"} if guest else None
+        if payload is None:
+            args = ["event", "pub", topic]
+        elif isinstance(payload, str):  # a string payload, as event_send() sends a str
+            args = ["event", "pub", topic, payload]
+        else:
+            args = ["event", "pub", topic, json.dumps(payload)]
+        result = self.instance.flux(*args, env=env)
+        assert result.returncode == 0, result.stderr
+
+    def dmesg(self):
+        return self.instance.dmesg()
+
+    def clear_log(self):
+        for rank in range(self.instance.size):
+            result = self.instance.flux("exec", "-r", str(rank), "flux", "dmesg", "--clear")
+            assert result.returncode == 0, result.stderr
+
+    def stderr_text(self):
+        return self.instance.stderr()
+
+    def dmesg_on(self, rank):
+        out = self.instance.flux("exec", "-r", str(rank), "flux", "dmesg").stdout
+        return [line.split(" ", 1)[1] if " " in line else line for line in out.splitlines()]
+
+    def modules(self):
+        return module_names(self.instance)
+
+    def owner(self):
+        return os.getuid()
+
+    def settle(self, predicate, what, timeout=30.0):
+        wait_for(predicate, timeout=timeout, what=what)
+
+    def wait(self, seconds):
+        """Let *seconds* pass."""
+        time.sleep(seconds)
+
+    def close(self):
+        pass

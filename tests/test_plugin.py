@@ -241,3 +241,42 @@ def test_fixture_gives_the_instance_fails_on_handler_errors_and_shows_the_log(tm
     assert "PASSED test_suite.py::test_an_expected_handler_error" in out
     assert "FAILED test_suite.py::test_a_failing_test_shows_the_log" in out
     assert "flux dmesg (membroker)" in out and "broker.debug[0]: insmod counter" in out
+
+
+_BOTH_SUITE = """
+import errno
+import os
+
+EXAMPLES = {examples!r}
+
+
+def test_calculator_on_both_brokers(flux_broker):
+    flux_broker.load(os.path.join(EXAMPLES, "calculator.py"))
+    assert flux_broker.rpc("calculator.add", {{"a": 1, "b": 2}}).get() == {{"result": 3.0}}
+    assert flux_broker.rpc("calculator.add", {{"a": 1, "b": 2}}, guest=True).get() == {{"result": 3.0}}
+    try:
+        flux_broker.rpc("calculator.div", {{"a": 1, "b": 0}}).get()
+    except OSError as exc:
+        assert exc.errno == errno.EDOM
+    stream = flux_broker.rpc("calculator.add", {{"a": 1, "b": 1}}, streaming=True)
+    assert stream.stream() == [{{"result": 2.0}}]
+"""
+
+
+def test_one_test_body_runs_on_both_brokers(tmp_path):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_both.py").write_text(_BOTH_SUITE.format(examples=os.path.join(ROOT, "examples")))
+    env = dict(os.environ)
+    env.pop("PYTEST_ADDOPTS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", str(suite)],
+        capture_output=True, text=True, cwd=str(suite), env=env, timeout=300,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "PASSED test_both.py::test_calculator_on_both_brokers[memory]" in out
+    if brokermod_testing.skip_reason() is None:
+        assert "PASSED test_both.py::test_calculator_on_both_brokers[real]" in out
+    else:
+        assert "SKIPPED" in out and "no real Flux" in out
