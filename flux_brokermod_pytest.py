@@ -32,7 +32,7 @@ plugin is loaded, ``import flux.brokermod`` means this library's module.
 import os
 import sys
 import types
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, List, Optional
 
 import pytest
 
@@ -103,15 +103,8 @@ def membroker(request: Any) -> Iterator[Any]:
     finally:
         if broker.panicked is None:
             broker.close()
-        log = "\n".join(broker.dmesg())
-        if log:
-            request.node.add_report_section("teardown", "flux dmesg (membroker)", log)
-    if broker.handler_errors and request.node.get_closest_marker("flux_handler_errors") is None:
-        pytest.fail(
-            "a module's handler raised (mark the test @pytest.mark.flux_handler_errors "
-            "if that is expected):\n\n" + "\n\n".join(str(error) for error in broker.handler_errors),
-            pytrace=False,
-        )
+        _report_log(request, "membroker", broker.dmesg())
+    _fail_on_handler_errors(request, broker.handler_errors)
 
 
 @pytest.fixture
@@ -165,11 +158,19 @@ def flux_broker(request: Any) -> Iterator[Any]:
     finally:
         for name in set(broker.modules()) - before:
             broker.remove(name)
-        log = "\n".join(broker.dmesg())
-        if log:
-            request.node.add_report_section("teardown", f"flux dmesg ({request.param})", log)
+        _report_log(request, request.param, broker.dmesg())
         broker.close()
-    errors = [] if broker.real else broker.broker.handler_errors
+    _fail_on_handler_errors(request, [] if broker.real else broker.broker.handler_errors)
+
+
+def _report_log(request: Any, which: str, lines: List[str]) -> None:
+    """Attach the broker's log to the test's report (shown if it fails)."""
+    if lines:
+        request.node.add_report_section("teardown", f"flux dmesg ({which})", "\n".join(lines))
+
+
+def _fail_on_handler_errors(request: Any, errors: List[Any]) -> None:
+    """Fail the test on handler exceptions, unless it is marked as expecting them."""
     if errors and request.node.get_closest_marker("flux_handler_errors") is None:
         pytest.fail(
             "a module's handler raised (mark the test @pytest.mark.flux_handler_errors "
