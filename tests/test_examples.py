@@ -92,3 +92,16 @@ def test_every_example_is_exercised_by_a_test():
     examples = os.path.join(os.path.dirname(here), "examples")
     untested = [name for name in sorted(os.listdir(examples)) if name.endswith(".py") and name not in texts]
     assert untested == []
+
+
+def test_every_example_the_code_names_exists():
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    named = set()
+    for directory, _, files in os.walk(os.path.join(root, "flux")):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(directory, name)) as f:
+                    named.update(re.findall(r"examples/(\w+\.py)", f.read()))
+    assert named and all(os.path.exists(os.path.join(root, "examples", name)) for name in named), named

@@ -280,3 +280,24 @@ def test_one_test_body_runs_on_both_brokers(tmp_path):
         assert "PASSED test_both.py::test_calculator_on_both_brokers[real]" in out
     else:
         assert "SKIPPED" in out and "no real Flux" in out
+
+
+@pytest.mark.real_flux
+@pytest.mark.skipif(brokermod_testing.skip_reason() is not None, reason=str(brokermod_testing.skip_reason()))
+def test_inside_flux_env_with_the_real_bindings(tmp_path):
+    """PYTHONPATH as `flux env` sets it: flux-core's own bindings.  Whether or
+    not this virtualenv has flux-core's requirements, pytest runs and
+    flux.brokermod is this library's."""
+    out = subprocess.run([brokermod_testing.find_flux(), "env"], capture_output=True, text=True).stdout
+    pythonpath = next(line.split("=", 1)[1].strip('"') for line in out.splitlines() if "PYTHONPATH=" in line)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_author.py").write_text(_AUTHOR_TEST.format(ours=os.path.join(ROOT, "flux")))
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    env.pop("PYTEST_ADDOPTS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(suite)],
+        capture_output=True, text=True, cwd=str(suite), env=env, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout

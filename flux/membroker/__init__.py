@@ -12,8 +12,8 @@ Example::
     from flux.membroker import Broker
 
     with Broker() as broker:
-        broker.load("examples/info.py")
-        print(broker.rpc("info.info").get())
+        broker.load("examples/mymod.py")
+        print(broker.rpc("mymod.info").get())
 """
 
 from flux.membroker._broker import (
