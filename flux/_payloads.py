@@ -171,7 +171,9 @@ class PayloadSchema:
         """
         text = msg.payload_str
         if text is None:
-            raise PayloadError(f"request has no payload; expected a JSON object with {self._summary()}")
+            if any(field.required for field in self._fields):
+                raise PayloadError(f"request has no payload; expected a JSON object with {self._summary()}")
+            return {}  # every field is optional: no payload means none of them
         try:
             payload = json.loads(text)
         except ValueError as exc:

@@ -158,3 +158,8 @@ def test_any_json_payload_is_accepted_or_refused_with_payload_error(payload):
         return
     assert isinstance(fields["a"], int) and not isinstance(fields["a"], bool)
     assert set(fields) <= {"a", "b", "c"}
+
+
+def test_no_payload_is_fine_when_every_field_is_optional(typed):
+    assert typed.rpc("typed.opt").get() == {"n": None, "tag": 0}
+    assert error_of(typed.rpc("typed.flags"))[1].startswith("request has no payload; expected a JSON object with on")
