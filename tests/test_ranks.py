@@ -139,3 +139,33 @@ def test_each_rank_keeps_its_own_log_and_errors_reach_stderr(ranks):
     ranks.settle(lambda: "ranky.err[2]: complaint on rank 2" in ranks.stderr_text(), "rank 2's error on stderr")
     assert "ranky.err[2]: complaint on rank 2" in ranks.dmesg_on(2)
     assert "ranky.err[2]: complaint on rank 2" not in ranks.dmesg_on(0)
+
+
+@pytest.fixture(params=["membroker", "real"])
+def four_ranks(request):
+    """An empty four-rank broker of each kind (the real one skips without flux-core)."""
+    if request.param == "membroker":
+        from flux.membroker import Broker
+
+        target = MemTarget()
+        target.broker = Broker(size=4)
+    else:
+        target = RealTarget(request.getfixturevalue("four_brokers"))
+    yield target
+    target.close()
+
+
+def test_the_ranks_example_collects_every_ranks_reports_on_rank_0(four_ranks):
+    """examples/ranks.py on four ranks: every rank reports to rank 0."""
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "ranks.py")
+    four_ranks.load_on(path, "all", "every=0.2")
+    four_ranks.settle(lambda: _ranks_status(four_ranks)["reporting"] == ["0", "1", "2", "3"], "every rank's report")
+    assert _ranks_status(four_ranks)["size"] == 4
+    assert four_ranks.client("emit(h.rpc('ranks.status', nodeid=3).get())") == [{"rank": 3, "ask": "rank 0"}]
+    four_ranks.remove_on("ranks", "all")
+
+
+def _ranks_status(target):
+    return target.client("emit(h.rpc('ranks.status', nodeid=0).get())")[0]
