@@ -326,6 +326,11 @@ def _collect_handlers(cls: type) -> Dict[str, Dict[str, Any]]:
             spec = _handler_spec(klass, attr, value)
             if spec is None:
                 continue
+            if attr in _BASE_NAMES:
+                raise TypeError(
+                    f"{klass.__qualname__}.{attr}: a handler method named {attr!r} hides "
+                    f"BrokerModule.{attr}, which the module needs; give the method another name"
+                )
             key = (spec["msgtype"], spec["topic"], spec["prefix"])
             if key in own:
                 raise TypeError(
@@ -497,7 +502,7 @@ class BrokerModule:
         is, any other exception is logged with its traceback and raised as
         the ``__cause__`` of an OSError (ECONNRESET).
         """
-        run_to_completion(self.setup())
+        run_to_completion(self._lifecycle("setup"))
         try:
             rc = self._flux_dispatch.run_reactor()
         except OSError:
@@ -507,7 +512,7 @@ class BrokerModule:
             raise OSError(errno.ECONNRESET, f"reactor exited with error: {exception_text(exc)}") from exc
         finally:
             try:
-                run_to_completion(self.teardown())
+                run_to_completion(self._lifecycle("teardown"))
             except BaseException as exc:  # noqa: BLE001 - logged; the outcome stands
                 self._flux_dispatch.failed("teardown", exc, stop=False)
         if rc < 0 or self._stopped_with_error:
@@ -571,6 +576,14 @@ class BrokerModule:
         guest = not msg.rolemask & _ROLE_OWNER
         h.respond(msg, describe(type(self), self._name, guest=guest))
 
+    def _lifecycle(self, hook: str) -> Any:
+        """Call ``setup``/``teardown`` unless a module written for flux-core
+        uses that name for a handler."""
+        method = getattr(self, hook)
+        if getattr(method, "_flux_handler", None) is not None:
+            return None
+        return method()
+
     def _seconds(self, timer: str, value: Union[float, str], what: str) -> float:
         """A timer's *after* or *repeat*: a number, or the option or attribute it names."""
         if not isinstance(value, str):
@@ -586,6 +599,12 @@ class BrokerModule:
     def _handler_failed(self) -> None:
         if self.stop_on_error:
             self.stop_error()
+
+
+# The names flux-core's BrokerModule already had, which the module needs;
+# the names this library added (rank, size, timer, setup...) stay free for
+# handlers written for flux-core, which may well use them.
+_BASE_NAMES = frozenset(["run", "stop", "stop_error", "set_running", "debug_test", "handle", "name", "args"])
 
 
 def describe(cls: type, name: str, guest: bool = False) -> Dict[str, Any]:

@@ -159,3 +159,23 @@ def test_prefer_this_package_is_harmless_on_a_namespace_package():
     import flux.brokermod as b
 
     assert b is brokermod
+
+
+def test_handlers_may_use_the_names_this_library_added():
+    """A module written for flux-core may name handlers rank, size, setup,
+    timer...: they keep working (only flux-core's own names are refused)."""
+    from flux.membroker import Broker
+
+    class Old(brokermod.BrokerModule):
+        @brokermod.request_handler("rank")
+        def rank(self, msg):
+            self.handle.respond(msg, {"rank": self.handle.get_rank()})
+
+        @brokermod.request_handler("setup")
+        def setup(self, msg):
+            self.handle.respond(msg, {"setup": True})
+
+    with Broker() as broker:
+        broker.load(Old, name="old")
+        assert broker.rpc("old.rank").get() == {"rank": 0}
+        assert broker.rpc("old.setup").get() == {"setup": True}

@@ -645,3 +645,12 @@ def test_logger_sends_any_object_as_text(broker, write_module):
         "anylog.info[0]: %d apples",
         "anylog.info[0]: \ufffd 5%",
     ]
+
+
+def test_a_handler_named_like_a_brokermodule_method_fails_at_class_definition():
+    with pytest.raises(TypeError, match=r"Bad.run: a handler method named 'run' hides BrokerModule.run"):
+
+        class Bad(BrokerModule):
+            @request_handler("run")
+            def run(self, msg):
+                pass
