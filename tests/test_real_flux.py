@@ -477,3 +477,19 @@ def test_flux_cores_other_python_schedulers_run_jobs_on_this_library(flux, sched
     finally:
         flux.flux("module", "load", "sched-simple")
     assert "sched-simple" in module_names(flux)
+
+
+def test_flux_cores_sched_simple_runs_on_this_library(flux):
+    """flux-core 0.88's default scheduler, sched-simple, is a Python module:
+    under the setup it runs on this project's loader and schedules jobs."""
+    processes = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                processes.append(f.read().replace(b"\0", b" ").decode(errors="replace").strip())
+        except (OSError, ValueError):
+            continue
+    ours = os.path.join(ROOT, "flux", "_libexec", "flux-module-python-exec.py")
+    assert any(ours in line and line.endswith("sched-simple.py") for line in processes), "no sched-simple on our loader"
+    run = flux.flux("run", "hostname")
+    assert run.returncode == 0 and run.stdout.strip() == os.uname().nodename
