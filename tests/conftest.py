@@ -76,6 +76,19 @@ def real_broker():
         assert instance.stop() == 0, instance.stderr()[-2000:]
 
 
+@pytest.fixture(scope="module")
+def real_instance():
+    """A real instance for the test module WITH broker.module-nopanic=1 (tests
+    that make modules fail at run time on purpose); skipped without flux-core."""
+    from flux.brokermod_testing import start_instance
+
+    instance = start_instance(attrs={"broker.module-nopanic": "1"})
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
 @pytest.fixture(params=["membroker", "real"])
 def target(request):
     """Each test twice: on the in-memory broker and on a real instance

@@ -12,20 +12,6 @@ import pytest
 from _helpers import error_of
 from _targets import GUEST, MemTarget, RealTarget
 
-from flux.brokermod_testing import skip_reason, start_instance
-
-
-@pytest.fixture(scope="module")
-def real_instance():
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    instance = start_instance(attrs={"broker.module-nopanic": "1"})
-    try:
-        yield instance
-    finally:
-        instance.stop()
-
 
 @pytest.fixture(params=["membroker", "real"])
 def target(request):

@@ -21,7 +21,7 @@ from _targets import MemTarget, RealTarget
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flux.brokermod_testing import skip_reason, start_instance
+from flux.brokermod_testing import skip_reason
 
 pytestmark = [
     pytest.mark.real_flux,
@@ -205,15 +205,6 @@ def _reset(target):
         if name in target.modules():
             target.remove(name)
     target.clear_log()
-
-
-@pytest.fixture(scope="module")
-def real_instance():
-    instance = start_instance(attrs={"broker.module-nopanic": "1"})
-    try:
-        yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture(scope="module")

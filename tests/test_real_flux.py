@@ -24,12 +24,9 @@ EXAMPLES = os.path.join(ROOT, "examples")
 
 
 @pytest.fixture(scope="module")
-def flux():
-    instance = start_instance(attrs={"broker.module-nopanic": "1"})
-    try:
-        yield instance
-    finally:
-        instance.stop()
+def flux(real_instance):
+    """This file's tests share conftest's nopanic instance."""
+    return real_instance
 
 
 def test_load_ping_list_stats_remove(flux):
