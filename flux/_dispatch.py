@@ -28,7 +28,9 @@ from flux._constants import FLUX_MSGTYPE_REQUEST
 from flux._logtext import log_verbatim
 from flux._observe import handler_failed
 from flux._payloads import PayloadError, PayloadSchema
-from flux._libflux import RequestFacts, clear_msgcounters, is_streaming, msgcounters, request_facts
+from flux._libflux import (
+    RequestFacts, clear_msgcounters, is_streaming, msgcounters, raw_message_class, request_facts,
+)
 
 
 class Dispatcher:
@@ -109,9 +111,9 @@ class Dispatcher:
         """Answer *msg* with what its handler returned (a streaming request: then ENODATA)."""
         if answered.is_final(msg):
             raise AnswerError(msg, f"the handler answered and also returned {type(result).__name__} {result!r:.40}")
-        self._h.respond(msg, _encoded(result))
-        if is_streaming(msg):
-            self._h.respond_error(msg, errno.ENODATA)
+        answered.respond(msg, _encoded(result))
+        if not answered.is_final(msg):  # a streaming request: end its stream
+            answered.respond_error(msg, errno.ENODATA)
 
     def event_callback(self, method: Callable[[Any], Any], kind: str) -> Callable[..., None]:
         """The callback of event handler *method*: failures are logged, never raised."""
@@ -403,7 +405,10 @@ class AnswerTracker:
     def __init__(self, h: Any) -> None:
         self._respond = h.respond
         self._respond_error = h.respond_error
-        # The message objects that got their final answer; gone with them.
+        # Messages of this class carry their own record and are answered
+        # through libflux directly (flux._rawmsg); others are recorded here,
+        # gone with them.
+        self._raw = raw_message_class(h)
         self._final: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
     @classmethod
@@ -418,6 +423,12 @@ class AnswerTracker:
 
     def respond(self, message: Any, payload: Any = None) -> None:
         """Send a response, as ``flux.Flux.respond`` does."""
+        if type(message) is self._raw:
+            if message._answered:
+                raise AnswerError(message)
+            message._respond(payload)
+            message._answered = not message._streaming()
+            return
         if message in self._final:
             raise AnswerError(message)
         self._respond(message, payload)
@@ -426,6 +437,12 @@ class AnswerTracker:
 
     def respond_error(self, message: Any, errnum: int, errstr: Any = None) -> None:
         """Send an error response, as ``flux.Flux.respond_error`` does."""
+        if type(message) is self._raw:
+            if message._answered:
+                raise AnswerError(message)
+            message._respond_error(errnum, errstr)
+            message._answered = True
+            return
         if message in self._final:
             raise AnswerError(message)
         self._respond_error(message, errnum, errstr)
@@ -433,6 +450,8 @@ class AnswerTracker:
 
     def is_final(self, message: Any) -> bool:
         """Return True if *message* already got a final answer."""
+        if type(message) is self._raw:
+            return message._answered  # type: ignore[no-any-return]
         return message in self._final
 
     def _mark_final(self, message: Any) -> None:

@@ -7,9 +7,12 @@ in-memory broker's own record (its ``_brokermod_*`` hooks) for an
 in-memory one.
 """
 
-from typing import Any, Dict, NamedTuple
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
-__all__ = ["RequestFacts", "clear_msgcounters", "is_streaming", "module_name", "msgcounters", "request_facts"]
+__all__ = [
+    "RequestFacts", "clear_msgcounters", "is_streaming", "module_name", "msgcounters",
+    "raw_message_class", "request_facts", "watch",
+]
 
 
 class RequestFacts(NamedTuple):
@@ -99,3 +102,30 @@ def module_name(h: Any) -> str:
     lib = _libflux()
     name = _FFI.cast("char *", lib.flux_aux_get(h.handle, b"flux::name"))
     return _FFI.string(name).decode() if name != _FFI.NULL else "unknown"
+
+
+def watch(h: Any, callback: Callable[..., None], msgtype: int, topic: str, rolemask: Optional[int]) -> Any:
+    """A (stopped) watcher calling ``callback(h, watcher, msg, None)`` for each
+    *msgtype* message matching *topic* that *rolemask* (None: the owner) may send.
+
+    On a flux-core handle it is a libflux message handler of its own
+    (:mod:`flux._rawmsg`, the fast lane); elsewhere the handle's
+    ``msg_watcher_create``.
+    """
+    hook = getattr(type(h), "_brokermod_watch", None)
+    if hook is not None:
+        return hook(h, callback, msgtype, topic, rolemask)
+    from flux._rawmsg import RawMessageWatcher
+
+    return RawMessageWatcher(h, callback, msgtype, topic, rolemask)
+
+
+
+def raw_message_class(h: Any) -> Optional[type]:
+    """:class:`flux._rawmsg.RawMessage` if :func:`watch` hands those out on
+    handle *h* (they are answered through libflux directly), else None."""
+    if getattr(type(h), "_brokermod_watch", None) is not None:
+        return None
+    from flux._rawmsg import RawMessage
+
+    return RawMessage

@@ -35,7 +35,7 @@ from flux._logtext import log_verbatim
 from flux._observe import module_created
 from flux._options import Option, OptionError, option_table, options_of, parse_options
 from flux._payloads import PayloadError, schema_of
-from flux._libflux import RequestFacts, module_name, request_facts
+from flux._libflux import RequestFacts, module_name, request_facts, watch
 
 # Defined next to the code that uses them; public here, under this name.
 for _public in (AnswerError, RequestError, PayloadError, RequestFacts, Option, OptionError):
@@ -560,7 +560,7 @@ class BrokerModule:
                         _ROLE_OWNER | _ROLE_USER)
 
     def _watch(self, msgtype: int, topic: str, callback: Callable[..., None], rolemask: Optional[int]) -> None:
-        watcher = self._h.msg_watcher_create(callback, msgtype, topic, rolemask=rolemask)
+        watcher = watch(self._h, callback, msgtype, topic, rolemask)
         watcher.start()
         self._watchers.append(watcher)
 

@@ -556,6 +556,12 @@ class Handle:
         """Create a (stopped) watcher of file descriptor *fd_int* (polled, see FDWatcher)."""
         return FDWatcher(self, fd_int, FLUX_POLLIN | FLUX_POLLOUT if events is None else events, callback, args)
 
+    def _brokermod_watch(
+        self, callback: Callable[..., Any], msgtype: int, topic: str, rolemask: Optional[int]
+    ) -> MessageWatcher:
+        """The library's message watchers (see flux._libflux.watch)."""
+        return self.msg_watcher_create(callback, msgtype, topic, rolemask=rolemask)
+
     def _brokermod_msgcounters(self) -> Dict[str, Dict[str, int]]:
         """flux_get_msgcounters() of this handle (see flux._libflux)."""
         return {direction: dict(kinds) for direction, kinds in self._counters.items()}
