@@ -6,12 +6,11 @@ between the broker's message and the handler.  The try block takes
 BaseException: flux-core's callback wrappers pass only Exception on, so a
 SystemExit (argparse) or KeyboardInterrupt left to escape would be dropped
 by cffi and the request never answered.  Coroutines and generators run as
-asyncio tasks on the module's reactor (:mod:`flux._aio`), with cancel and
-disconnect handled here.  Every request gets exactly one final answer
+asyncio tasks on the module's reactor (:mod:`flux._tasks`, imported for
+the first such handler).  Every request gets exactly one final answer
 (:class:`AnswerTracker`).
 """
 
-import asyncio
 import errno
 import inspect
 import json
@@ -21,16 +20,13 @@ import syslog
 import time
 import traceback
 import weakref
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
-from flux import _aio
 from flux._constants import FLUX_MSGTYPE_REQUEST
 from flux._logtext import log_verbatim
 from flux._observe import handler_failed
 from flux._payloads import PayloadError, PayloadSchema
-from flux._libflux import (
-    RequestFacts, clear_msgcounters, is_streaming, msgcounters, raw_message_class, request_facts,
-)
+from flux._libflux import clear_msgcounters, is_streaming, msgcounters, raw_message_class
 
 
 class Dispatcher:
@@ -45,43 +41,40 @@ class Dispatcher:
         self._h = h
         self._log = log
         self._on_failure = on_failure
-        # Requests served by tasks (coroutines, streams), by (sender,
-        # matchtag); None until the module has such a handler.
-        self._pending: Optional[Dict[Tuple[str, int], _PendingRequest]] = None
-        self._loop: Any = None
+        # The asyncio half (flux._tasks), made for the first task handler.
+        self._tasks: Any = None
         #: Per-handler counters, by request topic.
         self.stats: Dict[str, HandlerStats] = {}
 
     @property
     def has_tasks(self) -> bool:
         """True if some handler runs as an asyncio task (disconnects matter)."""
-        return self._loop is not None
+        return self._tasks is not None
+
+    def _task_runner(self) -> Any:
+        if self._tasks is None:
+            from flux._tasks import TaskRunner
+
+            self._tasks = TaskRunner(self, self._h)
+        return self._tasks
 
     def run_reactor(self) -> int:
         """Run the module's reactor; end the tasks still open when it stops."""
-        loop = self._loop
-        if loop is None:
+        tasks, self._tasks = self._tasks, None
+        if tasks is None:
             return int(self._h.reactor_run())
-        asyncio.events._set_running_loop(loop)
-        try:
-            return int(self._h.reactor_run())
-        finally:
-            asyncio.events._set_running_loop(None)
-            # Streams and other tasks still open end now: their finally runs.
-            loop.finish([task for task in asyncio.all_tasks(loop) if not task.done()])
-            loop.close()
-            self._loop = None
+        return tasks.run_reactor()  # type: ignore[no-any-return]
 
     def request_callback(
         self, topic: str, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str
     ) -> Callable[..., None]:
         """The callback of request handler *method* (*kind*: see :func:`kind_of`)."""
         stats = self.stats[topic] = HandlerStats()
-        if kind != PLAIN:
-            return self._task_request_callback(method, schema, kind, stats)
         answered = AnswerTracker.install(self._h)
-        answer = self._answer_with
-        failed = self._request_failed
+        if kind != PLAIN:
+            return self._task_runner().request_callback(method, schema, kind, stats, answered)  # type: ignore[no-any-return]
+        answer = self.answer_with
+        failed = self.request_failed
         if schema is None:
             call = method
         else:
@@ -107,18 +100,18 @@ class Dispatcher:
 
         return callback
 
-    def _answer_with(self, msg: Any, result: Any, answered: "AnswerTracker") -> None:
+    def answer_with(self, msg: Any, result: Any, answered: "AnswerTracker") -> None:
         """Answer *msg* with what its handler returned (a streaming request: then ENODATA)."""
         if answered.is_final(msg):
             raise AnswerError(msg, f"the handler answered and also returned {type(result).__name__} {result!r:.40}")
-        answered.respond(msg, _encoded(result))
+        answered.respond(msg, encoded(result))
         if not answered.is_final(msg):  # a streaming request: end its stream
             answered.respond_error(msg, errno.ENODATA)
 
     def event_callback(self, method: Callable[[Any], Any], kind: str) -> Callable[..., None]:
         """The callback of event handler *method*: failures are logged, never raised."""
         if kind != PLAIN:
-            start = self._task_starter()
+            start = self._task_runner().starter()
 
             def task_callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
                 start(method(msg), f"event {msg.topic}")
@@ -137,7 +130,7 @@ class Dispatcher:
         """The callback of ``@timer_handler`` method *attr*: failures are logged;
         a coroutine tick still running makes the next one skip."""
         if kind != PLAIN:
-            start = self._task_starter()
+            start = self._task_runner().starter()
             running: list = [None]
 
             def task_callback(h: Any, watcher: Any, revents: int, arg: Any) -> None:
@@ -155,134 +148,16 @@ class Dispatcher:
 
         return callback
 
-    # Handlers that run as asyncio tasks: coroutines and streams.
-
-    def _task_loop(self) -> Any:
-        if self._loop is None:
-            self._loop = _aio.ReactorLoop(self._h)
-            self._pending = {}
-        return self._loop
-
-    def _task_starter(self) -> Callable[[Any, str], Any]:
-        """For event and timer coroutines: run each as a task, log its failure."""
-        loop = self._task_loop()
-
-        async def guarded(coro: Any, what: str) -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                pass
-            except BaseException as exc:  # noqa: BLE001 - logged, module survives
-                self.failed(what, exc)
-
-        def start(coro: Any, what: str) -> Any:
-            return loop.create_task(guarded(coro, what))
-
-        return start
-
-    def _task_request_callback(
-        self, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str, stats: "HandlerStats"
-    ) -> Callable[..., None]:
-        """A request handler that is a coroutine or a generator (a stream)."""
-        answered = AnswerTracker.install(self._h)
-        loop = self._task_loop()
-        pending = self._pending
-        assert pending is not None
-        stream = is_stream(kind)
-
-        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
-            try:
-                facts = request_facts(msg)
-                if stream and not facts.streaming:
-                    raise RequestError(
-                        errno.EPROTO, f"{msg.topic} is a stream: send the request with FLUX_RPC_STREAMING"
-                    )
-                kwargs = schema.fields_of(msg) if schema is not None else {}
-                body = method(msg, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - reported to the caller
-                self._request_failed(msg, exc, answered)
-                return
-            request = _PendingRequest(msg, facts)
-            if kind == COROUTINE:
-                coro = self._serve(body, request, answered)
-            else:
-                coro = self._serve_stream(body, request, answered)
-            request.task = loop.create_task(coro)
-            request.task.add_done_callback(lambda task: stats.count(_clock() - request.started, request.failed))
-            if facts.matchtag:
-                key = (facts.sender, facts.matchtag)
-                pending[key] = request
-                request.task.add_done_callback(lambda task: _forget(pending, key, request))
-
-        return callback
-
-    async def _serve(self, coro: Any, request: "_PendingRequest", answered: "AnswerTracker") -> None:
-        msg = request.msg
-        try:
-            result = await coro
-            if result is not None:
-                self._answer_with(msg, result, answered)
-        except asyncio.CancelledError:
-            pass  # the caller went away: nothing to answer
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller
-            request.failed = True
-            self._request_failed(msg, exc, answered)
-
-    async def _serve_stream(self, body: Any, request: "_PendingRequest", answered: "AnswerTracker") -> None:
-        msg = request.msg
-        respond = self._h.respond
-        try:
-            if inspect.isasyncgen(body):
-                async for value in body:
-                    respond(msg, _encoded(value))
-            else:
-                for value in body:
-                    respond(msg, _encoded(value))
-            self._h.respond_error(msg, errno.ENODATA)
-        except asyncio.CancelledError:
-            if request.cancelled:  # TOPIC-cancel ends the stream with ENODATA
-                self._h.respond_error(msg, errno.ENODATA)
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller
-            request.failed = True
-            self._request_failed(msg, exc, answered)
-        finally:
-            if inspect.isasyncgen(body):
-                await body.aclose()
-            else:
-                body.close()
-
     def cancel_callback(self, topic: str) -> Callable[..., None]:
-        """``TOPIC-cancel`` with ``{"matchtag": N}``: end the sender's own stream N."""
-
-        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
-            try:
-                matchtag = json.loads(msg.payload_str or "null")["matchtag"]
-                facts = request_facts(msg)
-            except (TypeError, ValueError, KeyError, OSError):
-                return  # a cancel gets no response, even a malformed one
-            if isinstance(matchtag, bool) or not isinstance(matchtag, int):
-                return
-            request = (self._pending or {}).get((facts.sender, matchtag))
-            if request is not None and request.userid == facts.userid and request.topic == topic:
-                request.cancelled = True
-                request.task.cancel()
-
-        return callback
+        """``TOPIC-cancel``: end the sender's own stream (see flux._tasks)."""
+        return self._task_runner().cancel_callback(topic)  # type: ignore[no-any-return]
 
     def disconnect_callback(self) -> Callable[..., None]:
-        """``NAME.disconnect``: the sender closed its handle; drop its requests."""
+        """``NAME.disconnect``: drop the departed sender's requests (see flux._tasks)."""
+        return self._task_runner().disconnect_callback()  # type: ignore[no-any-return]
 
-        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
-            facts = request_facts(msg)
-            for request in list((self._pending or {}).values()):
-                if request.sender == facts.sender and request.userid == facts.userid:
-                    request.task.cancel()
-
-        return callback
-
-    def _request_failed(
-        self, msg: Any, exc: BaseException, answered: "AnswerTracker"
-    ) -> None:
+    def request_failed(self, msg: Any, exc: BaseException, answered: "AnswerTracker") -> None:
+        """Log request *msg*'s failure *exc* and answer it with the error, unless it was answered."""
         if isinstance(exc, (RequestError, PayloadError)):
             self._log.debug(f"request {msg.topic} refused: {exception_text(exc)}")
         else:
@@ -493,7 +368,7 @@ class _ReturnValueError(Exception):
     """A handler returned a value that cannot be sent (answered EIO)."""
 
 
-def _encoded(value: Any) -> Any:
+def encoded(value: Any) -> Any:
     """A handler's returned or yielded value, ready for ``respond``."""
     if isinstance(value, (str, bytes)):
         return value
@@ -556,27 +431,6 @@ class HandlerStats:
         mean = self.seconds / self.requests if self.requests else 0.0
         return {"requests": self.requests, "errors": self.errors,
                 "mean_ms": round(mean * 1e3, 3), "max_ms": round(self.longest * 1e3, 3)}
-
-
-class _PendingRequest:
-    """A request whose handler runs as a task, until it is done."""
-
-    __slots__ = ("msg", "topic", "sender", "userid", "task", "cancelled", "failed", "started")
-
-    def __init__(self, msg: Any, facts: RequestFacts) -> None:
-        self.msg = msg
-        self.topic = msg.topic
-        self.sender = facts.sender
-        self.userid = facts.userid
-        self.task: Any = None
-        self.cancelled = False
-        self.failed = False
-        self.started = _clock()
-
-
-def _forget(pending: Dict[Tuple[str, int], _PendingRequest], key: Tuple[str, int], request: _PendingRequest) -> None:
-    if pending.get(key) is request:
-        del pending[key]
 
 
 def user_frames(tb: Any) -> Any:

@@ -30,7 +30,7 @@ from flux._dispatch import (
     is_stream,
     kind_of,
 )
-from flux._aio import run_to_completion
+from flux._awaitable import run_to_completion
 from flux._logtext import log_verbatim
 from flux._observe import module_created
 from flux._options import Option, OptionError, option_table, options_of, parse_options

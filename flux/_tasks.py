@@ -1,0 +1,201 @@
+"""Handlers that run as asyncio tasks on the module's reactor.
+
+Coroutine handlers, streams (generators and async generators), and
+coroutine event and timer handlers run as tasks of one
+:class:`flux._aio.ReactorLoop` per module.  ``TOPIC-cancel`` ends the
+sender's own stream, and ``NAME.disconnect`` drops a departed client's
+requests.  :class:`~flux._dispatch.Dispatcher` makes the one
+:class:`TaskRunner` of a module when the first such handler is
+registered, so a module without any never imports asyncio.
+"""
+
+import asyncio
+import errno
+import inspect
+import json
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from flux._aio import ReactorLoop
+from flux._dispatch import RequestError, encoded
+from flux._libflux import RequestFacts, request_facts
+from flux._payloads import PayloadSchema
+
+__all__ = ["TaskRunner"]
+
+COROUTINE = "coroutine"
+_clock = time.perf_counter
+
+
+class TaskRunner:
+    """Run one module's task handlers.
+
+    *dispatcher* is the module's :class:`~flux._dispatch.Dispatcher`; the
+    runner uses its ``answer_with``, ``request_failed`` and ``failed``, so
+    answers and failures follow the same rules as plain handlers'.
+    """
+
+    def __init__(self, dispatcher: Any, h: Any) -> None:
+        self._dispatcher = dispatcher
+        self._h = h
+        self._loop = ReactorLoop(h)
+        # Requests being served, by (sender, matchtag).
+        self._pending: Dict[Tuple[str, int], _PendingRequest] = {}
+
+    def run_reactor(self) -> int:
+        """Run the reactor with the loop running; then end the tasks still open
+        (their ``finally`` runs) and close the loop."""
+        loop = self._loop
+        asyncio.events._set_running_loop(loop)
+        try:
+            return int(self._h.reactor_run())
+        finally:
+            asyncio.events._set_running_loop(None)
+            loop.finish([task for task in asyncio.all_tasks(loop) if not task.done()])
+            loop.close()
+
+    def starter(self) -> Callable[[Any, str], Any]:
+        """For event and timer coroutines: ``start(coro, what)`` runs *coro*
+        as a task, logging its failure as *what*'s."""
+        loop = self._loop
+        failed = self._dispatcher.failed
+
+        async def guarded(coro: Any, what: str) -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - logged, module survives
+                failed(what, exc)
+
+        def start(coro: Any, what: str) -> Any:
+            return loop.create_task(guarded(coro, what))
+
+        return start
+
+    def request_callback(
+        self, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str, stats: Any, answered: Any
+    ) -> Callable[..., None]:
+        """The callback of a request handler that is a coroutine (*kind*
+        ``"coroutine"``) or a stream (a generator of either kind)."""
+        loop = self._loop
+        pending = self._pending
+        stream = kind != COROUTINE
+        request_failed = self._dispatcher.request_failed
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            try:
+                facts = request_facts(msg)
+                if stream and not facts.streaming:
+                    raise _stream_error(msg)
+                kwargs = schema.fields_of(msg) if schema is not None else {}
+                body = method(msg, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                request_failed(msg, exc, answered)
+                return
+            request = _PendingRequest(msg, facts)
+            if stream:
+                coro = self._serve_stream(body, request, answered)
+            else:
+                coro = self._serve(body, request, answered)
+            request.task = loop.create_task(coro)
+            request.task.add_done_callback(lambda task: stats.count(_clock() - request.started, request.failed))
+            if facts.matchtag:
+                key = (facts.sender, facts.matchtag)
+                pending[key] = request
+                request.task.add_done_callback(lambda task: _forget(pending, key, request))
+
+        return callback
+
+    async def _serve(self, coro: Any, request: "_PendingRequest", answered: Any) -> None:
+        msg = request.msg
+        try:
+            result = await coro
+            if result is not None:
+                self._dispatcher.answer_with(msg, result, answered)
+        except asyncio.CancelledError:
+            pass  # the caller went away: nothing to answer
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            request.failed = True
+            self._dispatcher.request_failed(msg, exc, answered)
+
+    async def _serve_stream(self, body: Any, request: "_PendingRequest", answered: Any) -> None:
+        msg = request.msg
+        respond = self._h.respond
+        try:
+            if inspect.isasyncgen(body):
+                async for value in body:
+                    respond(msg, encoded(value))
+            else:
+                for value in body:
+                    respond(msg, encoded(value))
+            self._h.respond_error(msg, errno.ENODATA)
+        except asyncio.CancelledError:
+            if request.cancelled:  # TOPIC-cancel ends the stream with ENODATA
+                self._h.respond_error(msg, errno.ENODATA)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            request.failed = True
+            self._dispatcher.request_failed(msg, exc, answered)
+        finally:
+            if inspect.isasyncgen(body):
+                await body.aclose()
+            else:
+                body.close()
+
+    def cancel_callback(self, topic: str) -> Callable[..., None]:
+        """``TOPIC-cancel`` with ``{"matchtag": N}``: end the sender's own stream N."""
+        pending = self._pending
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            try:
+                matchtag = json.loads(msg.payload_str or "null")["matchtag"]
+                facts = request_facts(msg)
+            except (TypeError, ValueError, KeyError, OSError):
+                return  # a cancel gets no response, even a malformed one
+            if isinstance(matchtag, bool) or not isinstance(matchtag, int):
+                return
+            request = pending.get((facts.sender, matchtag))
+            if request is not None and request.userid == facts.userid and request.topic == topic:
+                request.cancelled = True
+                request.task.cancel()
+
+        return callback
+
+    def disconnect_callback(self) -> Callable[..., None]:
+        """``NAME.disconnect``: the sender closed its handle; drop its requests."""
+        pending = self._pending
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            facts = request_facts(msg)
+            for request in list(pending.values()):
+                if request.sender == facts.sender and request.userid == facts.userid:
+                    request.task.cancel()
+
+        return callback
+
+
+def _stream_error(msg: Any) -> OSError:
+    return RequestError(errno.EPROTO, f"{msg.topic} is a stream: send the request with FLUX_RPC_STREAMING")
+
+
+class _PendingRequest:
+    """A request whose handler runs as a task, until it is done."""
+
+    __slots__ = ("msg", "topic", "sender", "userid", "task", "cancelled", "failed", "started")
+
+    def __init__(self, msg: Any, facts: RequestFacts) -> None:
+        self.msg = msg
+        self.topic = msg.topic
+        self.sender = facts.sender
+        self.userid = facts.userid
+        self.task: Any = None
+        self.cancelled = False
+        self.failed = False
+        self.started = _clock()
+
+
+def _forget(pending: Dict[Tuple[str, int], _PendingRequest], key: Tuple[str, int], request: _PendingRequest) -> None:
+    if pending.get(key) is request:
+        del pending[key]
+
+
