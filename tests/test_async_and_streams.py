@@ -246,3 +246,28 @@ def test_a_malformed_cancel_is_ignored_and_the_module_keeps_serving(kv, payload)
         """ % (payload,)
     )
     assert kv.rpc("kvstore.keys").get() == []
+
+
+def test_a_module_without_async_handlers_never_imports_asyncio(tmp_path):
+    """asyncio is about 9 ms of a module's load time: only async handlers pay it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from flux.membroker import Broker\n"
+        "with Broker() as b:\n"
+        "    b.load(sys.argv[1])\n"
+        "    assert b.rpc('calculator.add', {'a': 1, 'b': 2}).get() == {'result': 3.0}\n"
+        "    plain = 'asyncio' in sys.modules\n"
+        "    b.load(sys.argv[2])\n"
+        "print(plain, 'asyncio' in sys.modules)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", script, os.path.join(root, "examples", "calculator.py"),
+         os.path.join(root, "examples", "kvstore.py")],
+        capture_output=True, text=True, timeout=120, cwd=root,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
