@@ -70,13 +70,51 @@ class AsyncEcho(BrokerModule):
 }
 
 
-def write_modules(directory: str) -> dict:
-    """Write each variant as NAME.py in *directory*; return name -> path."""
+# streamed responses and delivered events, each with a C ping floor too
+OTHER_MODULES = {
+    "streamer": '''
+import os
+from flux.brokermod import BrokerModule, request_handler
+
+class Streamer(BrokerModule):
+    @request_handler("stream")
+    def stream(self, msg, *, count: int):
+        for i in range(count):
+            yield {"i": i}
+
+    @request_handler("pid")
+    def pid(self, msg):
+        return {"pid": os.getpid()}
+''',
+    "listener": '''
+import os
+from flux.brokermod import BrokerModule, event_handler, request_handler
+
+class Listener(BrokerModule):
+    heard = 0
+
+    @event_handler("bench.tick", prefix=False)
+    def tick(self, msg):
+        self.heard += 1
+
+    @request_handler("heard")
+    def count(self, msg):
+        return {"heard": self.heard}
+
+    @request_handler("pid")
+    def pid(self, msg):
+        return {"pid": os.getpid()}
+''',
+}
+
+
+def write_modules(directory: str, variants: dict = ECHO_VARIANTS) -> dict:
+    """Write each of *variants* as NAME.py in *directory*; return name -> path."""
     import os
     import textwrap
 
     paths = {}
-    for name, source in ECHO_VARIANTS.items():
+    for name, source in variants.items():
         path = os.path.join(directory, f"{name}.py")
         with open(path, "w") as f:
             f.write(textwrap.dedent(source))

@@ -12,6 +12,7 @@ memory: echo requests per second and the fixed cost of one test
 """
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
-from modules import write_modules  # noqa: E402
+from modules import OTHER_MODULES, write_modules  # noqa: E402
 
 CLIENT = r"""
 import sys, time
@@ -49,10 +50,56 @@ h.reactor_run()
 """
 
 
+STREAM_CLIENT = r"""
+import sys, time
+import flux
+from flux.constants import FLUX_RPC_STREAMING
+total = int(sys.argv[1])
+h = flux.Flux()
+start = time.perf_counter()
+f = h.rpc("streamer.stream", {"count": total}, flags=FLUX_RPC_STREAMING)
+got = 0
+while True:
+    try:
+        f.get()
+    except OSError:
+        break
+    got += 1
+    f.reset()
+assert got == total, got
+print(total / (time.perf_counter() - start))
+"""
+
+EVENT_CLIENT = r"""
+import sys, time
+import flux
+total = int(sys.argv[1])
+h = flux.Flux()
+before = h.rpc("listener.heard").get()["heard"]
+start = time.perf_counter()
+for _ in range(total):
+    h.event_send("bench.tick")
+while h.rpc("listener.heard").get()["heard"] < before + total:
+    time.sleep(0.001)
+print(total / (time.perf_counter() - start))
+"""
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
 def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds process *pid* has used, to the nanosecond (/proc counts 10 ms ticks)."""
+    clock, now = ctypes.c_int(), _Timespec()
+    failed = _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock))  # an errno, not -1
+    if failed or _LIBC.clock_gettime(clock, ctypes.byref(now)) < 0:
+        errnum = failed or ctypes.get_errno()
+        raise OSError(errnum, f"cannot read the CPU clock of pid {pid}: {os.strerror(errnum)}")
+    return now.tv_sec + now.tv_nsec * 1e-9
 
 
 def _per_request(instance, pid, topic, requests, env=None) -> float:
@@ -62,7 +109,77 @@ def _per_request(instance, pid, topic, requests, env=None) -> float:
     return (_cpu(pid) - before) / requests * 1e6
 
 
+def _floor(instance, pid, name, requests) -> float:
+    """Module CPU per request of the process's C ping handler (libflux's own)."""
+    return _per_request(instance, pid, f"{name}.ping", requests)
+
+
+def _load(instance, path) -> int:
+    """Load module *path*; return its pid."""
+    instance.load(path)
+    return instance.rpc(f"{os.path.basename(path)[:-3]}.pid").get()["pid"]
+
+
+def _rate(instance, pid, script, count) -> tuple:
+    """(per second as the client saw it, module CPU us per item) of *script*."""
+    before = _cpu(pid)
+    result = instance.flux("python", "-c", script, str(count), timeout=600)
+    assert result.returncode == 0, result.stderr
+    return float(result.stdout.split()[-1]), (_cpu(pid) - before) / count * 1e6
+
+
+def _load_seconds(instance, path) -> float:
+    name = os.path.basename(path)[:-3]
+    start = time.perf_counter()
+    result = instance.flux("module", "load", path)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    assert instance.flux("module", "remove", name).returncode == 0
+    return elapsed
+
+
+def _copy(path: str, name: str) -> str:
+    """A copy of module *path* named NAME.py (loaded and removed again and again)."""
+    copy = os.path.join(os.path.dirname(path), f"{name}.py")
+    with open(path) as src, open(copy, "w") as dst:
+        dst.write(src.read())
+    return copy
+
+
+def _cli_seconds(instance) -> float:
+    start = time.perf_counter()
+    assert instance.flux("module", "list").returncode == 0
+    return time.perf_counter() - start
+
+
+def _python_seconds(instance, code: str) -> float:
+    start = time.perf_counter()
+    result = instance.flux("python", "-c", code)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    return elapsed
+
+
+def _summary(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def _vs_floor(instance, pid, name, topic, count, env=None, measure=None) -> tuple:
+    """(ratio, us): module CPU per item of *topic* (or of *measure*, a
+    function returning (rate, us)) over the process's own C ping, measured
+    just before and after (their mean, to even out drift)."""
+    before = _floor(instance, pid, name, count)
+    rate = None
+    if measure is None:
+        us = _per_request(instance, pid, topic, count, env=env)
+    else:
+        rate, us = measure()
+    floor = (before + _floor(instance, pid, name, count)) / 2
+    return us / floor, us, floor, rate
+
+
 def real_rows(rounds: int, requests: int):
+    """Every real-instance row: echo ratios, streams, events, load times."""
     from flux.brokermod_testing import skip_reason, start_instance
 
     reason = skip_reason()
@@ -70,39 +187,52 @@ def real_rows(rounds: int, requests: int):
         return None, reason
     directory = tempfile.mkdtemp(prefix="brokermod-bench-")
     paths = write_modules(directory)
-    ratios = {name: [] for name in paths}
-    ratios["respondecho as guest"] = []
-    floors = []
+    others = write_modules(directory, OTHER_MODULES)
+    guest = {"FLUX_HANDLE_USERID": "1234", "FLUX_HANDLE_ROLEMASK": "0x2"}
+    cases = [(name, name, f"{name}.echo", None) for name in paths]
+    cases.append(("respondecho as guest", "respondecho", "respondecho.echo", guest))
+    results = {case[0]: [] for case in cases}
+    results["flux-core's BrokerModule"] = []
+    results["streamed response"] = []
+    results["delivered event"] = []
+    loads = {"this project's loader": [], "flux-core's loader": [], "flux module list (the CLI alone)": [],
+             "flux python: start, import flux": [], "  + import flux.brokermod": []}
     instance = start_instance(attrs={"broker.module-nopanic": "1"})
     try:
-        pids = {}
-        for name, path in paths.items():
-            instance.load(path)
-            pids[name] = instance.rpc(f"{name}.pid").get()["pid"]
-        guest = {"FLUX_HANDLE_USERID": "1234", "FLUX_HANDLE_ROLEMASK": "0x2"}
+        pids = {name: _load(instance, path) for name, path in {**paths, **others}.items()}
         for _ in range(rounds):
-            for name in paths:
-                floor = _per_request(instance, pids[name], f"{name}.ping", requests)
-                floors.append(floor)
-                ratios[name].append(_per_request(instance, pids[name], f"{name}.echo", requests) / floor)
-                if name == "respondecho":
-                    ratios["respondecho as guest"].append(
-                        _per_request(instance, pids[name], "respondecho.echo", requests, env=guest) / floor)
+            for label, name, topic, env in cases:
+                results[label].append(_vs_floor(instance, pids[name], name, topic, requests, env=env))
+            pid = pids["streamer"]
+            results["streamed response"].append(_vs_floor(
+                instance, pid, "streamer", None, requests,
+                measure=lambda: _rate(instance, pid, STREAM_CLIENT, requests)))
+            pid = pids["listener"]
+            results["delivered event"].append(_vs_floor(
+                instance, pid, "listener", None, requests,
+                measure=lambda: _rate(instance, pid, EVENT_CLIENT, requests // 4)))
+            loads["this project's loader"].append(_load_seconds(instance, _copy(paths["respondecho"], "loadme")))
+            loads["flux module list (the CLI alone)"].append(_cli_seconds(instance))
+            loads["flux python: start, import flux"].append(_python_seconds(instance, "import flux"))
+            loads["  + import flux.brokermod"].append(_python_seconds(instance, "import flux, flux.brokermod"))
     finally:
         instance.stop()
     # flux-core's own loader and flux.brokermod, the same module file
     core = start_instance(setup=False, attrs={"broker.module-nopanic": "1"})
-    ratios["flux-core's BrokerModule"] = []
     try:
-        core.load(paths["respondecho"])
-        pid = core.rpc("respondecho.pid").get()["pid"]
+        pid = _load(core, paths["respondecho"])
         for _ in range(rounds):
-            floor = _per_request(core, pid, "respondecho.ping", requests)
-            ratios["flux-core's BrokerModule"].append(_per_request(core, pid, "respondecho.echo", requests) / floor)
+            results["flux-core's BrokerModule"].append(_vs_floor(core, pid, "respondecho", "respondecho.echo", requests))
+            loads["flux-core's loader"].append(_load_seconds(core, _copy(paths["respondecho"], "loadme")))
     finally:
         core.stop()
-    rows = [(name, statistics.median(values), min(values), max(values)) for name, values in ratios.items()]
-    return (rows, statistics.median(floors)), None
+    rows = [(name, *_summary([r[0] for r in values]), statistics.median(r[1] for r in values))
+            for name, values in results.items()]
+    floor = statistics.median(r[2] for values in results.values() for r in values)
+    rates = [("streamed responses per second", *_summary([r[3] for r in results["streamed response"]])),
+             ("events delivered per second", *_summary([r[3] for r in results["delivered event"]]))]
+    load_rows = [(name, *(x * 1e3 for x in _summary(values))) for name, values in loads.items()]
+    return (rows, floor, rates, load_rows), None
 
 
 def memory_rows(rounds: int, requests: int):
@@ -128,7 +258,15 @@ def memory_rows(rounds: int, requests: int):
             ("one test's fixed cost (ms)", statistics.median(fixed), min(fixed), max(fixed))]
 
 
+def _table(rows, value: str, spread: str) -> None:
+    for name, median, low, high in rows:
+        print(f"  {name:34} {value.format(median)} {spread.format(low, high)}")
+
+
 def main() -> int:
+    # An installed package runs from compiled bytecode: let every process
+    # here cache it too, or load times would include compiling the library.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000)
@@ -138,19 +276,21 @@ def main() -> int:
     real, reason = real_rows(options.rounds, options.requests)
     memory = memory_rows(options.rounds, max(1000, options.requests // 10))
     if options.json:
-        print(json.dumps({"machine": machine, "real": real and real[0], "floor_us": real and real[1],
-                          "skipped": reason, "memory": memory}))
+        print(json.dumps({"machine": machine, "real": real, "skipped": reason, "memory": memory}))
         return 0
     print(f"machine: {machine}")
     if real is None:
         print(f"real instance: skipped ({reason})")
     else:
-        rows, floor = real
-        print(f"real instance: module CPU per request / C ping floor ({floor:.1f} us), "
+        rows, floor, rates, loads = real
+        print(f"real instance: module CPU per message / its C ping handler's (median {floor:.1f} us), "
               f"{options.rounds} rounds of {options.requests}")
-        print(f"  {'variant':28} {'median':>7} {'min-max':>13}")
-        for name, median, low, high in rows:
-            print(f"  {name:28} {median:7.2f} {low:6.2f}-{high:<6.2f}")
+        print(f"  {'variant':34} {'median':>7} {'min-max':13} {'us':>6}")
+        for name, median, low, high, micros in rows:
+            print(f"  {name:34} {median:7.2f} {low:6.2f}-{high:<6.2f} {micros:6.1f}")
+        _table(rates, "{:7.0f}", "{:6.0f}-{:<6.0f}")
+        print("module load, wall time (ms):")
+        _table(loads, "{:7.1f}", "{:6.1f}-{:<6.1f}")
     print("in memory:")
     for name, median, low, high in memory:
         print(f"  {name:28} {median:10.1f} ({low:.1f}-{high:.1f})")

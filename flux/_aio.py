@@ -25,6 +25,7 @@ import selectors
 from typing import Any, Dict, List, Optional, Tuple
 
 from flux._awaitable import make_flux_futures_awaitable
+from flux._libflux import reactor_clock
 
 # FLUX_POLLIN / FLUX_POLLOUT (libflux), so no flux-core import is needed.
 _POLLIN = 1
@@ -103,11 +104,12 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     def __init__(self, h: Any) -> None:
         make_flux_futures_awaitable()
         self._h = h
-        self._flux_reactor = h.get_reactor()
+        self._now = reactor_clock(h)
         self._reactor_selector = _ReactorSelector(h)
         super().__init__(self._reactor_selector)
         self._prepare = h.prepare_watcher_create(self._before_block)
         self._idle = h.idle_watcher_create()
+        self._idle_started = False
         self._wakeup = h.timer_watcher_create(0.0, _nothing)
         self._wakeup_at: Optional[float] = None
         for watcher in (self._prepare, self._idle, self._wakeup):
@@ -116,15 +118,18 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
 
     def time(self) -> float:
         """The reactor's clock (the virtual clock on the in-memory broker)."""
-        return float(self._h.reactor_now(self._flux_reactor))
+        return self._now()
 
     def _before_block(self, h: Any, watcher: Any, revents: int, arg: Any) -> None:
         if self._ready or self._reactor_selector.has_events() or self._due():
             self.step()
-        if self._ready:
-            self._idle.start()
-        else:
-            self._idle.stop()
+        spinning = bool(self._ready)
+        if spinning != self._idle_started:  # a watcher call costs: only on change
+            self._idle_started = spinning
+            if spinning:
+                self._idle.start()
+            else:
+                self._idle.stop()
         self._arm_wakeup()
 
     def _due(self) -> bool:
@@ -141,6 +146,32 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         if when is not None:
             self._wakeup.reset(after=max(0.0, when - self.time()), repeat=0.0)
             self._wakeup.start()
+
+    def start_task(self, coro: Any) -> "asyncio.Task[Any]":
+        """A task for *coro*, run at once up to its first ``await`` (as Python
+        3.12's eager tasks are): a handler that never waits is done before
+        its message callback returns, without a trip through the reactor.
+
+        The task's first step is asyncio's own (``current_task()`` is the
+        task); it is left to the next iteration, as ``create_task`` leaves
+        it, while another task is running (a nested reactor callback).
+        """
+        task = self.create_task(coro)
+        ready = self._ready
+        if ready and asyncio.current_task(self) is None:
+            handle = ready[-1]
+            if getattr(handle._callback, "__self__", None) is task:
+                ready.pop()
+                previous = asyncio.events._get_running_loop()
+                if previous is self:  # within the module's reactor_run()
+                    handle._run()
+                    return task
+                asyncio.events._set_running_loop(self)
+                try:
+                    handle._run()
+                finally:
+                    asyncio.events._set_running_loop(previous)
+        return task
 
     def step(self) -> None:
         """Run one asyncio iteration: due timers, fd events, ready callbacks."""

@@ -368,12 +368,16 @@ class _ReturnValueError(Exception):
     """A handler returned a value that cannot be sent (answered EIO)."""
 
 
+# json.dumps(value, allow_nan=False), without making an encoder per call
+_encode = json.JSONEncoder(allow_nan=False).encode
+
+
 def encoded(value: Any) -> Any:
     """A handler's returned or yielded value, ready for ``respond``."""
     if isinstance(value, (str, bytes)):
         return value
     try:
-        return json.dumps(value, allow_nan=False)
+        return _encode(value)
     except (TypeError, ValueError) as exc:
         raise _ReturnValueError(f"the handler gave {type(value).__name__}, which is not JSON: {exc}") from None
 

@@ -7,11 +7,12 @@ in-memory broker's own record (its ``_brokermod_*`` hooks) for an
 in-memory one.
 """
 
+import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
 __all__ = [
     "RequestFacts", "clear_msgcounters", "is_streaming", "module_name", "msgcounters",
-    "raw_message_class", "request_facts", "watch",
+    "raw_message_class", "reactor_clock", "request_facts", "watch",
 ]
 
 
@@ -124,8 +125,24 @@ def watch(h: Any, callback: Callable[..., None], msgtype: int, topic: str, rolem
 def raw_message_class(h: Any) -> Optional[type]:
     """:class:`flux._rawmsg.RawMessage` if :func:`watch` hands those out on
     handle *h* (they are answered through libflux directly), else None."""
-    if getattr(type(h), "_brokermod_watch", None) is not None:
+    if _in_memory(h):
         return None
     from flux._rawmsg import RawMessage
 
     return RawMessage
+
+
+def reactor_clock(h: Any) -> Callable[[], float]:
+    """A function returning the time of handle *h*'s reactor, as
+    ``h.reactor_now()`` does (libflux's own on a flux-core handle: asyncio
+    reads the clock at every step, and flux-core's wrapper costs microseconds)."""
+    reactor = h.get_reactor()
+    if _in_memory(h):
+        return lambda: float(h.reactor_now(reactor))
+    return functools.partial(_libflux().flux_reactor_now, reactor)
+
+
+def _in_memory(h: Any) -> bool:
+    """True for the in-memory broker's handle, which makes the library's
+    message watchers itself (its ``_brokermod_watch`` hook)."""
+    return getattr(type(h), "_brokermod_watch", None) is not None

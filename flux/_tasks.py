@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from flux._aio import ReactorLoop
 from flux._dispatch import RequestError, encoded
-from flux._libflux import RequestFacts, request_facts
+from flux._libflux import is_streaming, request_facts
 from flux._payloads import PayloadSchema
 
 __all__ = ["TaskRunner"]
@@ -69,7 +69,7 @@ class TaskRunner:
                 failed(what, exc)
 
         def start(coro: Any, what: str) -> Any:
-            return loop.create_task(guarded(coro, what))
+            return loop.start_task(guarded(coro, what))
 
         return start
 
@@ -85,25 +85,35 @@ class TaskRunner:
 
         def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
             try:
-                facts = request_facts(msg)
-                if stream and not facts.streaming:
+                if stream and not is_streaming(msg):
                     raise _stream_error(msg)
                 kwargs = schema.fields_of(msg) if schema is not None else {}
                 body = method(msg, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - reported to the caller
                 request_failed(msg, exc, answered)
                 return
-            request = _PendingRequest(msg, facts)
+            request = _PendingRequest(msg)
             if stream:
                 coro = self._serve_stream(body, request, answered)
             else:
                 coro = self._serve(body, request, answered)
-            request.task = loop.create_task(coro)
-            request.task.add_done_callback(lambda task: stats.count(_clock() - request.started, request.failed))
-            if facts.matchtag:
-                key = (facts.sender, facts.matchtag)
+            task = request.task = loop.start_task(coro)
+            if task.done():  # it never waited
+                stats.count(_clock() - request.started, request.failed)
+                return
+            # It waits: until it is done, a cancel or disconnect may end it.
+            facts = request_facts(msg)
+            request.sender, request.userid = facts.sender, facts.userid
+            key = (facts.sender, facts.matchtag) if facts.matchtag else None
+            if key is not None:
                 pending[key] = request
-                request.task.add_done_callback(lambda task: _forget(pending, key, request))
+
+            def done(task: Any) -> None:
+                stats.count(_clock() - request.started, request.failed)
+                if key is not None and pending.get(key) is request:
+                    del pending[key]
+
+            task.add_done_callback(done)
 
         return callback
 
@@ -155,7 +165,7 @@ class TaskRunner:
             if isinstance(matchtag, bool) or not isinstance(matchtag, int):
                 return
             request = pending.get((facts.sender, matchtag))
-            if request is not None and request.userid == facts.userid and request.topic == topic:
+            if request is not None and request.userid == facts.userid and request.msg.topic == topic:
                 request.cancelled = True
                 request.task.cancel()
 
@@ -179,23 +189,19 @@ def _stream_error(msg: Any) -> OSError:
 
 
 class _PendingRequest:
-    """A request whose handler runs as a task, until it is done."""
+    """A request whose handler runs as a task, until it is done.
 
-    __slots__ = ("msg", "topic", "sender", "userid", "task", "cancelled", "failed", "started")
+    ``sender`` and ``userid`` are filled in once the task waits (only then
+    can a cancel or a disconnect reach it).
+    """
 
-    def __init__(self, msg: Any, facts: RequestFacts) -> None:
+    __slots__ = ("msg", "sender", "userid", "task", "cancelled", "failed", "started")
+
+    def __init__(self, msg: Any) -> None:
         self.msg = msg
-        self.topic = msg.topic
-        self.sender = facts.sender
-        self.userid = facts.userid
+        self.sender = ""
+        self.userid = -1
         self.task: Any = None
         self.cancelled = False
         self.failed = False
         self.started = _clock()
-
-
-def _forget(pending: Dict[Tuple[str, int], _PendingRequest], key: Tuple[str, int], request: _PendingRequest) -> None:
-    if pending.get(key) is request:
-        del pending[key]
-
-

@@ -78,6 +78,16 @@ class Worker(BrokerModule):
     @request_handler("facts", allow_guest=True)
     def facts(self, msg):
         return request_facts(msg)._asdict()
+
+    @request_handler("in-task")
+    async def in_task(self, msg):
+        before = asyncio.current_task()  # the first step runs at once, in its task
+        await asyncio.sleep(0)
+        return {"first": before is not None, "same": asyncio.current_task() is before}
+
+    @request_handler("quick")
+    async def quick(self, msg):
+        return {"quick": True}
 '''
 
 
@@ -271,3 +281,16 @@ def test_a_module_without_async_handlers_never_imports_asyncio(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_an_async_handler_runs_in_its_task_from_its_first_step(worker):
+    assert worker.rpc("worker.in-task", {}).get() == {"first": True, "same": True}
+
+
+def test_async_handlers_that_never_wait_answer_and_are_counted_once(worker):
+    for _ in range(3):
+        assert worker.rpc("worker.quick", {}).get() == {"quick": True}
+    assert worker.rpc("worker.nap", {"t": 0.01, "name": "a"}).get() == {"name": "a"}
+    counted = worker.rpc("worker.stats-get").get()["handlers"]
+    assert counted["worker.quick"] == {**counted["worker.quick"], "requests": 3, "errors": 0}
+    assert counted["worker.nap"]["requests"] == 1
