@@ -22,7 +22,7 @@ Python 3.8 to 3.13; the tests exercise them on every supported version.
 
 import asyncio
 import selectors
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from flux._awaitable import make_flux_futures_awaitable
 from flux._libflux import reactor_clock
@@ -39,8 +39,9 @@ class _ReactorSelector(selectors.BaseSelector):
     recorded since the last call.
     """
 
-    def __init__(self, h: Any) -> None:
+    def __init__(self, h: Any, on_event: Callable[[], None]) -> None:
         self._h = h
+        self._on_event = on_event
         self._keys: Dict[int, selectors.SelectorKey] = {}
         self._watchers: Dict[int, Any] = {}
         self._ready: Dict[int, int] = {}
@@ -76,6 +77,7 @@ class _ReactorSelector(selectors.BaseSelector):
             selectors.EVENT_WRITE if revents & _POLLOUT else 0
         )
         self._ready[fd] = self._ready.get(fd, 0) | (events & key.events)
+        self._on_event()
 
     def select(self, timeout: Optional[float] = None) -> List[Tuple[selectors.SelectorKey, int]]:
         ready = [(self._keys[fd], events) for fd, events in self._ready.items() if fd in self._keys]
@@ -105,7 +107,11 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         make_flux_futures_awaitable()
         self._h = h
         self._now = reactor_clock(h)
-        self._reactor_selector = _ReactorSelector(h)
+        self._reactor_selector = _ReactorSelector(h, self._wake)
+        # The prepare watcher runs only while asyncio has work: started
+        # by call_soon/call_at and fd events, stopped when all is done.
+        self._prepare_started = False
+        self._quiet = False
         super().__init__(self._reactor_selector)
         self._prepare = h.prepare_watcher_create(self._before_block)
         self._idle = h.idle_watcher_create()
@@ -114,7 +120,23 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         self._wakeup_at: Optional[float] = None
         for watcher in (self._prepare, self._idle, self._wakeup):
             watcher.unref()  # asyncio alone does not keep the reactor running
-        self._prepare.start()
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._prepare_started:
+            self._prepare_started = True
+            self._prepare.start()
+
+    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> Any:
+        """asyncio's ``call_soon``; the reactor steps the loop before it next blocks."""
+        if not self._quiet:
+            self._wake()
+        return super().call_soon(callback, *args, context=context)
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+        """asyncio's ``call_at``; the reactor steps the loop until it is due."""
+        self._wake()
+        return super().call_at(when, callback, *args, context=context)
 
     def time(self) -> float:
         """The reactor's clock (the virtual clock on the in-memory broker)."""
@@ -131,6 +153,9 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
             else:
                 self._idle.stop()
         self._arm_wakeup()
+        if not spinning and not self._scheduled and not self._reactor_selector.has_events():
+            self._prepare_started = False  # nothing to do until call_soon or an fd event
+            self._prepare.stop()
 
     def _due(self) -> bool:
         scheduled = self._scheduled
@@ -156,7 +181,11 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         task); it is left to the next iteration, as ``create_task`` leaves
         it, while another task is running (a nested reactor callback).
         """
-        task = self.create_task(coro)
+        self._quiet = True  # its first step is run here, not by the reactor
+        try:
+            task = self.create_task(coro)
+        finally:
+            self._quiet = False
         ready = self._ready
         if ready and asyncio.current_task(self) is None:
             handle = ready[-1]
@@ -171,6 +200,8 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
                     handle._run()
                 finally:
                     asyncio.events._set_running_loop(previous)
+                return task
+        self._wake()  # left for the next step
         return task
 
     def step(self) -> None:

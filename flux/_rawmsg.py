@@ -29,6 +29,55 @@ def _oserror(what: str) -> OSError:
     return OSError(errnum, f"{what}: {os.strerror(errnum)}")
 
 
+def _read_topic(ptr: Any) -> str:
+    out = ffi.new("char *[1]")
+    if lib.flux_msg_get_topic(ptr, out) < 0:
+        raise _oserror("flux_msg_get_topic")
+    return ffi.string(out[0]).decode("utf-8")  # type: ignore[no-any-return]
+
+
+def _read_payload_str(ptr: Any) -> Optional[str]:
+    if not lib.flux_msg_has_payload(ptr):
+        return None
+    out = ffi.new("char *[1]")
+    if lib.flux_msg_get_string(ptr, out) < 0:
+        raise _oserror("flux_msg_get_string")
+    return ffi.string(out[0]).decode("utf-8")  # type: ignore[no-any-return]
+
+
+def _number_reader(getter: Callable[[Any, Any], int], ctype: str, what: str) -> Callable[[Any], int]:
+    def read(ptr: Any) -> int:
+        out = ffi.new(ctype)
+        if getter(ptr, out) < 0:
+            raise _oserror(what)
+        return int(out[0])
+
+    return read
+
+
+def _fact(name: str, read: Callable[[Any], Any], doc: str) -> property:
+    """Property *name*: *read* from the message once; setting it goes through
+    flux-core's ``Message`` setter and drops every fact read."""
+    slot = f"_{name}"
+    inherited = getattr(Message, name)
+
+    def get(self: "RawMessage") -> Any:
+        value = getattr(self, slot)
+        if value is _UNREAD:
+            value = read(self._ptr)
+            setattr(self, slot, value)
+        return value
+
+    def set_(self: "RawMessage", value: Any) -> None:
+        inherited.fset(self, value)
+        self._forget()
+
+    return property(get, set_, doc=doc)
+
+
+_FACTS = ("_topic", "_payload_str", "_userid", "_rolemask", "_type")
+
+
 class RawMessage(Message):
     """A received message, read through libflux on demand.
 
@@ -36,22 +85,32 @@ class RawMessage(Message):
     setter goes through flux-core's wrapper and drops what was read).
     """
 
-    __slots__ = ("_ptr", "_hptr", "_topic", "_payload_str", "_userid", "_rolemask", "_answered")
+    __slots__ = ("_ptr", "_hptr", "_answered") + _FACTS
 
     def __init__(self, ptr: Any, hptr: Any) -> None:  # pylint: disable=super-init-not-called
         # No Message.__init__: its wrapper objects are what this avoids.
         self._ptr = lib.flux_msg_incref(ptr)
         self._hptr = hptr
-        self._topic: Optional[str] = None
-        self._payload_str: Any = _UNREAD
-        self._userid: Optional[int] = None
-        self._rolemask: Optional[int] = None
         self._answered = False  # got its final answer (AnswerTracker's record)
+        self._forget()
 
     def __del__(self) -> None:
         ptr, self._ptr = self._ptr, None
         if ptr is not None:
             lib.flux_msg_decref(ptr)
+
+    def _forget(self) -> None:
+        for slot in _FACTS:
+            setattr(self, slot, _UNREAD)
+
+    topic = _fact("topic", _read_topic, "The message topic.")
+    payload_str = _fact("payload_str", _read_payload_str, "The payload as a string, None without one.")
+    userid = _fact("userid", _number_reader(lib.flux_msg_get_userid, "uint32_t *", "flux_msg_get_userid"),
+                   "The sender's userid.")
+    rolemask = _fact("rolemask", _number_reader(lib.flux_msg_get_rolemask, "uint32_t *", "flux_msg_get_rolemask"),
+                     "The sender's rolemask.")
+    type = _fact("type", _number_reader(lib.flux_msg_get_type, "int *", "flux_msg_get_type"),
+                 "The message type (FLUX_MSGTYPE_REQUEST, ...).")
 
     @property
     def pimpl(self) -> Any:  # type: ignore[override]
@@ -77,77 +136,6 @@ class RawMessage(Message):
         self.pimpl = None
         self._forget()
         lib.flux_msg_decref(old)
-
-    def _forget(self) -> None:
-        self._topic = self._userid = self._rolemask = None
-        self._payload_str = _UNREAD
-
-    @property
-    def topic(self) -> str:  # type: ignore[override]
-        """The message topic."""
-        topic = self._topic
-        if topic is None:
-            out = ffi.new("char *[1]")
-            if lib.flux_msg_get_topic(self._ptr, out) < 0:
-                raise _oserror("flux_msg_get_topic")
-            topic = self._topic = ffi.string(out[0]).decode("utf-8")
-        return topic
-
-    @topic.setter
-    def topic(self, value: str) -> None:
-        Message.topic.fset(self, value)  # type: ignore[attr-defined]
-        self._forget()
-
-    @property
-    def payload_str(self) -> Optional[str]:  # type: ignore[override]
-        """The payload as a string, None without one."""
-        text = self._payload_str
-        if text is _UNREAD:
-            text = None
-            if lib.flux_msg_has_payload(self._ptr):
-                out = ffi.new("char *[1]")
-                if lib.flux_msg_get_string(self._ptr, out) < 0:
-                    raise _oserror("flux_msg_get_string")
-                text = ffi.string(out[0]).decode("utf-8")
-            self._payload_str = text
-        return text  # type: ignore[no-any-return]
-
-    @payload_str.setter
-    def payload_str(self, value: Any) -> None:
-        Message.payload_str.fset(self, value)  # type: ignore[attr-defined]
-        self._forget()
-
-    @property
-    def userid(self) -> int:  # type: ignore[override]
-        """The sender's userid."""
-        userid = self._userid
-        if userid is None:
-            userid = self._userid = self._u32(lib.flux_msg_get_userid, "flux_msg_get_userid")
-        return userid
-
-    @userid.setter
-    def userid(self, value: int) -> None:
-        Message.userid.fset(self, value)  # type: ignore[attr-defined]
-        self._forget()
-
-    @property
-    def rolemask(self) -> int:  # type: ignore[override]
-        """The sender's rolemask."""
-        rolemask = self._rolemask
-        if rolemask is None:
-            rolemask = self._rolemask = self._u32(lib.flux_msg_get_rolemask, "flux_msg_get_rolemask")
-        return rolemask
-
-    @rolemask.setter
-    def rolemask(self, value: int) -> None:
-        Message.rolemask.fset(self, value)  # type: ignore[attr-defined]
-        self._forget()
-
-    def _u32(self, getter: Callable[[Any, Any], int], what: str) -> int:
-        out = ffi.new("uint32_t *")
-        if getter(self._ptr, out) < 0:
-            raise _oserror(what)
-        return int(out[0])
 
     def _streaming(self) -> bool:
         return bool(lib.flux_msg_is_streaming(self._ptr))

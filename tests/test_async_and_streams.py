@@ -88,6 +88,11 @@ class Worker(BrokerModule):
     @request_handler("quick")
     async def quick(self, msg):
         return {"quick": True}
+
+    @request_handler("in-thread")
+    async def in_thread(self, msg):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, sum, [1, 2, 3])
 '''
 
 
@@ -294,3 +299,11 @@ def test_async_handlers_that_never_wait_answer_and_are_counted_once(worker):
     counted = worker.rpc("worker.stats-get").get()["handlers"]
     assert counted["worker.quick"] == {**counted["worker.quick"], "requests": 3, "errors": 0}
     assert counted["worker.nap"]["requests"] == 1
+
+
+def test_work_handed_to_a_thread_wakes_the_handler(worker):
+    """A thread's result comes back through asyncio's self-pipe: the loop
+    must step again although it had gone quiet."""
+    assert worker.rpc("worker.quick", {}).get() == {"quick": True}  # the loop goes quiet
+    for _ in range(3):
+        assert worker.rpc("worker.in-thread", {}).get() == 6

@@ -6,8 +6,10 @@ import io
 import json
 import os
 import re
+import select
 import socket
 import syslog
+import threading
 import traceback
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
@@ -20,6 +22,7 @@ from flux.membroker._message import (
     FLUX_MSGTYPE_RESPONSE,
     FLUX_NODEID_ANY,
     FLUX_NODEID_UPSTREAM,
+    FLUX_POLLIN,
     FLUX_ROLE_ALL,
     FLUX_ROLE_LOCAL,
     FLUX_ROLE_OWNER,
@@ -33,6 +36,9 @@ from flux.membroker._strands import Strand, Strands
 
 #: How far :meth:`Future.get` lets the virtual clock run while it waits.
 MAX_WAIT = 3600.0
+#: Real seconds the broker waits, when nothing else can run, for a thread
+#: of the process to make a module's file descriptor ready.
+REAL_IO_WAIT = 10.0
 
 
 # Module states, as flux module list shows them.
@@ -544,6 +550,8 @@ class Broker:
                 continue  # answers sent before a panic are still delivered
             self._check_alive()
             due = self.clock.next_due()
+            if self._wake_on_real_io(waiting=due is None or due > limit):
+                continue
             if due is not None and due <= limit:
                 self.clock.jump(due)
                 continue
@@ -559,6 +567,28 @@ class Broker:
                 )
                 raise ModuleHang(self.hung)
             raise OSError(errno.EDEADLK, f"{what}: no answer, and nothing left to run")
+
+    def _wake_on_real_io(self, waiting: bool) -> bool:
+        """Wake the modules with a watched descriptor ready to read; True if any.
+
+        Virtual time never waits for real I/O, but a thread of the test's
+        process (an asyncio executor's, say) may still write to a module's
+        descriptor: when nothing else can run (*waiting*) and such a thread
+        is alive, wait for that in real time (up to REAL_IO_WAIT seconds).
+        """
+        watched = [(record, fd) for ranks in self._modules for record in ranks.values()
+                   for fd, events in record.handle._inbox.watched_fds() if events & FLUX_POLLIN]
+        if not watched:
+            return False
+        timeout = REAL_IO_WAIT if waiting and _other_threads_alive() else 0.0
+        try:
+            readable, _, _ = select.select([fd for _, fd in watched], [], [], timeout)
+        except (OSError, ValueError):  # a descriptor closed meanwhile: its module's reactor sees it
+            return False
+        woken = {id(record): record for record, fd in watched if fd in readable}
+        for record in woken.values():
+            record.handle._inbox.wake()
+        return bool(woken)
 
     def _fire_due_timers(self) -> bool:
         fired = False
@@ -776,3 +806,9 @@ def _entry_point_of(module: Callable[..., Any]) -> Callable[..., Any]:
     if callable(module):
         return module
     raise TypeError(f"cannot load {module!r}: expected a path, a BrokerModule subclass or a function")
+
+
+def _other_threads_alive() -> bool:
+    """True if a thread besides the broker's strands and the main thread runs."""
+    main = threading.main_thread()
+    return any(t is not main and not t.name.startswith("membroker:") for t in threading.enumerate())

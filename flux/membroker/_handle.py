@@ -14,7 +14,7 @@ import re
 import select
 import traceback
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from flux.membroker._surface import missing
 from flux.membroker._message import (
@@ -353,6 +353,14 @@ class HandleInbox:
     def receive_response(self, msg: Message) -> None:
         """Fulfil the future waiting for response *msg*."""
         self._handle._receive_response(msg)
+
+    def watched_fds(self) -> List[Tuple[int, int]]:
+        """``(fd, FLUX_POLL* events)`` of the handle's started fd watchers."""
+        return [(w.fd_int, w.events) for w in self._handle._loop_watchers if w._kind == "fd" and w._running]
+
+    def wake(self) -> None:
+        """Make the handle's reactor go round once (it polls its fds then)."""
+        self._handle._post(_nothing)
 
 
 class Handle:
