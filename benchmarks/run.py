@@ -199,6 +199,12 @@ def real_rows(rounds: int, requests: int):
              "flux python: start, import flux": [], "  + import flux.brokermod": []}
     instance = start_instance(attrs={"broker.module-nopanic": "1"})
     try:
+        # load times first, on an instance with no other Python module yet (as below for flux-core's)
+        for _ in range(rounds):
+            loads["this project's loader"].append(_load_seconds(instance, _copy(paths["respondecho"], "loadme")))
+            loads["flux module list (the CLI alone)"].append(_cli_seconds(instance))
+            loads["flux python: start, import flux"].append(_python_seconds(instance, "import flux"))
+            loads["  + import flux.brokermod"].append(_python_seconds(instance, "import flux, flux.brokermod"))
         pids = {name: _load(instance, path) for name, path in {**paths, **others}.items()}
         for _ in range(rounds):
             for label, name, topic, env in cases:
@@ -211,19 +217,16 @@ def real_rows(rounds: int, requests: int):
             results["delivered event"].append(_vs_floor(
                 instance, pid, "listener", None, requests,
                 measure=lambda: _rate(instance, pid, EVENT_CLIENT, requests // 4)))
-            loads["this project's loader"].append(_load_seconds(instance, _copy(paths["respondecho"], "loadme")))
-            loads["flux module list (the CLI alone)"].append(_cli_seconds(instance))
-            loads["flux python: start, import flux"].append(_python_seconds(instance, "import flux"))
-            loads["  + import flux.brokermod"].append(_python_seconds(instance, "import flux, flux.brokermod"))
     finally:
         instance.stop()
     # flux-core's own loader and flux.brokermod, the same module file
     core = start_instance(setup=False, attrs={"broker.module-nopanic": "1"})
     try:
+        for _ in range(rounds):
+            loads["flux-core's loader"].append(_load_seconds(core, _copy(paths["respondecho"], "loadme")))
         pid = _load(core, paths["respondecho"])
         for _ in range(rounds):
             results["flux-core's BrokerModule"].append(_vs_floor(core, pid, "respondecho", "respondecho.echo", requests))
-            loads["flux-core's loader"].append(_load_seconds(core, _copy(paths["respondecho"], "loadme")))
     finally:
         core.stop()
     rows = [(name, *_summary([r[0] for r in values]), statistics.median(r[1] for r in values))

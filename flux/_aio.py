@@ -20,6 +20,8 @@ Stepping one iteration uses ``BaseEventLoop._run_once`` and reads
 Python 3.8 to 3.13; the tests exercise them on every supported version.
 """
 
+from __future__ import annotations
+
 import asyncio
 import selectors
 from typing import Any, Callable, Dict, List, Optional, Tuple

@@ -5,6 +5,8 @@ for it (about 9 ms of its load time).  :func:`await_flux_future` runs only
 inside a running asyncio loop, when asyncio is already imported.
 """
 
+from __future__ import annotations
+
 import inspect
 import sys
 import threading

@@ -11,6 +11,8 @@ the first such handler).  Every request gets exactly one final answer
 (:class:`AnswerTracker`).
 """
 
+from __future__ import annotations
+
 import errno
 import inspect
 import json

@@ -7,6 +7,8 @@ in-memory broker's own record (its ``_brokermod_*`` hooks) for an
 in-memory one.
 """
 
+from __future__ import annotations
+
 import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
@@ -110,15 +112,19 @@ def watch(h: Any, callback: Callable[..., None], msgtype: int, topic: str, rolem
     *msgtype* message matching *topic* that *rolemask* (None: the owner) may send.
 
     On a flux-core handle it is a libflux message handler of its own
-    (:mod:`flux._rawmsg`, the fast lane); elsewhere the handle's
-    ``msg_watcher_create``.
+    (:mod:`flux._rawmsg`, the fast lane), unless the system refuses the
+    C callback it needs (no write+execute memory): then, like everywhere
+    else, the handle's ``msg_watcher_create``.
     """
     hook = getattr(type(h), "_brokermod_watch", None)
     if hook is not None:
         return hook(h, callback, msgtype, topic, rolemask)
     from flux._rawmsg import RawMessageWatcher
 
-    return RawMessageWatcher(h, callback, msgtype, topic, rolemask)
+    try:
+        return RawMessageWatcher(h, callback, msgtype, topic, rolemask)
+    except MemoryError:  # cffi could not make the callback
+        return h.msg_watcher_create(callback, msgtype, topic, rolemask=rolemask)
 
 
 

@@ -7,6 +7,8 @@ argument list into values, or raises :class:`OptionError` with one line
 naming the option and listing the valid ones.
 """
 
+from __future__ import annotations
+
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 _REQUIRED = object()

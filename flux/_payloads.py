@@ -8,6 +8,8 @@ each request's payload against it and returns the keyword arguments for
 the call, or raises :class:`PayloadError` with one line naming the field.
 """
 
+from __future__ import annotations
+
 import inspect
 import json
 import math

@@ -11,6 +11,8 @@ Both need flux-core's compiled bindings; the in-memory broker's handle
 keeps its own ``msg_watcher_create`` (see :func:`flux._libflux.watch`).
 """
 
+from __future__ import annotations
+
 import os
 from typing import Any, Callable, Optional
 

@@ -9,6 +9,8 @@ requests.  :class:`~flux._dispatch.Dispatcher` makes the one
 registered, so a module without any never imports asyncio.
 """
 
+from __future__ import annotations
+
 import asyncio
 import errno
 import inspect

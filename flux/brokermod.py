@@ -16,6 +16,8 @@ so it also works on the in-memory broker (:mod:`flux.membroker`) on a
 machine without flux-core.
 """
 
+from __future__ import annotations
+
 import errno
 import inspect
 import syslog

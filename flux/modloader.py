@@ -17,6 +17,8 @@ Every load error is a :class:`LoadError`, whose message is one line that
 names the file (and the line, where there is one) and the cause.
 """
 
+from __future__ import annotations
+
 import errno
 import importlib.util
 import os

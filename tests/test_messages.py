@@ -112,3 +112,42 @@ def test_an_event_reads_as_a_request_does(facts):
     assert got is not None
     assert got["topic"] == "facts.tick" and json.loads(got["payload_str"]) == {"n": 3}
     assert got["type_str"] == "event"
+
+
+REFUSED = r'''
+import flux._rawmsg as rawmsg
+from flux.brokermod import BrokerModule, request_handler
+
+
+class _NoCallbacks:
+    """flux-core's ffi, on a system that refuses write+execute memory."""
+
+    def __init__(self, ffi):
+        self._ffi = ffi
+
+    def callback(self, *args):
+        raise MemoryError("Cannot allocate write+execute memory for ffi.callback()")
+
+    def __getattr__(self, name):
+        return getattr(self._ffi, name)
+
+
+rawmsg.ffi = _NoCallbacks(rawmsg.ffi)
+
+
+class Refused(BrokerModule):
+    @request_handler("echo")
+    def echo(self, msg):
+        return {"payload": msg.payload, "class": type(msg).__name__}
+'''
+
+
+def test_without_c_callbacks_the_module_uses_flux_cores_watchers(real_instance, tmp_path):
+    path = tmp_path / "refused.py"
+    path.write_text(textwrap.dedent(REFUSED))
+    real_instance.load(str(path))
+    try:
+        assert real_instance.rpc("refused.echo", {"a": 1}).get() == {"payload": {"a": 1}, "class": "Message"}
+        assert real_instance.rpc("refused.echo", {"a": 2}).get()["payload"] == {"a": 2}
+    finally:
+        real_instance.remove("refused")
