@@ -113,7 +113,7 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         # The prepare watcher runs only while asyncio has work: started
         # by call_soon/call_at and fd events, stopped when all is done.
         self._prepare_started = False
-        self._quiet = False
+        self._first_step: Optional[List[Tuple[Any, Any, Any]]] = None
         super().__init__(self._reactor_selector)
         self._prepare = h.prepare_watcher_create(self._before_block)
         self._idle = h.idle_watcher_create()
@@ -131,8 +131,11 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
 
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> Any:
         """asyncio's ``call_soon``; the reactor steps the loop before it next blocks."""
-        if not self._quiet:
-            self._wake()
+        first_step = self._first_step
+        if first_step is not None and not first_step:  # a Task's own, in start_task()
+            first_step.append((callback, args, context))
+            return None
+        self._wake()
         return super().call_soon(callback, *args, context=context)
 
     def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> Any:
@@ -183,27 +186,25 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         task); it is left to the next iteration, as ``create_task`` leaves
         it, while another task is running (a nested reactor callback).
         """
-        self._quiet = True  # its first step is run here, not by the reactor
+        if asyncio.current_task(self) is not None:  # a task's step cannot nest
+            return self.create_task(coro)
+        # The Task asks call_soon() for its first step: take it, run it now.
+        first_step: List[Tuple[Any, Any, Any]] = []
+        self._first_step = first_step
         try:
-            task = self.create_task(coro)
+            task = asyncio.Task(coro, loop=self)
         finally:
-            self._quiet = False
-        ready = self._ready
-        if ready and asyncio.current_task(self) is None:
-            handle = ready[-1]
-            if getattr(handle._callback, "__self__", None) is task:
-                ready.pop()
-                previous = asyncio.events._get_running_loop()
-                if previous is self:  # within the module's reactor_run()
-                    handle._run()
-                    return task
-                asyncio.events._set_running_loop(self)
-                try:
-                    handle._run()
-                finally:
-                    asyncio.events._set_running_loop(previous)
-                return task
-        self._wake()  # left for the next step
+            self._first_step = None
+        callback, args, context = first_step[0]
+        previous = asyncio.events._get_running_loop()
+        if previous is self:  # within the module's reactor_run()
+            context.run(callback, *args)
+            return task
+        asyncio.events._set_running_loop(self)
+        try:
+            context.run(callback, *args)
+        finally:
+            asyncio.events._set_running_loop(previous)
         return task
 
     def step(self) -> None:
