@@ -7,8 +7,12 @@ loop stepped from inside it, following the prepare/idle pattern that
 flux-core's watchers document: before the reactor would block, a prepare
 watcher runs one asyncio iteration, keeps an idle watcher started while
 asyncio has callbacks ready (so the reactor polls instead of blocking),
-and arms a timer for asyncio's next scheduled callback.  File descriptors
-asyncio watches become flux fd watchers.  So ``asyncio.sleep``, queues,
+and arms a timer for asyncio's next scheduled callback.  The prepare
+watcher itself runs only while asyncio has work (``call_soon``,
+``call_at`` and fd events start it), so an idle loop costs the reactor
+nothing.  File descriptors asyncio watches become flux fd watchers.
+:meth:`ReactorLoop.start_task` runs a new task's first step at once.  So
+``asyncio.sleep``, queues,
 events, ``gather`` and asyncio libraries work in a module, and while one
 handler awaits, the reactor goes on serving others.
 
