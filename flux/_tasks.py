@@ -86,41 +86,38 @@ class TaskRunner:
         request_failed = self._dispatcher.request_failed
 
         def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            started = _clock()
             try:
                 if stream and not is_streaming(msg):
                     raise _stream_error(msg)
-                kwargs = schema.fields_of(msg) if schema is not None else {}
-                body = method(msg, **kwargs)
+                body = method(msg) if schema is None else method(msg, **schema.fields_of(msg))
             except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                stats.count(_clock() - started, True)
                 request_failed(msg, exc, answered)
                 return
-            request = _PendingRequest(msg)
             if stream:
-                coro = self._serve_stream(body, request, answered)
+                request: Optional[_PendingRequest] = _PendingRequest(msg, started)
+                task = loop.start_task(self._serve_stream(body, request, answered, stats))
             else:
-                coro = self._serve(body, request, answered)
-            task = request.task = loop.start_task(coro)
-            if task.done():  # it never waited
-                stats.count(_clock() - request.started, request.failed)
+                request = None
+                task = loop.start_task(self._serve(body, msg, answered, stats, started))
+            if task.done():  # it never waited (and counted itself)
                 return
             # It waits: until it is done, a cancel or disconnect may end it.
             facts = request_facts(msg)
+            if request is None:
+                request = _PendingRequest(msg, started)
+            request.task = task
             request.sender, request.userid = facts.sender, facts.userid
-            key = (facts.sender, facts.matchtag) if facts.matchtag else None
-            if key is not None:
+            if facts.matchtag:
+                key = (facts.sender, facts.matchtag)
                 pending[key] = request
-
-            def done(task: Any) -> None:
-                stats.count(_clock() - request.started, request.failed)
-                if key is not None and pending.get(key) is request:
-                    del pending[key]
-
-            task.add_done_callback(done)
+                task.add_done_callback(lambda task: _forget(pending, key, request))
 
         return callback
 
-    async def _serve(self, coro: Any, request: "_PendingRequest", answered: Any) -> None:
-        msg = request.msg
+    async def _serve(self, coro: Any, msg: Any, answered: Any, stats: Any, started: float) -> None:
+        failed = False
         try:
             result = await coro
             if result is not None:
@@ -128,10 +125,11 @@ class TaskRunner:
         except asyncio.CancelledError:
             pass  # the caller went away: nothing to answer
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
-            request.failed = True
+            failed = True
             self._dispatcher.request_failed(msg, exc, answered)
+        stats.count(_clock() - started, failed)
 
-    async def _serve_stream(self, body: Any, request: "_PendingRequest", answered: Any) -> None:
+    async def _serve_stream(self, body: Any, request: "_PendingRequest", answered: Any, stats: Any) -> None:
         msg = request.msg
         respond = self._h.respond
         try:
@@ -153,6 +151,7 @@ class TaskRunner:
                 await body.aclose()
             else:
                 body.close()
+            stats.count(_clock() - request.started, request.failed)
 
     def cancel_callback(self, topic: str) -> Callable[..., None]:
         """``TOPIC-cancel`` with ``{"matchtag": N}``: end the sender's own stream N."""
@@ -191,7 +190,7 @@ def _stream_error(msg: Any) -> OSError:
 
 
 class _PendingRequest:
-    """A request whose handler runs as a task, until it is done.
+    """A request whose handler runs as a task and waits (or streams).
 
     ``sender`` and ``userid`` are filled in once the task waits (only then
     can a cancel or a disconnect reach it).
@@ -199,11 +198,16 @@ class _PendingRequest:
 
     __slots__ = ("msg", "sender", "userid", "task", "cancelled", "failed", "started")
 
-    def __init__(self, msg: Any) -> None:
+    def __init__(self, msg: Any, started: float) -> None:
         self.msg = msg
         self.sender = ""
         self.userid = -1
         self.task: Any = None
         self.cancelled = False
         self.failed = False
-        self.started = _clock()
+        self.started = started
+
+
+def _forget(pending: Dict[Tuple[str, int], _PendingRequest], key: Tuple[str, int], request: _PendingRequest) -> None:
+    if pending.get(key) is request:
+        del pending[key]

@@ -307,3 +307,13 @@ def test_work_handed_to_a_thread_wakes_the_handler(worker):
     assert worker.rpc("worker.quick", {}).get() == {"quick": True}  # the loop goes quiet
     for _ in range(3):
         assert worker.rpc("worker.in-thread", {}).get() == 6
+
+
+def test_refused_and_failed_async_requests_are_counted_as_errors(worker):
+    """As for a plain handler: a payload refused before the coroutine runs,
+    and a coroutine that raises, each count as one request and one error."""
+    assert error_of(worker.rpc("worker.nap", {"t": "soon", "name": "a"}))[0] == EPROTO
+    assert error_of(worker.rpc("worker.fail", {}))[0] == EPROTO  # a ValueError
+    counted = worker.rpc("worker.stats-get").get()["handlers"]
+    assert (counted["worker.nap"]["requests"], counted["worker.nap"]["errors"]) == (1, 1)
+    assert (counted["worker.fail"]["requests"], counted["worker.fail"]["errors"]) == (1, 1)
