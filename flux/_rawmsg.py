@@ -87,12 +87,12 @@ class RawMessage(Message):
     setter goes through flux-core's wrapper and drops what was read).
     """
 
-    __slots__ = ("_ptr", "_hptr", "_answered") + _FACTS
+    __slots__ = ("_ptr", "_h", "_answered") + _FACTS
 
-    def __init__(self, ptr: Any, hptr: Any) -> None:  # pylint: disable=super-init-not-called
+    def __init__(self, ptr: Any, h: Any) -> None:  # pylint: disable=super-init-not-called
         # No Message.__init__: its wrapper objects are what this avoids.
         self._ptr = lib.flux_msg_incref(ptr)
-        self._hptr = hptr
+        self._h = h  # the flux.Flux it came from, kept alive (and open) by this reference
         self._answered = False  # got its final answer (AnswerTracker's record)
         self._forget()
 
@@ -144,7 +144,7 @@ class RawMessage(Message):
 
     def _respond(self, payload: Any) -> None:
         """flux-core's ``Flux.respond``, on the handle the message came from."""
-        if lib.flux_respond(self._hptr, self._ptr, encode_payload(payload)) < 0:
+        if lib.flux_respond(self._h.handle, self._ptr, encode_payload(payload)) < 0:
             raise _oserror("flux_respond")
 
     def _respond_error(self, errnum: int, errstr: Any) -> None:
@@ -152,7 +152,7 @@ class RawMessage(Message):
         text = errstr.encode("utf-8", errors="surrogateescape") if isinstance(errstr, str) else errstr
         if text is None:
             text = ffi.NULL
-        if lib.flux_respond_error(self._hptr, self._ptr, errnum, text) < 0:
+        if lib.flux_respond_error(self._h.handle, self._ptr, errnum, text) < 0:
             raise _oserror("flux_respond_error")
 
 
@@ -169,7 +169,7 @@ class RawMessageWatcher:
         hptr = h.handle
 
         def on_message(_hptr: Any, _mh: Any, ptr: Any, _arg: Any) -> None:
-            callback(h, self, RawMessage(ptr, hptr), None)
+            callback(h, self, RawMessage(ptr, h), None)
 
         self._c_callback = ffi.callback(_CALLBACK_TYPE, on_message)
         glob = ffi.new("char[]", topic.encode())  # alive until libflux copied it
