@@ -62,10 +62,13 @@ class Dispatcher:
 
     def run_reactor(self) -> int:
         """Run the module's reactor; end the tasks still open when it stops."""
-        tasks, self._tasks = self._tasks, None
+        tasks = self._tasks
         if tasks is None:
             return int(self._h.reactor_run())
-        return tasks.run_reactor()  # type: ignore[no-any-return]
+        try:
+            return tasks.run_reactor()  # type: ignore[no-any-return]
+        finally:
+            self._tasks = None  # its loop is closed
 
     def request_callback(
         self, topic: str, method: Callable[..., Any], schema: Optional[PayloadSchema], kind: str
