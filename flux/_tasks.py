@@ -19,13 +19,12 @@ import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from flux._aio import ReactorLoop
-from flux._dispatch import RequestError, encoded
+from flux._dispatch import COROUTINE, RequestError, encoded
 from flux._libflux import is_streaming, request_facts
 from flux._payloads import PayloadSchema
 
 __all__ = ["TaskRunner"]
 
-COROUTINE = "coroutine"
 _clock = time.perf_counter
 
 
