@@ -6,7 +6,6 @@ process): see ``client()`` in tests/_targets.py.
 """
 
 import os
-import textwrap
 
 import pytest
 from _helpers import error_of
@@ -105,10 +104,8 @@ def kv(target):
 
 
 @pytest.fixture
-def worker(kv, tmp_path):
-    path = tmp_path / "worker.py"
-    path.write_text(textwrap.dedent(WORKER))
-    kv.load(str(path))
+def worker(kv, write_module):
+    kv.load(write_module("worker.py", WORKER))
     yield kv
     kv.remove("worker")
 
@@ -238,13 +235,12 @@ def test_request_facts_are_the_same_on_both_brokers(worker):
     assert from_guest["sender"] != first["sender"] and from_guest["userid"] == 1234
 
 
-def test_awaits_follow_the_virtual_clock_in_memory(tmp_path):
+def test_awaits_follow_the_virtual_clock_in_memory(write_module):
     from flux.membroker import Broker
 
-    path = tmp_path / "worker.py"
-    path.write_text(textwrap.dedent(WORKER))
+    path = write_module("worker.py", WORKER)
     with Broker() as broker:
-        broker.load(str(path))
+        broker.load(path)
         slow = broker.rpc("worker.nap", {"t": 50.0, "name": "slow"})
         fast = broker.rpc("worker.nap", {"t": 5.0, "name": "fast"})
         assert fast.get() == {"name": "fast"} and broker.now == 5.0

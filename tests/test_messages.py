@@ -6,7 +6,6 @@ same, setters included, and a held message must stay valid.
 """
 
 import json
-import textwrap
 
 import pytest
 
@@ -56,10 +55,8 @@ class Facts(BrokerModule):
 
 
 @pytest.fixture
-def facts(target, tmp_path):
-    path = tmp_path / "facts.py"
-    path.write_text(textwrap.dedent(FACTS))
-    target.load(str(path))
+def facts(target, write_module):
+    target.load(write_module("facts.py", FACTS))
     yield target
     target.remove("facts")
 
@@ -142,10 +139,8 @@ class Refused(BrokerModule):
 '''
 
 
-def test_without_c_callbacks_the_module_uses_flux_cores_watchers(real_instance, tmp_path):
-    path = tmp_path / "refused.py"
-    path.write_text(textwrap.dedent(REFUSED))
-    real_instance.load(str(path))
+def test_without_c_callbacks_the_module_uses_flux_cores_watchers(real_instance, write_module):
+    real_instance.load(write_module("refused.py", REFUSED))
     try:
         assert real_instance.rpc("refused.echo", {"a": 1}).get() == {"payload": {"a": 1}, "class": "Message"}
         assert real_instance.rpc("refused.echo", {"a": 2}).get()["payload"] == {"a": 2}

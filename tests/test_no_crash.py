@@ -17,7 +17,6 @@ would fail.  Each test ends by checking that the module still answers.
 
 import errno
 import os
-import textwrap
 
 import pytest
 from _helpers import error_of
@@ -192,10 +191,8 @@ def target(request):
 
 
 @pytest.fixture
-def holes(target, tmp_path):
-    path = tmp_path / "holes.py"
-    path.write_text(textwrap.dedent(HOLES))
-    target.load(str(path))
+def holes(target, write_module):
+    target.load(write_module("holes.py", HOLES))
     yield target
     # The module survived whatever the test sent it.
     assert target.rpc("holes.ping", {}).get()["userid"] == target.owner()

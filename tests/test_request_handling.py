@@ -6,7 +6,6 @@ a real instance running this library's loader.
 
 import errno
 import os
-import textwrap
 
 import pytest
 from _helpers import error_of
@@ -88,11 +87,10 @@ class Returns(BrokerModule):
 
 
 @pytest.fixture
-def returns(target, tmp_path):
-    path = tmp_path / "returns.py"
-    path.write_text(textwrap.dedent(RETURNS))
+def returns(target, write_module):
+    path = write_module("returns.py", RETURNS)
     target.clear_log()
-    target.load(str(path))
+    target.load(path)
     yield target
     target.remove("returns")
 
