@@ -102,16 +102,28 @@ def _cpu(pid: int) -> float:
     return now.tv_sec + now.tv_nsec * 1e-9
 
 
-def _per_request(instance, pid, topic, requests, env=None) -> float:
+def _with_cpu(instance, pid, count, *args, env=None) -> tuple:
+    """Run ``flux ARGS``; return (its stdout, process *pid*'s CPU us per item of *count*)."""
     before = _cpu(pid)
-    result = instance.flux("python", "-c", CLIENT, topic, str(requests), "256", env=env, timeout=600)
+    result = instance.flux(*args, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
-    return (_cpu(pid) - before) / requests * 1e6
+    return result.stdout, (_cpu(pid) - before) / count * 1e6
+
+
+def _per_request(instance, pid, topic, requests, env=None) -> float:
+    """Module CPU us per request of *topic*, 256 in flight from one client."""
+    return _with_cpu(instance, pid, requests, "python", "-c", CLIENT, topic, str(requests), "256", env=env)[1]
 
 
 def _floor(instance, pid, name, requests) -> float:
     """Module CPU per request of the process's C ping handler (libflux's own)."""
     return _per_request(instance, pid, f"{name}.ping", requests)
+
+
+def _rate(instance, pid, script, count) -> tuple:
+    """(per second as the client saw it, module CPU us per item) of *script*."""
+    out, us = _with_cpu(instance, pid, count, "python", "-c", script, str(count))
+    return float(out.split()[-1]), us
 
 
 def _load(instance, path) -> int:
@@ -120,43 +132,22 @@ def _load(instance, path) -> int:
     return instance.rpc(f"{os.path.basename(path)[:-3]}.pid").get()["pid"]
 
 
-def _rate(instance, pid, script, count) -> tuple:
-    """(per second as the client saw it, module CPU us per item) of *script*."""
-    before = _cpu(pid)
-    result = instance.flux("python", "-c", script, str(count), timeout=600)
-    assert result.returncode == 0, result.stderr
-    return float(result.stdout.split()[-1]), (_cpu(pid) - before) / count * 1e6
-
-
-def _load_seconds(instance, path) -> float:
-    name = os.path.basename(path)[:-3]
+def _seconds(instance, *args) -> float:
+    """Wall time of ``flux ARGS``."""
     start = time.perf_counter()
-    result = instance.flux("module", "load", path)
+    result = instance.flux(*args)
     elapsed = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
-    assert instance.flux("module", "remove", name).returncode == 0
     return elapsed
 
 
-def _copy(path: str, name: str) -> str:
-    """A copy of module *path* named NAME.py (loaded and removed again and again)."""
-    copy = os.path.join(os.path.dirname(path), f"{name}.py")
+def _load_seconds(instance, path) -> float:
+    """Wall time of ``flux module load`` of a copy of *path* (then removed)."""
+    copy = os.path.join(os.path.dirname(path), "loadme.py")
     with open(path) as src, open(copy, "w") as dst:
         dst.write(src.read())
-    return copy
-
-
-def _cli_seconds(instance) -> float:
-    start = time.perf_counter()
-    assert instance.flux("module", "list").returncode == 0
-    return time.perf_counter() - start
-
-
-def _python_seconds(instance, code: str) -> float:
-    start = time.perf_counter()
-    result = instance.flux("python", "-c", code)
-    elapsed = time.perf_counter() - start
-    assert result.returncode == 0, result.stderr
+    elapsed = _seconds(instance, "module", "load", copy)
+    _seconds(instance, "module", "remove", "loadme")
     return elapsed
 
 
@@ -165,9 +156,9 @@ def _summary(values):
 
 
 def _vs_floor(instance, pid, name, topic, count, env=None, measure=None) -> tuple:
-    """(ratio, us): module CPU per item of *topic* (or of *measure*, a
-    function returning (rate, us)) over the process's own C ping, measured
-    just before and after (their mean, to even out drift)."""
+    """(ratio, us, floor us, rate or None): module CPU per item of *topic*
+    (or of *measure*, a function returning (rate, us)) over the process's
+    own C ping, measured just before and after (their mean, to even out drift)."""
     before = _floor(instance, pid, name, count)
     rate = None
     if measure is None:
@@ -201,10 +192,10 @@ def real_rows(rounds: int, requests: int):
     try:
         # load times first, on an instance with no other Python module yet (as below for flux-core's)
         for _ in range(rounds):
-            loads["this project's loader"].append(_load_seconds(instance, _copy(paths["respondecho"], "loadme")))
-            loads["flux module list (the CLI alone)"].append(_cli_seconds(instance))
-            loads["flux python: start, import flux"].append(_python_seconds(instance, "import flux"))
-            loads["  + import flux.brokermod"].append(_python_seconds(instance, "import flux, flux.brokermod"))
+            loads["this project's loader"].append(_load_seconds(instance, paths["respondecho"]))
+            loads["flux module list (the CLI alone)"].append(_seconds(instance, "module", "list"))
+            loads["flux python: start, import flux"].append(_seconds(instance, "python", "-c", "import flux"))
+            loads["  + import flux.brokermod"].append(_seconds(instance, "python", "-c", "import flux, flux.brokermod"))
         pids = {name: _load(instance, path) for name, path in {**paths, **others}.items()}
         for _ in range(rounds):
             for label, name, topic, env in cases:
@@ -223,7 +214,7 @@ def real_rows(rounds: int, requests: int):
     core = start_instance(setup=False, attrs={"broker.module-nopanic": "1"})
     try:
         for _ in range(rounds):
-            loads["flux-core's loader"].append(_load_seconds(core, _copy(paths["respondecho"], "loadme")))
+            loads["flux-core's loader"].append(_load_seconds(core, paths["respondecho"]))
         pid = _load(core, paths["respondecho"])
         for _ in range(rounds):
             results["flux-core's BrokerModule"].append(_vs_floor(core, pid, "respondecho", "respondecho.echo", requests))
