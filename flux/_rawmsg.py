@@ -60,14 +60,14 @@ def _number_reader(getter: Callable[[Any, Any], int], ctype: str, what: str) -> 
 def _fact(name: str, read: Callable[[Any], Any], doc: str) -> property:
     """Property *name*: *read* from the message once; setting it goes through
     flux-core's ``Message`` setter and drops every fact read."""
-    slot = f"_{name}"
+    key = f"_{name}"
     inherited = getattr(Message, name)
 
     def get(self: "RawMessage") -> Any:
-        value = getattr(self, slot)
+        facts = self.__dict__
+        value = facts.get(key, _UNREAD)
         if value is _UNREAD:
-            value = read(self._ptr)
-            setattr(self, slot, value)
+            value = facts[key] = read(self._ptr)
         return value
 
     def set_(self: "RawMessage", value: Any) -> None:
@@ -87,14 +87,15 @@ class RawMessage(Message):
     setter goes through flux-core's wrapper and drops what was read).
     """
 
-    __slots__ = ("_ptr", "_h", "_answered") + _FACTS
+    # What was read is kept in the instance dict (which Message has anyway):
+    # a new message starts with nothing to reset.
+    __slots__ = ("_ptr", "_h", "_answered")
 
     def __init__(self, ptr: Any, h: Any) -> None:  # pylint: disable=super-init-not-called
         # No Message.__init__: its wrapper objects are what this avoids.
         self._ptr = lib.flux_msg_incref(ptr)
         self._h = h  # the flux.Flux it came from, kept alive (and open) by this reference
         self._answered = False  # got its final answer (AnswerTracker's record)
-        self._forget()
 
     def __del__(self) -> None:
         ptr, self._ptr = self._ptr, None
@@ -102,8 +103,8 @@ class RawMessage(Message):
             lib.flux_msg_decref(ptr)
 
     def _forget(self) -> None:
-        for slot in _FACTS:
-            setattr(self, slot, _UNREAD)
+        for key in _FACTS:
+            self.__dict__.pop(key, None)
 
     topic = _fact("topic", _read_topic, "The message topic.")
     payload_str = _fact("payload_str", _read_payload_str, "The payload as a string, None without one.")
