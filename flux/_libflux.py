@@ -127,7 +127,6 @@ def watch(h: Any, callback: Callable[..., None], msgtype: int, topic: str, rolem
         return h.msg_watcher_create(callback, msgtype, topic, rolemask=rolemask)
 
 
-
 def raw_message_class(h: Any) -> Optional[type]:
     """:class:`flux._rawmsg.RawMessage` if :func:`watch` hands those out on
     handle *h* (they are answered through libflux directly), else None."""
