@@ -1131,3 +1131,123 @@ def test_conf_get_event_create_and_signal_watchers(write_module):
     broker.run_until_idle()
     assert events.events == [("confmod.made", {"ok": 1})]
     broker.close()
+
+
+# A module's turns on the test's thread (see flux/membroker/_strands.py)
+
+
+class Contextual(BrokerModule):
+    """Tells what a handler sees of its module's context."""
+
+    loop_id = None
+
+    @request_handler("async-loop")
+    async def async_loop(self, msg):
+        import asyncio
+
+        Contextual.loop_id = id(asyncio.get_running_loop())
+        return {}
+
+    @request_handler("context")
+    def context(self, msg):
+        import asyncio
+        import logging
+
+        print("printed to stderr", file=sys.stderr)
+        logging.getLogger("contextual").warning("a logging warning")
+        return {"loop": id(asyncio.get_running_loop())}
+
+
+def test_a_handler_sees_its_modules_stderr_logging_and_asyncio_loop(broker, capsys):
+    import asyncio
+
+    broker.load(Contextual, name="contextual")
+    broker.rpc("contextual.async-loop").get()
+
+    async def test_code():
+        outer = asyncio.get_running_loop()
+        answer = broker.rpc("contextual.context").get()
+        return answer, asyncio.get_running_loop() is outer
+
+    answer, test_loop_kept = asyncio.run(test_code())
+    assert answer == {"loop": Contextual.loop_id}
+    assert test_loop_kept
+    assert "printed to stderr" in broker.stderr
+    assert "a logging warning" in broker.stderr
+    captured = capsys.readouterr()
+    assert "printed to stderr" not in captured.err
+    assert "a logging warning" not in captured.err
+
+
+class Nesting(BrokerModule):
+    """A handler that runs the reactor itself, until a timer or a request stops it."""
+
+    @request_handler("wait")
+    def wait(self, msg):
+        stop_after = msg.payload.get("timer")
+        if stop_after is not None:
+            self.handle.timer_watcher_create(stop_after, lambda h, *args: h.reactor_stop()).start()
+        self.handle.reactor_run()
+        return {"waited": True}
+
+    @request_handler("release")
+    def release(self, msg):
+        self.handle.reactor_stop()
+        return {"released": True}
+
+    @request_handler("ping")
+    def ping(self, msg):
+        return {"pong": True}
+
+
+def test_a_reactor_run_nested_in_a_handler_serves_messages_and_timers(broker):
+    broker.load(Nesting, name="nest")
+    waiting = broker.rpc("nest.wait", {"timer": 2.0})
+    inner = broker.rpc("nest.wait", {})  # served by the nested reactor, nesting again
+    released = broker.rpc("nest.release")  # ends the inner one
+    assert waiting.get() == {"waited": True}
+    assert inner.get() == {"waited": True}
+    assert released.get() == {"released": True}
+    assert broker.rpc("nest.ping").get() == {"pong": True}  # the outer reactor goes on
+    assert broker.now == 2.0
+
+
+def test_a_nested_reactor_only_the_test_could_end_stops_the_broker_loudly(broker):
+    """On a real instance the test would go on and send nest.release; here the
+    test's thread runs the callback, so the broker says why it cannot."""
+    from flux.membroker import ModuleHang
+
+    broker.load(Nesting, name="nest")
+    waiting = broker.rpc("nest.wait", {})
+    with pytest.raises(ModuleHang, match="module nest runs reactor_run[(][)] inside a callback, "
+                                         "and nothing left to run would end it"):
+        waiting.get()
+
+
+def test_what_escapes_a_reactor_round_is_raised_in_the_modules_own_thread(broker):
+    """A watched descriptor closed under the reactor fails its next poll:
+    the error comes out of reactor_run() in the module's thread."""
+    import threading
+
+    def mod_main(h):
+        read_end, write_end = os.pipe()
+        h.fd_watcher_create(read_end, lambda *args: None).start()
+
+        def close(h, watcher, msg, arg):
+            h.respond(msg, {})
+            os.close(read_end)
+
+        h.msg_watcher_create(close, FLUX_MSGTYPE_REQUEST, "closer.close").start()
+        try:
+            h.reactor_run()
+        except (OSError, ValueError) as exc:
+            where = threading.current_thread().name
+            h.log(syslog.LOG_ERR, f"reactor_run raised {type(exc).__name__} in {where}")
+        os.close(write_end)
+
+    broker.load(mod_main, name="closer")
+    assert broker.rpc("closer.close").get() == {}
+    broker.run_until_idle()
+    assert [line for line in broker.dmesg("closer") if "reactor_run raised" in line] == [
+        "closer.err[0]: reactor_run raised OSError in membroker:closer"
+    ]

@@ -225,9 +225,37 @@ class BrokerLink:
         """Queue *item* to run in *strand* (None: whichever strand drives)."""
         self._broker._strands.queue.append((strand, item))
 
-    def next_item(self, strand: Strand) -> Callable[[], None]:
-        """Called by a module's reactor: go idle until there is work for *strand*."""
-        return self._broker._strands.wait_for_work(strand)
+    def next_item(
+        self, strand: Strand, turn: Callable[[Callable[[], None]], bool]
+    ) -> Optional[Callable[[], None]]:
+        """Called by a module's reactor: go idle until there is work for *strand*.
+
+        Return the work item, which the reactor runs with ``turn(item)``:
+        the reactor's round (see :class:`Strand`).  Return None if another
+        thread ran a turn and the reactor must now go on past it.
+        """
+        strands = self._broker._strands
+        if not strands.in_turn(strand):
+            return strands.wait_for_work(strand, turn)
+        # A reactor run from a callback of a turn: this thread cannot park
+        # (the test's frames lie below), so it runs the broker until
+        # strand's next item comes up, as it would for an idle strand; the
+        # test's code goes on only once that callback returns.
+        found: List[Callable[[], None]] = []
+
+        def next_up() -> bool:
+            item = strands.take_next(strand)
+            if item is not None:
+                found.append(item)
+            return bool(found)
+
+        stuck = (
+            f"module {strand.name} runs reactor_run() inside a callback, and nothing left to run "
+            f"would end it: the in-memory broker runs callbacks on the test's thread, so the "
+            f"test cannot go on (to send what would end it) until that callback returns"
+        )
+        self._broker._run_until(next_up, f"{strand.name}'s reactor_run()", stuck=stuck)
+        return found[0]
 
     def module_running(self, record: "LoadedModule", pause: bool) -> None:
         """Mark *record* running (``flux module load`` returns); *pause*:
@@ -539,8 +567,14 @@ class Broker:
         if self.panicked is not None:
             raise BrokerPanic(self.panicked)
 
-    def _run_until(self, done: Callable[[], bool], what: str, timeout: float = -1.0) -> None:
-        """Run queued work until *done*, letting virtual time pass if idle."""
+    def _run_until(
+        self, done: Callable[[], bool], what: str, timeout: float = -1.0, stuck: Optional[str] = None
+    ) -> None:
+        """Run queued work until *done*, letting virtual time pass if idle.
+
+        A module that waits so, with nothing left to run, hangs: *stuck*
+        says why (by default, a synchronous get() nothing will answer).
+        """
         self._strands.check_thread()
         limit = self.now + (MAX_WAIT if timeout < 0 else timeout)
         while not done():
@@ -561,7 +595,7 @@ class Broker:
             if due is not None:
                 raise OSError(errno.ETIMEDOUT, f"{what}: no answer within {MAX_WAIT:g} virtual seconds")
             if self._strands.current is not self._strands.driver:
-                self.hung = (
+                self.hung = stuck or (
                     f"module {self._strands.current.name} waited for {what} (a synchronous get()), "
                     f"which nothing will ever answer: a real module would hang here forever"
                 )

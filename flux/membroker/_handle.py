@@ -667,20 +667,28 @@ class Handle:
             rc, self._stop = self._stop, None
             return int(rc or 0)
         link.module_running(record, pause=False)
+        if self._loop_watchers:
+            self._run_loop_watchers("prepare")
+        turn = self._turn
         while self._stop is None:
-            if self._loop_watchers:
-                self._run_loop_watchers("prepare")
-                if self._stop is not None:
-                    break
-            item = link.next_item(record.ctx)
-            item()
-            if self._loop_watchers:
-                self._run_loop_watchers("check")
+            item = link.next_item(record.ctx, turn)
+            if item is not None:
+                turn(item)
         rc, self._stop = self._stop, None
         if self._exception is not None:
             exc, self._exception = self._exception, None
             raise exc
         return rc
+
+    def _turn(self, item: Callable[[], None]) -> bool:
+        """One round of a module's reactor: *item*, then its check watchers
+        and, unless stopped, its prepare watchers.  True if it goes on."""
+        item()
+        if self._loop_watchers:
+            self._run_loop_watchers("check")
+            if self._stop is None:
+                self._run_loop_watchers("prepare")
+        return self._stop is None
 
     def _run_loop_watchers(self, kind: str) -> None:
         for watcher in list(self._loop_watchers):

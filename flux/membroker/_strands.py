@@ -9,6 +9,14 @@ strand is active; it hands control to another with :meth:`Strands.resume`
 and gets it back when that context goes idle, becomes runnable again, or
 ends.  Which context runs next depends only on the order of events, never
 on the operating system's thread scheduling, so runs are deterministic.
+
+Handing control to another thread costs tens of microseconds, so the
+common case takes a short cut: a module idle in its reactor offers a
+*turn* (its reactor's one round: run a work item, then its check and
+prepare watchers), and the test's own thread runs that turn itself,
+with the module's stderr, logging and asyncio loop, while the module's
+thread stays parked.  Only when the reactor must go on past the turn
+(it was stopped, or something escaped it) is the module's thread woken.
 """
 
 import logging
@@ -16,7 +24,7 @@ import sys
 import threading
 import weakref
 from collections import deque
-from typing import Callable, Deque, List, Optional, TextIO
+from typing import Any, Callable, Deque, List, Optional, TextIO
 
 NEW = "new"
 RUNNABLE = "runnable"
@@ -36,6 +44,15 @@ class Strand:
         self.resumer: Optional["Strand"] = None
         self.item: Optional[Callable[[], None]] = None
         self.thread: Optional[threading.Thread] = None
+        #: The thread running this strand's code now: its own, or the
+        #: test's while the test's thread takes one of its turns.
+        self.runner: Optional[threading.Thread] = None
+        #: While idle in a reactor: ``turn(item)``, which runs *item* and
+        #: the reactor's round after it on any thread, and returns False
+        #: if the reactor must then go on on the strand's own thread.
+        self.turn: Optional[Callable[[Callable[[], None]], bool]] = None
+        #: asyncio's running loop in the strand's thread when it went idle.
+        self.running_loop: Any = None
         #: Where ``sys.stderr`` points while this strand runs (None: leave
         #: it as it is).  A module's stderr is its broker's, as on a real
         #: instance.
@@ -43,6 +60,22 @@ class Strand:
 
     def __repr__(self) -> str:
         return f"<Strand {self.name} {self.state}>"
+
+
+class _Raise:
+    """A work item raising *exc*: what escaped a turn, raised in the strand."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __call__(self) -> None:
+        raise self.exc
+
+
+def _turn_taken() -> None:
+    """The item that wakes a strand whose turn another thread took."""
 
 
 class _ModuleLogging(logging.Handler):
@@ -90,7 +123,7 @@ class Strands:
     def __init__(self) -> None:
         self.driver = Strand("driver")
         self.driver.state = ACTIVE
-        self.driver.thread = threading.current_thread()
+        self.driver.thread = self.driver.runner = threading.current_thread()
         self.current = self.driver
         self._runnable: Deque[Strand] = deque()
         # Work items in arrival order: (target context or None, callable).
@@ -99,7 +132,7 @@ class Strands:
 
     def check_thread(self) -> None:
         """Refuse calls from a thread that is not the active context's."""
-        if threading.current_thread() is not self.current.thread:
+        if threading.current_thread() is not self.current.runner:
             raise RuntimeError(
                 "the in-memory broker is single-threaded: call it from the "
                 "thread that created it (or from a module's handlers)"
@@ -118,7 +151,7 @@ class Strands:
                 assert resumer is not None
                 resumer.wake.release()
 
-        ctx.thread = threading.Thread(target=main, name=f"membroker:{ctx.name}", daemon=True)
+        ctx.thread = ctx.runner = threading.Thread(target=main, name=f"membroker:{ctx.name}", daemon=True)
         if ctx.output is not None:
             _MODULE_LOGGING.outputs[ctx.thread] = ctx.output
             root = logging.getLogger()
@@ -134,6 +167,10 @@ class Strands:
 
     def resume(self, ctx: Strand, item: Optional[Callable[[], None]] = None) -> None:
         """Run *ctx* (with a work *item* if it is idle) until it gives control back."""
+        if ctx.turn is not None and item is not None and self.current is self.driver:
+            item = self._take_turn(ctx, item)
+            if item is None:
+                return
         me = self.current
         ctx.item = item
         ctx.resumer = me
@@ -151,17 +188,88 @@ class Strands:
         self.current = me
         me.state = ACTIVE
 
-    def wait_for_work(self, ctx: Strand) -> Callable[[], None]:
-        """Called by *ctx* in its reactor: go idle until handed a work item."""
+    def _take_turn(self, ctx: Strand, item: Callable[[], None]) -> Optional[Callable[[], None]]:
+        """Run idle *ctx*'s turn with *item* on this thread.
+
+        Return None if *ctx* is idle again, or the item to wake its own
+        thread with: ``_turn_taken``, or one raising what escaped the turn.
+        """
+        me = self.current
+        thread = me.runner
+        parked = ctx.wake
+        # While the turn runs here, whoever hands control back to ctx
+        # must wake this thread, not ctx's parked one.
+        ctx.wake, ctx.runner, ctx.resumer = me.wake, thread, me
+        ctx.state, me.state, self.current = ACTIVE, DRIVING, ctx
+        saved_stderr = sys.stderr
+        outputs = _MODULE_LOGGING.outputs
+        saved_output = outputs.get(thread)
+        if ctx.output is not None:
+            sys.stderr = outputs[thread] = ctx.output
+        events = sys.modules.get("asyncio.events")
+        saved_loop = None
+        if events is not None:
+            saved_loop = events._get_running_loop()
+            events._set_running_loop(ctx.running_loop)
+        rest: Optional[Callable[[], None]] = None
+        try:
+            if not ctx.turn(item):  # type: ignore[misc]
+                rest = _turn_taken
+        except BaseException as exc:  # noqa: BLE001 - raised again in ctx's thread
+            rest = _Raise(exc)
+        finally:
+            if events is not None:
+                events._set_running_loop(saved_loop)
+            sys.stderr = saved_stderr
+            if saved_output is None:
+                outputs.pop(thread, None)
+            else:
+                outputs[thread] = saved_output
+            ctx.wake, ctx.runner = parked, ctx.thread
+            self.current, me.state = me, ACTIVE
+            ctx.state = IDLE
+        return rest
+
+    def in_turn(self, ctx: Strand) -> bool:
+        """True while another thread runs *ctx*'s turn."""
+        return ctx.runner is not ctx.thread
+
+    def wait_for_work(
+        self, ctx: Strand, turn: Optional[Callable[[Callable[[], None]], bool]] = None
+    ) -> Optional[Callable[[], None]]:
+        """Called by *ctx* in its reactor: go idle until handed a work item.
+
+        *turn* (see :attr:`Strand.turn`) lets another thread run the work
+        instead, while this one stays parked; then this returns None once
+        the reactor must go on past such a turn.
+        """
         ctx.state = IDLE
+        ctx.turn = turn
+        events = sys.modules.get("asyncio.events")
+        ctx.running_loop = None if events is None else events._get_running_loop()
         self._give_back(ctx)
+        ctx.turn = None
         item = ctx.item
         ctx.item = None
         assert item is not None
-        return item
+        return None if item is _turn_taken else item
+
+    def take_next(self, ctx: Strand) -> Optional[Callable[[], None]]:
+        """Remove and return *ctx*'s work item if it is next in turn (as if
+        *ctx* were idle), else None: for a reactor run within a turn."""
+        if any(other.state == RUNNABLE for other in self._runnable):
+            return None
+        for index, (target, item) in enumerate(self.queue):
+            if target is ctx:
+                del self.queue[index]
+                return item  # type: ignore[no-any-return]
+            if target is None or target.state == IDLE:
+                return None
+        return None
 
     def pause(self, ctx: Strand) -> None:
         """Called by *ctx*: give control back now, continue later in turn."""
+        assert not self.in_turn(ctx), "a strand pauses only on its own thread"
         self.make_runnable(ctx)
         self._give_back(ctx)
 
