@@ -22,9 +22,8 @@ thread stays parked.  Only when the reactor must go on past the turn
 import logging
 import sys
 import threading
-import weakref
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional, TextIO
+from typing import Any, Callable, Deque, Dict, List, Optional, TextIO
 
 NEW = "new"
 RUNNABLE = "runnable"
@@ -90,10 +89,11 @@ class _ModuleLogging(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.setFormatter(logging.Formatter("%(message)s"))
-        self.outputs: "weakref.WeakKeyDictionary[threading.Thread, TextIO]" = weakref.WeakKeyDictionary()
+        #: Where records go, by the ident of the thread running a strand.
+        self.outputs: Dict[int, TextIO] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        output = self.outputs.get(threading.current_thread())
+        output = self.outputs.get(threading.get_ident())
         if output is not None:
             output.write(self.format(record) + "\n")
         elif not _other_handlers(record.name, self) and logging.lastResort is not None:
@@ -142,10 +142,14 @@ class Strands:
         """Prepare *ctx* to run *target* on its own thread when first resumed."""
 
         def main() -> None:
+            ident = threading.get_ident()
+            if ctx.output is not None:
+                _MODULE_LOGGING.outputs[ident] = ctx.output
             ctx.wake.acquire()
             try:
                 target()
             finally:
+                _MODULE_LOGGING.outputs.pop(ident, None)
                 ctx.state = DONE
                 resumer = ctx.resumer
                 assert resumer is not None
@@ -153,7 +157,6 @@ class Strands:
 
         ctx.thread = ctx.runner = threading.Thread(target=main, name=f"membroker:{ctx.name}", daemon=True)
         if ctx.output is not None:
-            _MODULE_LOGGING.outputs[ctx.thread] = ctx.output
             root = logging.getLogger()
             if _MODULE_LOGGING not in root.handlers:
                 root.addHandler(_MODULE_LOGGING)
@@ -196,6 +199,7 @@ class Strands:
         """
         me = self.current
         thread = me.runner
+        ident = threading.get_ident()
         parked = ctx.wake
         # While the turn runs here, whoever hands control back to ctx
         # must wake this thread, not ctx's parked one.
@@ -203,9 +207,9 @@ class Strands:
         ctx.state, me.state, self.current = ACTIVE, DRIVING, ctx
         saved_stderr = sys.stderr
         outputs = _MODULE_LOGGING.outputs
-        saved_output = outputs.get(thread)
+        saved_output = outputs.get(ident)
         if ctx.output is not None:
-            sys.stderr = outputs[thread] = ctx.output
+            sys.stderr = outputs[ident] = ctx.output
         events = sys.modules.get("asyncio.events")
         saved_loop = None
         if events is not None:
@@ -222,9 +226,9 @@ class Strands:
                 events._set_running_loop(saved_loop)
             sys.stderr = saved_stderr
             if saved_output is None:
-                outputs.pop(thread, None)
+                outputs.pop(ident, None)
             else:
-                outputs[thread] = saved_output
+                outputs[ident] = saved_output
             ctx.wake, ctx.runner = parked, ctx.thread
             self.current, me.state = me, ACTIVE
             ctx.state = IDLE
