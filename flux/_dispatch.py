@@ -24,6 +24,7 @@ import traceback
 import weakref
 from typing import Any, Callable, Dict, Optional
 
+from flux import _json
 from flux._constants import FLUX_MSGTYPE_REQUEST
 from flux._logtext import log_verbatim
 from flux._observe import handler_failed
@@ -374,7 +375,7 @@ class _ReturnValueError(Exception):
 
 
 # json.dumps(value, allow_nan=False), without making an encoder per call
-_encode = json.JSONEncoder(allow_nan=False).encode
+_encode = _json.make_encoder(allow_nan=False)
 
 
 def encoded(value: Any) -> Any:

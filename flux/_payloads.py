@@ -11,10 +11,11 @@ the call, or raises :class:`PayloadError` with one line naming the field.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union, get_args, get_origin
+
+from flux import _json
 
 _NoneType = type(None)
 
@@ -177,7 +178,7 @@ class PayloadSchema:
                 raise PayloadError(f"request has no payload; expected a JSON object with {self._summary()}")
             return {}  # every field is optional: no payload means none of them
         try:
-            payload = json.loads(text)
+            payload = _json.loads(text)
         except ValueError as exc:
             raise PayloadError(f"payload is not JSON ({exc})") from None
         if not isinstance(payload, dict):

@@ -16,14 +16,28 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional
 
+from flux import _json
 from flux.message import Message
-from flux.util import encode_payload
 
 from _flux._core import ffi, lib
 
 __all__ = ["RawMessage", "RawMessageWatcher"]
 
 _UNREAD: Any = object()
+
+
+_dumps = _json.make_encoder(ensure_ascii=False)
+
+
+def _encode_payload(payload: Any) -> Any:
+    """``flux.util.encode_payload``: the same rules, the JSON encoder built once."""
+    if payload is None or payload == ffi.NULL:
+        return ffi.NULL
+    if isinstance(payload, str):
+        return payload.encode("UTF-8", errors="surrogateescape")
+    if isinstance(payload, bytes):
+        return payload
+    return _dumps(payload).encode("UTF-8", errors="surrogateescape")
 
 
 def _oserror(what: str) -> OSError:
@@ -116,6 +130,15 @@ class RawMessage(Message):
                  "The message type (FLUX_MSGTYPE_REQUEST, ...).")
 
     @property
+    def payload(self) -> Any:
+        """The payload decoded as JSON (as flux-core's: TypeError without one)."""
+        return _json.loads(self.payload_str)
+
+    @payload.setter
+    def payload(self, value: Any) -> None:
+        Message.payload.fset(self, value)  # type: ignore[attr-defined]
+
+    @property
     def pimpl(self) -> Any:  # type: ignore[override]
         """flux-core's wrapper of this message, made on first use (setters)."""
         pimpl = self.__dict__.get("pimpl")
@@ -145,7 +168,7 @@ class RawMessage(Message):
 
     def _respond(self, payload: Any) -> None:
         """flux-core's ``Flux.respond``, on the handle the message came from."""
-        if lib.flux_respond(self._h.handle, self._ptr, encode_payload(payload)) < 0:
+        if lib.flux_respond(self._h.handle, self._ptr, _encode_payload(payload)) < 0:
             raise _oserror("flux_respond")
 
     def _respond_error(self, errnum: int, errstr: Any) -> None:

@@ -2,6 +2,7 @@
 
 import copy
 import errno
+import functools
 import io
 import json
 import os
@@ -702,7 +703,7 @@ class Broker:
             self._broker_error(msg, errno.EHOSTUNREACH, None)
             return
         else:
-            ranks = [nodeid]
+            ranks = (nodeid,)
         service = msg.topic.split(".", 1)[0]
         record = next((self._services[r][service] for r in ranks if service in self._services[r]), None)
         if record is None or record.state == EXITED:
@@ -807,12 +808,13 @@ def _parent(rank: int) -> int:
     return (rank - 1) // _FANOUT
 
 
-def _path_to_root(rank: int) -> List[int]:
+@functools.lru_cache(maxsize=None)
+def _path_to_root(rank: int) -> Tuple[int, ...]:
     """*rank*, its parent, and so on up to rank 0: where a request looks for its service."""
     path = [rank]
     while path[-1] != 0:
         path.append(_parent(path[-1]))
-    return path
+    return tuple(path)
 
 
 _LINE_BREAKS = re.compile("[\r\n]+")

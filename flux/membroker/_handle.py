@@ -8,7 +8,6 @@ loudly instead of misbehaving.
 
 import errno
 import fnmatch
-import json
 import os
 import re
 import select
@@ -16,6 +15,7 @@ import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from flux._json import loads
 from flux.membroker._surface import missing
 from flux.membroker._message import (
     FLUX_MATCHTAG_NONE,
@@ -78,7 +78,7 @@ class Future:
     def get(self) -> Any:
         """Wait for the response; return its payload decoded as JSON."""
         text = self.get_str()
-        return None if text is None else json.loads(text)
+        return None if text is None else loads(text)
 
     def reset(self) -> None:
         """Forget the current response, to wait for the next one (streaming)."""

@@ -1,8 +1,8 @@
 """Messages as the in-memory broker carries them (RFC 3, minus the wire)."""
 
-import json
 from typing import Any, Optional
 
+from flux._json import loads, make_encoder
 from flux._libflux import RequestFacts
 
 from flux._constants import (  # noqa: F401 - re-exported
@@ -34,6 +34,10 @@ _TYPE_NAMES = {
 }
 
 
+#: json.dumps(ensure_ascii=False), without its set-up at each call.
+_dumps = make_encoder(ensure_ascii=False)
+
+
 def encode_payload(payload: Any) -> Optional[bytes]:
     """Encode a payload the way ``flux.Flux.respond`` and ``rpc`` do.
 
@@ -46,7 +50,7 @@ def encode_payload(payload: Any) -> Optional[bytes]:
         return payload.encode("utf-8", errors="surrogateescape")
     if isinstance(payload, (bytes, bytearray)):
         return bytes(payload)
-    return json.dumps(payload, ensure_ascii=False).encode("utf-8", "surrogateescape")
+    return _dumps(payload).encode("utf-8", "surrogateescape")
 
 
 class Message:
@@ -127,7 +131,7 @@ class Message:
     @property
     def payload(self) -> Any:
         """The payload decoded as JSON (TypeError when there is none)."""
-        return json.loads(self.payload_str)  # type: ignore[arg-type]
+        return loads(self.payload_str)
 
     @payload.setter
     def payload(self, value: Any) -> None:
