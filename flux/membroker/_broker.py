@@ -29,6 +29,7 @@ from flux.membroker._message import (
     FLUX_ROLE_OWNER,
     FLUX_ROLE_USER,
     FLUX_RPC_NORESPONSE,
+    FLUX_RPC_STREAMING,
     Message,
 )
 from flux.membroker._clock import VirtualClock
@@ -111,7 +112,7 @@ class LoadedModule:
         self.rank = rank
         self.path = path
         self.args = args
-        self.uuid = str(uuid.uuid4())
+        self._uuid: Optional[str] = None
         self.state = INIT
         self.errnum = 0
         self.debug_flags = 0
@@ -127,6 +128,13 @@ class LoadedModule:
         self.ctx = Strand(name)
         self.ctx.output = self.stderr
         self.handle = Handle(broker.link, broker.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, self)
+
+    @property
+    def uuid(self) -> str:
+        """The module's uuid, as ``flux module list`` and message routes show it."""
+        if self._uuid is None:
+            self._uuid = str(uuid.uuid4())
+        return self._uuid
 
     def __repr__(self) -> str:
         return f"<LoadedModule {self.name} rank={self.rank} {self.state}>"
@@ -313,6 +321,15 @@ class _Delivery:
 
     def __call__(self) -> None:
         self.handle._inbox.deliver(self.msg)
+
+
+class _Response(_Delivery):
+    """A response on its way to the handle that sent the request."""
+
+    __slots__ = ()
+
+    def __call__(self) -> None:
+        self.handle._inbox.receive_response(self.msg)
 
 
 class Broker:
@@ -705,21 +722,25 @@ class Broker:
         else:
             ranks = (nodeid,)
         service = msg.topic.split(".", 1)[0]
-        record = next((self._services[r][service] for r in ranks if service in self._services[r]), None)
+        record = None
+        for rank in ranks:
+            record = self._services[rank].get(service)
+            if record is not None:
+                break
         if record is None or record.state == EXITED:
             self._broker_error(msg, errno.ENOSYS, f"No service matching {msg.topic} is registered")
             return
-        if not msg._noresponse:
+        if not msg._flags & FLUX_RPC_NORESPONSE:
             record.inflight[id(msg)] = msg
         self._strands.queue.append((record.ctx, _Delivery(record.handle, msg)))
 
     def _route_response(self, responder: Optional[LoadedModule], request: Message, response: Message) -> None:
-        if responder is not None and (response._errnum or not request._streaming):
+        if responder is not None and (response._errnum or not request._flags & FLUX_RPC_STREAMING):
             responder.inflight.pop(id(request), None)
         sender = request._sender
         if sender is None:
             return
-        self._strands.queue.append((None, lambda: sender._inbox.receive_response(response)))
+        self._strands.queue.append((None, _Response(sender, response)))
 
     def _broker_error(self, request: Message, errnum: int, errstr: Optional[str]) -> None:
         if request._noresponse or request._sender is None:
@@ -727,8 +748,7 @@ class Broker:
         response = Message(FLUX_MSGTYPE_RESPONSE, request.topic, None, matchtag=request._matchtag, flags=request._flags)
         response._errnum = errnum
         response._errstr = errstr
-        sender = request._sender
-        self._strands.queue.append((None, lambda: sender._inbox.receive_response(response)))
+        self._strands.queue.append((None, _Response(request._sender, response)))
 
     def _publish(self, msg: Message) -> None:
         if self.panicked is not None:

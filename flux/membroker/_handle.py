@@ -28,6 +28,7 @@ from flux.membroker._message import (
     FLUX_NODEID_ANY,
     FLUX_ROLE_OWNER,
     FLUX_RPC_NORESPONSE,
+    FLUX_RPC_STREAMING,
     Message,
     encode_payload,
 )
@@ -69,7 +70,8 @@ class Future:
 
     def get_str(self) -> Optional[str]:
         """Wait for the response; return its payload text (None if none)."""
-        self.wait_for()
+        if not self._responses:
+            self._handle._link.wait_until(self.is_ready, self._topic)
         msg = self._responses[0]
         if msg._errnum:
             raise OSError(msg._errnum, os.strerror(msg._errnum) if msg._errstr is None else msg._errstr)
@@ -141,7 +143,7 @@ class MessageWatcher:
         self.args = args
         self._rolemask = FLUX_ROLE_OWNER | (rolemask or 0)
         self._running = False
-        self._exact = not any(c in self._topic_glob for c in "*?[")
+        self._exact = _GLOB_CHARS.search(self._topic_glob) is None
         handle._add_watcher(self)
 
     def _matches(self, msg: Message) -> bool:
@@ -401,6 +403,8 @@ class Handle:
             "tx": {"request": 0, "response": 0, "event": 0, "control": 0},
             "rx": {"request": 0, "response": 0, "event": 0, "control": 0},
         }
+        self._tx = self._counters["tx"]
+        self._rx = self._counters["rx"]
 
     # Messages out
 
@@ -412,27 +416,21 @@ class Handle:
         flags: int = 0,
     ) -> Future:
         """Send a request; return a :class:`Future` for its response(s)."""
-        topic = _topic(topic)
-        msg = Message(
-            FLUX_MSGTYPE_REQUEST,
-            topic,
-            encode_payload(payload),
-            userid=self._userid,
-            rolemask=self._rolemask,
-            flags=flags,
-            nodeid=nodeid,
-        )
+        if type(topic) is not str:
+            topic = _topic(topic)
+        msg = Message(FLUX_MSGTYPE_REQUEST, topic, encode_payload(payload), self._userid, self._rolemask, flags)
+        msg._nodeid = nodeid
         future = Future(self, topic)
-        service = topic.split(".", 1)[0]
-        if self._record is None and service not in self._services_used:
-            self._services_used.append(service)
+        if self._record is None:
+            service = topic.split(".", 1)[0]
+            if service not in self._services_used:
+                self._services_used.append(service)
         if not flags & FLUX_RPC_NORESPONSE:
-            msg._matchtag = self._next_matchtag
+            msg._matchtag = future._matchtag = self._next_matchtag  # flux_rpc_get_matchtag()
             self._next_matchtag += 1
             self._futures[msg._matchtag] = future
-        future._matchtag = msg._matchtag  # flux_rpc_get_matchtag() on a real broker
         msg._sender = self
-        self._counters["tx"]["request"] += 1
+        self._tx["request"] += 1
         self._link.send_request(msg)
         return future
 
@@ -451,20 +449,15 @@ class Handle:
     def _respond(self, request: Message, payload: Optional[bytes], errnum: int, errstr: Optional[str]) -> None:
         if not isinstance(request, Message) or request.type != FLUX_MSGTYPE_REQUEST:
             raise OSError(errno.EINVAL, f"cannot respond to {request!r}: not a request")
-        if request._noresponse:
+        if request._flags & FLUX_RPC_NORESPONSE:
             return
         response = Message(
-            FLUX_MSGTYPE_RESPONSE,
-            request.topic,
-            payload,
-            userid=self._userid,
-            rolemask=self._rolemask,
-            flags=request._flags,
-            matchtag=request._matchtag,
+            FLUX_MSGTYPE_RESPONSE, request.topic, payload, self._userid, self._rolemask, request._flags,
+            request._matchtag,
         )
         response._errnum = errnum
         response._errstr = errstr
-        self._counters["tx"]["response"] += 1
+        self._tx["response"] += 1
         self._link.send_response(self._record, request, response)
 
     def send(self, message: Message, flags: int = 0) -> None:
@@ -479,8 +472,8 @@ class Handle:
             raise TypeError(f"send() takes a flux.membroker.Message, not {type(message).__name__}")
         message.userid = self._userid
         message.rolemask = self._rolemask
-        kind = message.type_str if message.type_str in self._counters["tx"] else "control"
-        self._counters["tx"][kind] += 1
+        kind = message.type_str if message.type_str in self._tx else "control"
+        self._tx[kind] += 1
         if message.type == FLUX_MSGTYPE_REQUEST:
             message._sender = self
             self._link.send_request(message)
@@ -496,7 +489,7 @@ class Handle:
             userid=self._userid,
             rolemask=self._rolemask,
         )
-        self._counters["tx"]["event"] += 1
+        self._tx["event"] += 1
         self._link.publish(msg)
 
     def event_subscribe(self, topic: str) -> None:
@@ -769,7 +762,7 @@ class Handle:
     def _dispatch(self, msg: Message) -> None:
         """Hand *msg* to the matching watchers, as libflux's dispatcher does."""
         if msg.type == FLUX_MSGTYPE_REQUEST:
-            self._counters["rx"]["request"] += 1
+            self._rx["request"] += 1
             for watcher in self._methods.get(msg.topic, ()):
                 if watcher._running:
                     self._call(watcher, msg)
@@ -781,7 +774,7 @@ class Handle:
             if not msg._noresponse:
                 self.respond_error(msg, errno.ENOSYS, f"Unknown service method '{msg.topic}'")
         elif msg.type == FLUX_MSGTYPE_EVENT:
-            self._counters["rx"]["event"] += 1
+            self._rx["event"] += 1
             for watcher in list(self._handlers):
                 if watcher._running and watcher._matches(msg):
                     self._call(watcher, msg)
@@ -813,11 +806,11 @@ class Handle:
             traceback.print_exc(file=self._record.stderr)
 
     def _receive_response(self, msg: Message) -> None:
-        self._counters["rx"]["response"] += 1
+        self._rx["response"] += 1
         future = self._futures.get(msg._matchtag)
         if future is None:
             return
-        if msg._errnum or not msg._streaming:
+        if msg._errnum or not msg._flags & FLUX_RPC_STREAMING:
             del self._futures[msg._matchtag]
         future._fulfill(msg)
 
@@ -834,6 +827,7 @@ class Handle:
 
 
 _PERCENT = re.compile("%%?")
+_GLOB_CHARS = re.compile(r"[*?[]")
 
 
 def _printf_without_arguments(fmt: str) -> str:

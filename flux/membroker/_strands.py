@@ -39,7 +39,10 @@ class Strand:
     def __init__(self, name: str) -> None:
         self.name = name
         self.state = NEW
-        self.wake = threading.Semaphore(0)
+        # Held until someone hands this strand control: a lock, released by
+        # another thread, is the cheapest one-shot wake-up Python has.
+        self.wake = threading.Lock()
+        self.wake.acquire()
         self.resumer: Optional["Strand"] = None
         self.item: Optional[Callable[[], None]] = None
         self.thread: Optional[threading.Thread] = None
