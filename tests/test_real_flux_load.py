@@ -171,3 +171,26 @@ def test_load_and_remove_100_times_leaks_nothing(flux, tmp_path):
         assert run.returncode == 0 and run.stdout.strip() == os.uname().nodename
     finally:
         flux.remove("churn")
+
+
+def test_the_loader_names_the_process_after_the_module(flux, tmp_path):
+    """As flux-core's loader does (prctl PR_SET_NAME): ps and top show the
+    module's name, which the kernel cuts to 15 bytes."""
+    path = tmp_path / "averylongmodulename.py"
+    path.write_text(
+        "import os\n"
+        "from flux.brokermod import BrokerModule, request_handler\n\n"
+        "class Named(BrokerModule):\n"
+        "    @request_handler('pid')\n"
+        "    def pid(self, msg):\n"
+        "        return {'pid': os.getpid()}\n"
+    )
+    flux.load(str(path))
+    try:
+        pid = flux.rpc("averylongmodulename.pid").get()["pid"]
+        with open(f"/proc/{pid}/comm") as comm:
+            assert comm.read().strip() == "averylongmodule"
+        ps = subprocess.run(["ps", "-o", "comm=", "-p", str(pid)], capture_output=True, text=True)
+        assert ps.stdout.strip() == "averylongmodule"
+    finally:
+        flux.remove("averylongmodulename")
