@@ -190,12 +190,19 @@ def real_rows(rounds: int, requests: int):
              "flux python: start, import flux": [], "  + import flux.brokermod": []}
     instance = start_instance(attrs={"broker.module-nopanic": "1"})
     try:
-        # load times first, on an instance with no other Python module yet (as below for flux-core's)
-        for _ in range(rounds):
-            loads["this project's loader"].append(_load_seconds(instance, paths["respondecho"]))
-            loads["flux module list (the CLI alone)"].append(_seconds(instance, "module", "list"))
-            loads["flux python: start, import flux"].append(_seconds(instance, "python", "-c", "import flux"))
-            loads["  + import flux.brokermod"].append(_seconds(instance, "python", "-c", "import flux, flux.brokermod"))
+        # Load times first, each loader on an instance with no other Python
+        # module yet, the two taking turns so that both see the same drift.
+        core = start_instance(setup=False, attrs={"broker.module-nopanic": "1"})
+        try:
+            for _ in range(rounds):
+                loads["this project's loader"].append(_load_seconds(instance, paths["respondecho"]))
+                loads["flux-core's loader"].append(_load_seconds(core, paths["respondecho"]))
+                loads["flux module list (the CLI alone)"].append(_seconds(instance, "module", "list"))
+                loads["flux python: start, import flux"].append(_seconds(instance, "python", "-c", "import flux"))
+                loads["  + import flux.brokermod"].append(
+                    _seconds(instance, "python", "-c", "import flux, flux.brokermod"))
+        finally:
+            core.stop()
         pids = {name: _load(instance, path) for name, path in {**paths, **others}.items()}
         for _ in range(rounds):
             for label, name, topic, env in cases:
@@ -213,8 +220,6 @@ def real_rows(rounds: int, requests: int):
     # flux-core's own loader and flux.brokermod, the same module file
     core = start_instance(setup=False, attrs={"broker.module-nopanic": "1"})
     try:
-        for _ in range(rounds):
-            loads["flux-core's loader"].append(_load_seconds(core, paths["respondecho"]))
         pid = _load(core, paths["respondecho"])
         for _ in range(rounds):
             results["flux-core's BrokerModule"].append(_vs_floor(core, pid, "respondecho", "respondecho.echo", requests))
@@ -258,9 +263,11 @@ def _table(rows, value: str, spread: str) -> None:
 
 
 def main() -> int:
-    # An installed package runs from compiled bytecode: let every process
-    # here cache it too, or load times would include compiling the library.
+    # An installed package runs from compiled bytecode, and a test suite's
+    # module files are compiled once: let every process here cache it too,
+    # or load times would include compiling the library and the module.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000)
