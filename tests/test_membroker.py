@@ -1251,3 +1251,34 @@ def test_what_escapes_a_reactor_round_is_raised_in_the_modules_own_thread(broker
     assert [line for line in broker.dmesg("closer") if "reactor_run raised" in line] == [
         "closer.err[0]: reactor_run raised OSError in membroker:closer"
     ]
+
+
+class Interrupted(BrokerModule):
+    """A handler during which Ctrl-C (SIGINT) arrives."""
+
+    @request_handler("work")
+    def work(self, msg):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGINT)
+        total = sum(range(1000))  # Python checks for signals between bytecodes
+        self.log.info(f"finished after the signal: {total}")
+        return {}
+
+
+def test_ctrl_c_during_a_handler_stops_the_test_not_the_handler():
+    """The test's thread runs the handler; Ctrl-C there must still reach the
+    test (as KeyboardInterrupt), not fail the module's request."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    with Broker() as broker:
+        broker.load(Interrupted, name="interrupted")
+        answer = broker.rpc("interrupted.work")
+        with pytest.raises(KeyboardInterrupt):
+            answer.get()
+        assert answer.get() == {}
+        assert broker.handler_errors == []
+        assert "interrupted.info[0]: finished after the signal: 499500" in broker.dmesg()
+        assert "route" in broker.rpc("interrupted.ping", {}).get()  # the module goes on
+    assert signal.getsignal(signal.SIGINT) is before

@@ -560,16 +560,19 @@ class Broker:
     def close(self) -> None:
         """Close every client handle (each service it used gets
         ``NAME.disconnect``), then remove every module still loaded."""
-        if self.panicked is not None or self.hung is not None:
-            return  # down, or stuck: nothing more can run
-        for client in self._clients:
-            client.close()
-        self._clients.clear()
-        self.run_until_idle()
-        for on, modules in enumerate(self._modules):
-            for name in list(modules):
-                if self.panicked is None and name in modules:
-                    self.remove(name, rank=on)
+        try:
+            if self.panicked is not None or self.hung is not None:
+                return  # down, or stuck: nothing more can run
+            for client in self._clients:
+                client.close()
+            self._clients.clear()
+            self.run_until_idle()
+            for on, modules in enumerate(self._modules):
+                for name in list(modules):
+                    if self.panicked is None and name in modules:
+                        self.remove(name, rank=on)
+        finally:
+            self._strands.close()
 
     def __enter__(self) -> "Broker":
         return self

@@ -20,6 +20,7 @@ thread stays parked.  Only when the reactor must go on past the turn
 """
 
 import logging
+import signal
 import sys
 import threading
 from collections import deque
@@ -80,6 +81,60 @@ def _turn_taken() -> None:
     """The item that wakes a strand whose turn another thread took."""
 
 
+class _InterruptsAfterTurns:
+    """Ctrl-C during a module's turn on the main thread reaches the test
+    when the turn ends, instead of the module's handler.
+
+    Python raises KeyboardInterrupt wherever the main thread is.  In a
+    turn that is a module's handler, whose failure the library answers
+    and logs, so the test would go on.  While a broker is open, SIGINT
+    goes through :meth:`handle`: outside turns it calls the handler that
+    was there before, at once; during a turn, once the turn is over.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.users = 0
+        self.previous: Any = None
+        self.pending: Optional[tuple] = None
+        self.handler = self.handle  # one bound method, to recognise it
+
+    def install(self) -> bool:
+        """Route SIGINT here (main thread only); False if it cannot be."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        current = signal.getsignal(signal.SIGINT)
+        if current is not self.handler:
+            if not callable(current):  # ignored, or the OS default: nothing raises
+                return False
+            self.previous = current
+            signal.signal(signal.SIGINT, self.handler)
+        self.users += 1
+        return True
+
+    def uninstall(self) -> None:
+        """Give SIGINT back to the previous handler once no broker uses this."""
+        self.users -= 1
+        if self.users == 0 and signal.getsignal(signal.SIGINT) is self.handler:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        """The SIGINT handler."""
+        if self.depth:
+            self.pending = (signum, frame)
+        else:
+            self.previous(signum, frame)
+
+    def turn_ended(self) -> None:
+        """Deliver a SIGINT that came during the turn."""
+        if self.pending is not None and not self.depth:
+            (signum, frame), self.pending = self.pending, None
+            self.previous(signum, frame)
+
+
+_INTERRUPTS = _InterruptsAfterTurns()
+
+
 class _ModuleLogging(logging.Handler):
     """Standard ``logging`` from a module strand, written to its stderr.
 
@@ -129,9 +184,16 @@ class Strands:
         self.driver.thread = self.driver.runner = threading.current_thread()
         self.current = self.driver
         self._runnable: Deque[Strand] = deque()
+        self._interrupts = _INTERRUPTS if _INTERRUPTS.install() else None
         # Work items in arrival order: (target context or None, callable).
         # None means "run in whichever context is driving" (client handles).
         self.queue: Deque[tuple] = deque()
+
+    def close(self) -> None:
+        """Stop routing Ctrl-C (see _InterruptsAfterTurns); idempotent."""
+        interrupts, self._interrupts = self._interrupts, None
+        if interrupts is not None:
+            interrupts.uninstall()
 
     def check_thread(self) -> None:
         """Refuse calls from a thread that is not the active context's."""
@@ -174,9 +236,12 @@ class Strands:
     def resume(self, ctx: Strand, item: Optional[Callable[[], None]] = None) -> None:
         """Run *ctx* (with a work *item* if it is idle) until it gives control back."""
         if ctx.turn is not None and item is not None and self.current is self.driver:
-            item = self._take_turn(ctx, item)
-            if item is None:
-                return
+            self._take_turn(ctx, item)
+        else:
+            self._switch_to(ctx, item)
+
+    def _switch_to(self, ctx: Strand, item: Optional[Callable[[], None]]) -> None:
+        """Wake *ctx*'s own thread (with *item*) and wait until it gives control back."""
         me = self.current
         ctx.item = item
         ctx.resumer = me
@@ -194,12 +259,10 @@ class Strands:
         self.current = me
         me.state = ACTIVE
 
-    def _take_turn(self, ctx: Strand, item: Callable[[], None]) -> Optional[Callable[[], None]]:
-        """Run idle *ctx*'s turn with *item* on this thread.
-
-        Return None if *ctx* is idle again, or the item to wake its own
-        thread with: ``_turn_taken``, or one raising what escaped the turn.
-        """
+    def _take_turn(self, ctx: Strand, item: Callable[[], None]) -> None:
+        """Run idle *ctx*'s turn with *item* on this thread; then, if its
+        reactor must go on (``_turn_taken``) or something escaped the turn
+        (raised there), wake ctx's own thread for that."""
         me = self.current
         thread = me.runner
         ident = threading.get_ident()
@@ -219,12 +282,17 @@ class Strands:
             saved_loop = events._get_running_loop()
             events._set_running_loop(ctx.running_loop)
         rest: Optional[Callable[[], None]] = None
+        interrupts = self._interrupts
+        if interrupts is not None:
+            interrupts.depth += 1
         try:
             if not ctx.turn(item):  # type: ignore[misc]
                 rest = _turn_taken
         except BaseException as exc:  # noqa: BLE001 - raised again in ctx's thread
             rest = _Raise(exc)
         finally:
+            if interrupts is not None:
+                interrupts.depth -= 1
             if events is not None:
                 events._set_running_loop(saved_loop)
             sys.stderr = saved_stderr
@@ -235,7 +303,10 @@ class Strands:
             ctx.wake, ctx.runner = parked, ctx.thread
             self.current, me.state = me, ACTIVE
             ctx.state = IDLE
-        return rest
+        if rest is not None:
+            self._switch_to(ctx, rest)
+        if interrupts is not None:
+            interrupts.turn_ended()
 
     def in_turn(self, ctx: Strand) -> bool:
         """True while another thread runs *ctx*'s turn."""
