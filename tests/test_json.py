@@ -64,3 +64,10 @@ def test_decoding_any_text_matches_json(text):
 @pytest.mark.parametrize("text", [None, b'{"a": 1}', bytearray(b"[1]"), 5])
 def test_decoding_other_types_matches_json(text):
     assert repr(outcome(_json.loads, text)) == repr(outcome(json.loads, text))
+
+
+def test_without_the_c_encoder_it_is_jsons_own(monkeypatch):
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    encode = _json.make_encoder(ensure_ascii=False)
+    assert type(getattr(encode, "__self__", None)) is json.JSONEncoder  # json's encode itself
+    assert encode({"é": [1.5, None]}) == json.dumps({"é": [1.5, None]}, ensure_ascii=False)

@@ -1282,3 +1282,38 @@ def test_ctrl_c_during_a_handler_stops_the_test_not_the_handler():
         assert "interrupted.info[0]: finished after the signal: 499500" in broker.dmesg()
         assert "route" in broker.rpc("interrupted.ping", {}).get()  # the module goes on
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_outside_handlers_interrupts_at_once():
+    import signal
+
+    with Broker() as broker:
+        broker.load(Interrupted, name="interrupted")
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # the signal is raised here, in the test's code
+        assert "route" in broker.rpc("interrupted.ping", {}).get()
+
+
+def test_a_broker_leaves_an_ignored_sigint_and_other_threads_alone():
+    import signal
+    import threading
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with Broker():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    seen = []
+
+    def elsewhere():
+        with Broker() as broker:
+            broker.load(Interrupted, name="interrupted")
+            seen.append(signal.getsignal(signal.SIGINT))
+            seen.append("route" in broker.rpc("interrupted.ping", {}).get())
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert seen == [previous, True]
