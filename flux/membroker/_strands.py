@@ -19,8 +19,8 @@ thread stays parked.  Only when the reactor must go on past the turn
 (it was stopped, or something escaped it) is the module's thread woken.
 """
 
+import _signal  # signal's own functions, without the enum conversions of signal.py
 import logging
-import signal
 import sys
 import threading
 from collections import deque
@@ -103,20 +103,20 @@ class _InterruptsAfterTurns:
         """Route SIGINT here (main thread only); False if it cannot be."""
         if threading.current_thread() is not threading.main_thread():
             return False
-        current = signal.getsignal(signal.SIGINT)
+        current = _signal.getsignal(_signal.SIGINT)
         if current is not self.handler:
             if not callable(current):  # ignored, or the OS default: nothing raises
                 return False
             self.previous = current
-            signal.signal(signal.SIGINT, self.handler)
+            _signal.signal(_signal.SIGINT, self.handler)
         self.users += 1
         return True
 
     def uninstall(self) -> None:
         """Give SIGINT back to the previous handler once no broker uses this."""
         self.users -= 1
-        if self.users == 0 and signal.getsignal(signal.SIGINT) is self.handler:
-            signal.signal(signal.SIGINT, self.previous)
+        if self.users == 0 and _signal.getsignal(_signal.SIGINT) is self.handler:
+            _signal.signal(_signal.SIGINT, self.previous)
 
     def handle(self, signum: int, frame: Any) -> None:
         """The SIGINT handler."""
