@@ -337,13 +337,12 @@ class Strands:
         *ctx* were idle), else None: for a reactor run within a turn."""
         if any(other.state == RUNNABLE for other in self._runnable):
             return None
-        for index, (target, item) in enumerate(self.queue):
-            if target is ctx:
-                del self.queue[index]
-                return item  # type: ignore[no-any-return]
-            if target is None or target.state == IDLE:
-                return None
-        return None
+        index = self._next_item(ctx)
+        if index < 0 or self.queue[index][0] is not ctx:
+            return None
+        item = self.queue[index][1]
+        del self.queue[index]
+        return item  # type: ignore[no-any-return]
 
     def pause(self, ctx: Strand) -> None:
         """Called by *ctx*: give control back now, continue later in turn."""
@@ -364,16 +363,24 @@ class Strands:
             if ctx.state == RUNNABLE:
                 self.resume(ctx)
                 return True
-        for index, (target, item) in enumerate(self.queue):
-            if target is None:
-                del self.queue[index]
-                item()
-                return True
-            if target.state == IDLE:
-                del self.queue[index]
-                self.resume(target, item)
-                return True
-        return False
+        index = self._next_item(None)
+        if index < 0:
+            return False
+        target, item = self.queue[index]
+        del self.queue[index]
+        if target is None:
+            item()
+        else:
+            self.resume(target, item)
+        return True
+
+    def _next_item(self, idle: Optional[Strand]) -> int:
+        """Where in the queue the next item to run is (-1: none): the first
+        for the driving strand or an idle one (*idle* counts as idle)."""
+        for index, (target, _) in enumerate(self.queue):
+            if target is None or target is idle or target.state == IDLE:
+                return index
+        return -1
 
     def drop(self, ctx: Strand) -> List[Callable[[], None]]:
         """Remove and return the work still queued for *ctx*."""
