@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 from flux import _json
 from flux.message import Message
+from flux.util import encode_payload
 
 from _flux._core import ffi, lib
 
@@ -30,14 +31,11 @@ _dumps = _json.make_encoder(ensure_ascii=False)
 
 
 def _encode_payload(payload: Any) -> Any:
-    """``flux.util.encode_payload``: the same rules, the JSON encoder built once."""
-    if payload is None or payload == ffi.NULL:
-        return ffi.NULL
-    if isinstance(payload, str):
-        return payload.encode("UTF-8", errors="surrogateescape")
-    if isinstance(payload, bytes):
-        return payload
-    return _dumps(payload).encode("UTF-8", errors="surrogateescape")
+    """``flux.util.encode_payload``, with the JSON encoder built once for
+    the common case: a JSON object or array."""
+    if isinstance(payload, (dict, list)):
+        return _dumps(payload).encode("UTF-8", errors="surrogateescape")
+    return encode_payload(payload)
 
 
 def _oserror(what: str) -> OSError:

@@ -28,7 +28,6 @@ from flux.membroker._message import (
     FLUX_NODEID_ANY,
     FLUX_ROLE_OWNER,
     FLUX_RPC_NORESPONSE,
-    FLUX_RPC_STREAMING,
     Message,
     encode_payload,
 )
@@ -71,7 +70,7 @@ class Future:
     def get_str(self) -> Optional[str]:
         """Wait for the response; return its payload text (None if none)."""
         if not self._responses:
-            self._handle._link.wait_until(self.is_ready, self._topic)
+            self.wait_for()
         msg = self._responses[0]
         if msg._errnum:
             raise OSError(msg._errnum, os.strerror(msg._errnum) if msg._errstr is None else msg._errstr)
@@ -416,8 +415,7 @@ class Handle:
         flags: int = 0,
     ) -> Future:
         """Send a request; return a :class:`Future` for its response(s)."""
-        if type(topic) is not str:
-            topic = _topic(topic)
+        topic = _topic(topic)
         msg = Message(FLUX_MSGTYPE_REQUEST, topic, encode_payload(payload), self._userid, self._rolemask, flags)
         msg._nodeid = nodeid
         future = Future(self, topic)
@@ -449,7 +447,7 @@ class Handle:
     def _respond(self, request: Message, payload: Optional[bytes], errnum: int, errstr: Optional[str]) -> None:
         if not isinstance(request, Message) or request.type != FLUX_MSGTYPE_REQUEST:
             raise OSError(errno.EINVAL, f"cannot respond to {request!r}: not a request")
-        if request._flags & FLUX_RPC_NORESPONSE:
+        if request._noresponse:
             return
         response = Message(
             FLUX_MSGTYPE_RESPONSE, request.topic, payload, self._userid, self._rolemask, request._flags,
@@ -810,7 +808,7 @@ class Handle:
         future = self._futures.get(msg._matchtag)
         if future is None:
             return
-        if msg._errnum or not msg._flags & FLUX_RPC_STREAMING:
+        if msg._errnum or not msg._streaming:
             del self._futures[msg._matchtag]
         future._fulfill(msg)
 
