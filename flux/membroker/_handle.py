@@ -416,8 +416,9 @@ class Handle:
     ) -> Future:
         """Send a request; return a :class:`Future` for its response(s)."""
         topic = _topic(topic)
-        msg = Message(FLUX_MSGTYPE_REQUEST, topic, encode_payload(payload), self._userid, self._rolemask, flags)
-        msg._nodeid = nodeid
+        msg = Message(
+            FLUX_MSGTYPE_REQUEST, topic, encode_payload(payload), self._userid, self._rolemask, flags, nodeid=nodeid
+        )
         future = Future(self, topic)
         if self._record is None:
             service = topic.split(".", 1)[0]
