@@ -189,21 +189,19 @@ def real_rows(rounds: int, requests: int):
     loads = {"this project's loader": [], "flux-core's loader": [], "flux module list (the CLI alone)": [],
              "flux python: start, import flux": [], "  + import flux.brokermod": []}
     instance = start_instance(attrs={"broker.module-nopanic": "1"})
+    # flux-core's own loader and flux.brokermod, for the same module file
+    core = start_instance(setup=False, attrs={"broker.module-nopanic": "1"})
     try:
         # Load times first, each loader on an instance with no other Python
         # module yet, the two taking turns so that both see the same drift.
-        core = start_instance(setup=False, attrs={"broker.module-nopanic": "1"})
-        try:
-            for _ in range(rounds):
-                loads["this project's loader"].append(_load_seconds(instance, paths["respondecho"]))
-                loads["flux-core's loader"].append(_load_seconds(core, paths["respondecho"]))
-                loads["flux module list (the CLI alone)"].append(_seconds(instance, "module", "list"))
-                loads["flux python: start, import flux"].append(_seconds(instance, "python", "-c", "import flux"))
-                loads["  + import flux.brokermod"].append(
-                    _seconds(instance, "python", "-c", "import flux, flux.brokermod"))
-        finally:
-            core.stop()
+        for _ in range(rounds):
+            loads["this project's loader"].append(_load_seconds(instance, paths["respondecho"]))
+            loads["flux-core's loader"].append(_load_seconds(core, paths["respondecho"]))
+            loads["flux module list (the CLI alone)"].append(_seconds(instance, "module", "list"))
+            loads["flux python: start, import flux"].append(_seconds(instance, "python", "-c", "import flux"))
+            loads["  + import flux.brokermod"].append(_seconds(instance, "python", "-c", "import flux, flux.brokermod"))
         pids = {name: _load(instance, path) for name, path in {**paths, **others}.items()}
+        core_pid = _load(core, paths["respondecho"])
         for _ in range(rounds):
             for label, name, topic, env in cases:
                 results[label].append(_vs_floor(instance, pids[name], name, topic, requests, env=env))
@@ -215,16 +213,11 @@ def real_rows(rounds: int, requests: int):
             results["delivered event"].append(_vs_floor(
                 instance, pid, "listener", None, requests,
                 measure=lambda: _rate(instance, pid, EVENT_CLIENT, requests // 4)))
-    finally:
-        instance.stop()
-    # flux-core's own loader and flux.brokermod, the same module file
-    core = start_instance(setup=False, attrs={"broker.module-nopanic": "1"})
-    try:
-        pid = _load(core, paths["respondecho"])
-        for _ in range(rounds):
-            results["flux-core's BrokerModule"].append(_vs_floor(core, pid, "respondecho", "respondecho.echo", requests))
+            results["flux-core's BrokerModule"].append(
+                _vs_floor(core, core_pid, "respondecho", "respondecho.echo", requests))
     finally:
         core.stop()
+        instance.stop()
     rows = [(name, *_summary([r[0] for r in values]), statistics.median(r[1] for r in values))
             for name, values in results.items()]
     floor = statistics.median(r[2] for values in results.values() for r in values)
