@@ -147,20 +147,28 @@ def test_membroker_fixture_runs(membroker):
 """
 
 
+def _run_suite(tmp_path, filename, source, *options, pythonpath=None, timeout=120):
+    """Run pytest (with *options*) in a subprocess on a suite of one file."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / filename).write_text(source)
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    env.pop("PYTEST_ADDOPTS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *options, str(suite)],
+        capture_output=True, text=True, cwd=str(suite), env=env, timeout=timeout,
+    )
+
+
 def _run_author_suite(tmp_path, init_source):
     site = tmp_path / "site"
     (site / "flux").mkdir(parents=True)
     (site / "flux" / "__init__.py").write_text(init_source)
     (site / "flux" / "brokermod.py").write_text("WHO = 'flux-core'\n")
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "test_author.py").write_text(_AUTHOR_TEST.format(ours=os.path.join(ROOT, "flux")))
-    env = dict(os.environ, PYTHONPATH=str(site))
-    env.pop("PYTEST_ADDOPTS", None)
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(suite)],
-        capture_output=True, text=True, cwd=str(suite), env=env, timeout=120,
-    )
+    return _run_suite(tmp_path, "test_author.py", _AUTHOR_TEST.format(ours=os.path.join(ROOT, "flux")),
+                      pythonpath=str(site))
 
 
 def test_a_broken_flux_core_never_takes_pytest_down(tmp_path):
@@ -225,15 +233,7 @@ def test_a_failing_test_shows_the_log(membroker):
 
 
 def test_fixture_gives_the_instance_fails_on_handler_errors_and_shows_the_log(tmp_path):
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "test_suite.py").write_text(_PLUGIN_SUITE.format())
-    env = dict(os.environ)
-    env.pop("PYTEST_ADDOPTS", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", str(suite)],
-        capture_output=True, text=True, cwd=str(suite), env=env, timeout=120,
-    )
+    result = _run_suite(tmp_path, "test_suite.py", _PLUGIN_SUITE.format(), "-rA")
     out = result.stdout
     assert "PASSED test_suite.py::test_instance_state_without_extra_handlers" in out
     assert "ERROR test_suite.py::test_a_handler_error_fails_the_test" in out
@@ -264,15 +264,8 @@ def test_calculator_on_both_brokers(flux_broker):
 
 
 def test_one_test_body_runs_on_both_brokers(tmp_path):
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "test_both.py").write_text(_BOTH_SUITE.format(examples=os.path.join(ROOT, "examples")))
-    env = dict(os.environ)
-    env.pop("PYTEST_ADDOPTS", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", str(suite)],
-        capture_output=True, text=True, cwd=str(suite), env=env, timeout=300,
-    )
+    result = _run_suite(tmp_path, "test_both.py", _BOTH_SUITE.format(examples=os.path.join(ROOT, "examples")),
+                        "-rA", timeout=300)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "PASSED test_both.py::test_calculator_on_both_brokers[memory]" in out
@@ -290,14 +283,7 @@ def test_inside_flux_env_with_the_real_bindings(tmp_path):
     flux.brokermod is this library's."""
     out = subprocess.run([brokermod_testing.find_flux(), "env"], capture_output=True, text=True).stdout
     pythonpath = next(line.split("=", 1)[1].strip('"') for line in out.splitlines() if "PYTHONPATH=" in line)
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "test_author.py").write_text(_AUTHOR_TEST.format(ours=os.path.join(ROOT, "flux")))
-    env = dict(os.environ, PYTHONPATH=pythonpath)
-    env.pop("PYTEST_ADDOPTS", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(suite)],
-        capture_output=True, text=True, cwd=str(suite), env=env, timeout=120,
-    )
+    result = _run_suite(tmp_path, "test_author.py", _AUTHOR_TEST.format(ours=os.path.join(ROOT, "flux")),
+                        pythonpath=pythonpath)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
