@@ -249,21 +249,13 @@ class BrokerLink:
         # (the test's frames lie below), so it runs the broker until
         # strand's next item comes up, as it would for an idle strand; the
         # test's code goes on only once that callback returns.
-        found: List[Callable[[], None]] = []
-
-        def next_up() -> bool:
-            item = strands.take_next(strand)
-            if item is not None:
-                found.append(item)
-            return bool(found)
-
         stuck = (
             f"module {strand.name} runs reactor_run() inside a callback, and nothing left to run "
             f"would end it: the in-memory broker runs callbacks on the test's thread, so the "
             f"test cannot go on (to send what would end it) until that callback returns"
         )
-        self._broker._run_until(next_up, f"{strand.name}'s reactor_run()", stuck=stuck)
-        return found[0]
+        what = f"{strand.name}'s reactor_run()"
+        return strands.wait_in_turn(strand, lambda done: self._broker._run_until(done, what, stuck=stuck))
 
     def module_running(self, record: "LoadedModule", pause: bool) -> None:
         """Mark *record* running (``flux module load`` returns); *pause*:

@@ -235,6 +235,9 @@ class Strands:
 
     def resume(self, ctx: Strand, item: Optional[Callable[[], None]] = None) -> None:
         """Run *ctx* (with a work *item* if it is idle) until it gives control back."""
+        if ctx is self.current:  # waiting in wait_in_turn: take the item there
+            ctx.item = item
+            return
         if ctx.turn is not None and item is not None and self.current is self.driver:
             self._take_turn(ctx, item)
         else:
@@ -243,6 +246,7 @@ class Strands:
     def _switch_to(self, ctx: Strand, item: Optional[Callable[[], None]]) -> None:
         """Wake *ctx*'s own thread (with *item*) and wait until it gives control back."""
         me = self.current
+        my_state = me.state
         ctx.item = item
         ctx.resumer = me
         ctx.state = ACTIVE
@@ -257,7 +261,7 @@ class Strands:
         finally:
             sys.stderr = saved
         self.current = me
-        me.state = ACTIVE
+        me.state = my_state
 
     def _take_turn(self, ctx: Strand, item: Callable[[], None]) -> None:
         """Run idle *ctx*'s turn with *item* on this thread; then, if its
@@ -332,17 +336,18 @@ class Strands:
         assert item is not None
         return None if item is _turn_taken else item
 
-    def take_next(self, ctx: Strand) -> Optional[Callable[[], None]]:
-        """Remove and return *ctx*'s work item if it is next in turn (as if
-        *ctx* were idle), else None: for a reactor run within a turn."""
-        if any(other.state == RUNNABLE for other in self._runnable):
-            return None
-        index = self._next_item(ctx)
-        if index < 0 or self.queue[index][0] is not ctx:
-            return None
-        item = self.queue[index][1]
-        del self.queue[index]
-        return item  # type: ignore[no-any-return]
+    def wait_in_turn(self, ctx: Strand, run_until: Callable[[Callable[[], bool]], None]) -> Callable[[], None]:
+        """For a reactor run within *ctx*'s turn, on the thread taking it:
+        *ctx* counts as idle while ``run_until(done)`` runs the broker, and
+        :meth:`step` hands it its next item here, in the usual order."""
+        ctx.state = IDLE
+        try:
+            run_until(lambda: ctx.item is not None)
+        finally:
+            ctx.state = ACTIVE
+        item, ctx.item = ctx.item, None
+        assert item is not None
+        return item
 
     def pause(self, ctx: Strand) -> None:
         """Called by *ctx*: give control back now, continue later in turn."""
@@ -363,24 +368,16 @@ class Strands:
             if ctx.state == RUNNABLE:
                 self.resume(ctx)
                 return True
-        index = self._next_item(None)
-        if index < 0:
-            return False
-        target, item = self.queue[index]
-        del self.queue[index]
-        if target is None:
-            item()
-        else:
-            self.resume(target, item)
-        return True
-
-    def _next_item(self, idle: Optional[Strand]) -> int:
-        """Where in the queue the next item to run is (-1: none): the first
-        for the driving strand or an idle one (*idle* counts as idle)."""
-        for index, (target, _) in enumerate(self.queue):
-            if target is None or target is idle or target.state == IDLE:
-                return index
-        return -1
+        for index, (target, item) in enumerate(self.queue):
+            if target is None:
+                del self.queue[index]
+                item()
+                return True
+            if target.state == IDLE:
+                del self.queue[index]
+                self.resume(target, item)
+                return True
+        return False
 
     def drop(self, ctx: Strand) -> List[Callable[[], None]]:
         """Remove and return the work still queued for *ctx*."""
