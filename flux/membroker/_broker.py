@@ -29,6 +29,7 @@ from flux.membroker._message import (
     FLUX_ROLE_OWNER,
     FLUX_ROLE_USER,
     FLUX_RPC_NORESPONSE,
+    FLUX_RPC_STREAMING,
     Message,
 )
 from flux.membroker._clock import VirtualClock
@@ -724,12 +725,12 @@ class Broker:
         if record is None or record.state == EXITED:
             self._broker_error(msg, errno.ENOSYS, f"No service matching {msg.topic} is registered")
             return
-        if not msg._noresponse:
+        if not msg._flags & FLUX_RPC_NORESPONSE:
             record.inflight[id(msg)] = msg
         self._strands.queue.append((record.ctx, _Delivery(record.handle, msg)))
 
     def _route_response(self, responder: Optional[LoadedModule], request: Message, response: Message) -> None:
-        if responder is not None and (response._errnum or not request._streaming):
+        if responder is not None and (response._errnum or not request._flags & FLUX_RPC_STREAMING):
             responder.inflight.pop(id(request), None)
         sender = request._sender
         if sender is None:

@@ -28,6 +28,7 @@ from flux.membroker._message import (
     FLUX_NODEID_ANY,
     FLUX_ROLE_OWNER,
     FLUX_RPC_NORESPONSE,
+    FLUX_RPC_STREAMING,
     Message,
     encode_payload,
 )
@@ -69,8 +70,8 @@ class Future:
 
     def get_str(self) -> Optional[str]:
         """Wait for the response; return its payload text (None if none)."""
-        if not self._responses:
-            self.wait_for()
+        if not self._responses:  # wait_for(), minus a frame per request
+            self._handle._link.wait_until(self.is_ready, self._topic)
         msg = self._responses[0]
         if msg._errnum:
             raise OSError(msg._errnum, os.strerror(msg._errnum) if msg._errstr is None else msg._errstr)
@@ -415,9 +416,11 @@ class Handle:
         flags: int = 0,
     ) -> Future:
         """Send a request; return a :class:`Future` for its response(s)."""
-        topic = _topic(topic)
+        if type(topic) is not str:  # per request: skip the call for the usual str
+            topic = _topic(topic)
         msg = Message(
-            FLUX_MSGTYPE_REQUEST, topic, encode_payload(payload), self._userid, self._rolemask, flags, nodeid=nodeid
+            FLUX_MSGTYPE_REQUEST, topic, encode_payload(payload), self._userid, self._rolemask, flags,
+            FLUX_MATCHTAG_NONE, nodeid,
         )
         future = Future(self, topic)
         if self._record is None:
@@ -448,7 +451,7 @@ class Handle:
     def _respond(self, request: Message, payload: Optional[bytes], errnum: int, errstr: Optional[str]) -> None:
         if not isinstance(request, Message) or request.type != FLUX_MSGTYPE_REQUEST:
             raise OSError(errno.EINVAL, f"cannot respond to {request!r}: not a request")
-        if request._noresponse:
+        if request._flags & FLUX_RPC_NORESPONSE:
             return
         response = Message(
             FLUX_MSGTYPE_RESPONSE, request.topic, payload, self._userid, self._rolemask, request._flags,
@@ -809,7 +812,7 @@ class Handle:
         future = self._futures.get(msg._matchtag)
         if future is None:
             return
-        if msg._errnum or not msg._streaming:
+        if msg._errnum or not msg._flags & FLUX_RPC_STREAMING:
             del self._futures[msg._matchtag]
         future._fulfill(msg)
 

@@ -156,7 +156,7 @@ class Message:
 
     def _brokermod_streaming(self) -> bool:
         """flux_msg_is_streaming() of this request (see flux._libflux)."""
-        return self._streaming
+        return bool(self._flags & FLUX_RPC_STREAMING)
 
     def decode(self) -> Any:
         """Return ``(type, topic, payload_str)``; OSError for an error response."""
