@@ -7,8 +7,8 @@ BaseException: flux-core's callback wrappers pass only Exception on, so a
 SystemExit (argparse) or KeyboardInterrupt left to escape would be dropped
 by cffi and the request never answered.  Coroutines and generators run as
 asyncio tasks on the module's reactor (:mod:`flux._tasks`, imported for
-the first such handler).  Every request gets exactly one final answer
-(:class:`AnswerTracker`).
+the first such handler).  Every request gets one final answer, and an
+RPC nothing after it (:class:`AnswerTracker`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from flux._constants import FLUX_MSGTYPE_REQUEST
 from flux._logtext import log_verbatim
 from flux._observe import handler_failed
 from flux._payloads import PayloadError, PayloadSchema
-from flux._libflux import clear_msgcounters, is_streaming, msgcounters, raw_message_class
+from flux._libflux import clear_msgcounters, is_streaming, matchtag_of, msgcounters, raw_message_class
 
 
 class Dispatcher:
@@ -108,9 +108,12 @@ class Dispatcher:
 
     def answer_with(self, msg: Any, result: Any, answered: "AnswerTracker") -> None:
         """Answer *msg* with what its handler returned (a streaming request: then ENODATA)."""
-        if answered.is_final(msg):
-            raise AnswerError(msg, f"the handler answered and also returned {type(result).__name__} {result!r:.40}")
-        answered.respond(msg, encoded(result))
+        try:
+            answered.respond(msg, encoded(result))
+        except AnswerError:
+            raise AnswerError(
+                msg, f"the handler answered and also returned {type(result).__name__} {result!r:.40}"
+            ) from None
         if not answered.is_final(msg):  # a streaming request: end its stream
             answered.respond_error(msg, errno.ENODATA)
 
@@ -271,16 +274,23 @@ def _request_error_text(msg: Any, exc: BaseException) -> str:
 
 
 class AnswerTracker:
-    """Give each request at most one final answer.
+    """Keep a request that an RPC waits for from being answered after its end.
 
     Wraps ``respond``/``respond_error`` on the module's handle once: the
     handle is made by whichever loader runs the module (this library's,
     flux-core's, or the in-memory broker), and this is the one place all
     three share.  A response to a streaming request is not final; an error
-    response is.  Answering a request that already got its final answer
-    raises :class:`AnswerError` in the caller and sends nothing: on a real
-    broker the extra response would reach the same client's next request
-    that reuses the matchtag.  Both methods return None.
+    response, or any response to another request, is.
+
+    Only a request with a matchtag has an RPC waiting for it, and only
+    there can an answer after the final one do harm: the client frees the
+    matchtag at the final answer, and the extra response would reach its
+    next RPC that reuses it.  Such an answer raises :class:`AnswerError`
+    in the caller and sends nothing.  A request without a matchtag
+    (``flux_send()``; RFC 27's ``sched.alloc`` is answered with
+    annotations before its final answer) takes any number of answers, as
+    with libflux; for one sent with FLUX_RPC_NORESPONSE, libflux sends none
+    of them and reports success, and so does this.  Both methods return None.
     """
 
     def __init__(self, h: Any) -> None:
@@ -305,12 +315,12 @@ class AnswerTracker:
     def respond(self, message: Any, payload: Any = None) -> None:
         """Send a response, as ``flux.Flux.respond`` does."""
         if type(message) is self._raw:
-            if message._answered:
+            if message._answered and matchtag_of(message):
                 raise AnswerError(message)
             message._respond(payload)
             message._answered = not message._streaming()
             return
-        if message in self._final:
+        if message in self._final and matchtag_of(message):
             raise AnswerError(message)
         self._respond(message, payload)
         if not is_streaming(message):
@@ -319,18 +329,19 @@ class AnswerTracker:
     def respond_error(self, message: Any, errnum: int, errstr: Any = None) -> None:
         """Send an error response, as ``flux.Flux.respond_error`` does."""
         if type(message) is self._raw:
-            if message._answered:
+            if message._answered and matchtag_of(message):
                 raise AnswerError(message)
             message._respond_error(errnum, errstr)
             message._answered = True
             return
-        if message in self._final:
+        if message in self._final and matchtag_of(message):
             raise AnswerError(message)
         self._respond_error(message, errnum, errstr)
         self._mark_final(message)
 
     def is_final(self, message: Any) -> bool:
-        """Return True if *message* already got a final answer."""
+        """Return True if *message* got a response that would end an RPC
+        (an error, or any response to a request that is not streaming)."""
         if type(message) is self._raw:
             return message._answered  # type: ignore[no-any-return]
         return message in self._final
@@ -346,9 +357,11 @@ class AnswerError(RuntimeError):
     """A request that already got its final answer was answered again.
 
     Raised by the module handle's ``respond``/``respond_error`` for a
-    request answered before (a non-streaming request once, a streaming one
-    after its error or ENODATA), and when a handler that answered also
-    returns a value; nothing more is sent.
+    request that a client's RPC waits for (it has a matchtag) and that was
+    answered before: a non-streaming request once, a streaming one after
+    its error or ENODATA; also when a handler that answered such a request
+    returns a value.  Nothing more is sent.  Requests without a matchtag
+    take any number of answers (see :class:`AnswerTracker`).
     """
 
     def __init__(self, message: Any, what: str = "a second response") -> None:

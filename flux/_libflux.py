@@ -13,7 +13,7 @@ import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
 __all__ = [
-    "RequestFacts", "clear_msgcounters", "is_streaming", "module_name", "msgcounters",
+    "RequestFacts", "clear_msgcounters", "is_streaming", "matchtag_of", "module_name", "msgcounters",
     "raw_message_class", "reactor_clock", "request_facts", "watch",
 ]
 
@@ -23,7 +23,9 @@ class RequestFacts(NamedTuple):
 
     #: True for a request sent with FLUX_RPC_STREAMING.
     streaming: bool
-    #: The matchtag the sender chose (0 for a request that wants no answer).
+    #: The matchtag the sender chose; 0 (FLUX_MATCHTAG_NONE) for a request
+    #: sent without one: FLUX_RPC_NORESPONSE, or ``flux_send()`` by a sender
+    #: that takes its responses by topic (RFC 27's ``sched.alloc``).
     matchtag: int
     #: The sending client's identity (its route), usable as a dict key.
     sender: str
@@ -56,6 +58,19 @@ def is_streaming(msg: Any) -> bool:
     return bool(_libflux().flux_msg_is_streaming(msg.handle))
 
 
+def matchtag_of(msg: Any) -> int:
+    """The matchtag of request *msg*: 0 (FLUX_MATCHTAG_NONE) when its sender
+    waits for no particular answer (``flux_send()``, FLUX_RPC_NORESPONSE)."""
+    facts = getattr(type(msg), "_brokermod_facts", None)
+    if facts is not None:
+        return facts(msg).matchtag  # type: ignore[no-any-return]
+    lib = _libflux()
+    tag = _FFI.new("uint32_t *")
+    if lib.flux_msg_get_matchtag(msg.handle, tag) < 0:
+        raise OSError("flux_msg_get_matchtag failed")
+    return int(tag[0])
+
+
 def request_facts(msg: Any) -> RequestFacts:
     """The :class:`RequestFacts` of request *msg*."""
     facts = getattr(type(msg), "_brokermod_facts", None)
@@ -63,12 +78,9 @@ def request_facts(msg: Any) -> RequestFacts:
         return facts(msg)  # type: ignore[no-any-return]
     lib = _libflux()
     ptr = msg.handle
-    tag = _FFI.new("uint32_t *")
-    if lib.flux_msg_get_matchtag(ptr, tag) < 0:
-        raise OSError("flux_msg_get_matchtag failed")
     route = lib.flux_msg_route_first(ptr)
     sender = _FFI.string(route).decode() if route != _FFI.NULL else ""
-    return RequestFacts(bool(lib.flux_msg_is_streaming(ptr)), int(tag[0]), sender, int(msg.userid))
+    return RequestFacts(bool(lib.flux_msg_is_streaming(ptr)), matchtag_of(msg), sender, int(msg.userid))
 
 
 _KINDS = ("request", "response", "event", "control")

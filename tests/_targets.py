@@ -60,6 +60,7 @@ class MemTarget(MemoryBroker):
         h = self._client(guest)
         env = {
             "h": h,
+            "json": json,
             "STREAMING": FLUX_RPC_STREAMING,
             "emit": out.append,
             "matchtag_of": lambda future: future._matchtag,

@@ -16,6 +16,7 @@ would fail.  Each test ends by checking that the module still answers.
 """
 
 import errno
+import json
 import os
 
 import pytest
@@ -320,3 +321,207 @@ def test_stream_takes_no_response_after_its_end(holes):
     # stats-get's own answer, two responses and ENODATA: nothing after the end
     assert holes.rpc("holes.stats-get").get()["tx"]["response"] - before == 4
     assert any(line.startswith("flux.brokermod.AnswerError: holes.stream") for line in _module_lines(holes))
+
+
+# 4. A request without a matchtag takes many answers (RFC 27)
+#
+# flux-core's job manager sends each sched.alloc with flux_send(), without a
+# matchtag, and takes the scheduler's answers by topic in a response watcher:
+# annotations first, then the final alloc, deny or cancel.  No RPC waits on
+# such a request, so no answer can reach the wrong one.
+
+SCHED27 = r'''
+import errno
+
+from flux.brokermod import BrokerModule, request_handler
+
+
+class Sched27(BrokerModule):
+    held = []
+
+    @request_handler("alloc")
+    def alloc(self, msg):
+        job, how = msg.payload["id"], msg.payload["how"]
+        self.handle.respond(msg, {"id": job, "type": 1, "note": "first"})
+        if how == "hold":
+            self.held.append(msg)
+            return None
+        self.handle.respond(msg, {"id": job, "type": 1, "note": "second"})
+        if how == "return":
+            return {"id": job, "type": 0}
+        if how == "error":
+            self.handle.respond_error(msg, errno.ENOSPC, "denied")
+            self.handle.respond(msg, {"id": job, "type": 1, "note": "after the error"})
+            return None
+        if how == "raise":
+            self.handle.respond(msg, {"id": job, "type": 0})
+            raise RuntimeError("after the final answer")
+        self.handle.respond(msg, {"id": job, "type": 0})
+        return None
+
+    @request_handler("release")
+    def release(self, msg):
+        for held in self.held:
+            self.handle.respond(held, {"id": held.payload["id"], "type": 1, "note": "later"})
+            self.handle.respond(held, {"id": held.payload["id"], "type": 2})
+        del self.held[:]
+        return {}
+'''
+
+# The job manager's side: requests sent with flux_send(), answers taken by topic.
+JOBMGR27 = r'''
+from flux.brokermod import BrokerModule, request_handler
+from flux.constants import FLUX_MSGTYPE_RESPONSE
+from flux.message import Message
+
+
+class Jobmgr27(BrokerModule):
+    got = []
+
+    def setup(self):
+        self.answers = self.handle.msg_watcher_create(self.on_answer, FLUX_MSGTYPE_RESPONSE, "sched27.alloc")
+        self.answers.start()
+
+    def on_answer(self, h, watcher, msg, arg):
+        try:
+            self.got.append(msg.decode()[2])
+        except OSError as exc:
+            self.got.append({"errno": exc.errno})
+
+    @request_handler("submit")
+    def submit(self, msg):
+        request = Message()
+        request.topic = "sched27.alloc"
+        request.payload = msg.payload
+        self.handle.send(request)
+        return {}
+
+    @request_handler("got")
+    def get_got(self, msg):
+        return self.got
+'''
+
+
+@pytest.fixture
+def rfc27(target, write_module):
+    target.clear_log()
+    target.load(write_module("sched27.py", SCHED27))
+    target.load(write_module("jobmgr27.py", JOBMGR27))
+    yield target
+    for name in ("jobmgr27", "sched27"):
+        assert target.rpc(f"{name}.ping", {}).get()["userid"] == target.owner()
+        target.remove(name)
+    if not target.real:
+        assert target.broker.panicked is None
+    target.close()
+
+
+def _answers_to_jobmgr(target, count):
+    got = []
+
+    def arrived():
+        got[:] = [json.loads(text) if isinstance(text, str) else text
+                  for text in target.rpc("jobmgr27.got").get()]
+        return len(got) >= count
+
+    target.settle(arrived, f"{count} answers to jobmgr27")
+    return got
+
+
+def _rfc27_lines(target):
+    return [line for line in target.dmesg() if line.startswith(("sched27.", "jobmgr27."))]
+
+
+def _sent_by(target, name):
+    return target.rpc(f"{name}.stats-get").get()["tx"]["response"]
+
+
+def test_a_request_without_matchtag_gets_annotations_then_its_final_answer(rfc27):
+    before = _sent_by(rfc27, "sched27")
+    rfc27.rpc("jobmgr27.submit", {"id": 1, "how": "respond"}).get()
+    rfc27.rpc("jobmgr27.submit", {"id": 2, "how": "return"}).get()
+    assert _answers_to_jobmgr(rfc27, 6) == [
+        {"id": 1, "type": 1, "note": "first"}, {"id": 1, "type": 1, "note": "second"}, {"id": 1, "type": 0},
+        {"id": 2, "type": 1, "note": "first"}, {"id": 2, "type": 1, "note": "second"}, {"id": 2, "type": 0},
+    ]
+    # sched27's stats-get answer counts itself: six answers and that one
+    assert _sent_by(rfc27, "sched27") - before == 7
+    assert not [line for line in _rfc27_lines(rfc27) if "AnswerError" in line or "failed" in line]
+
+
+def test_an_error_and_answers_after_it_all_reach_a_request_without_matchtag(rfc27):
+    rfc27.rpc("jobmgr27.submit", {"id": 3, "how": "error"}).get()
+    assert _answers_to_jobmgr(rfc27, 4) == [
+        {"id": 3, "type": 1, "note": "first"}, {"id": 3, "type": 1, "note": "second"},
+        {"errno": errno.ENOSPC}, {"id": 3, "type": 1, "note": "after the error"},
+    ]
+
+
+def test_a_held_request_without_matchtag_is_answered_later_many_times(rfc27):
+    rfc27.rpc("jobmgr27.submit", {"id": 4, "how": "hold"}).get()
+    assert _answers_to_jobmgr(rfc27, 1) == [{"id": 4, "type": 1, "note": "first"}]
+    rfc27.rpc("sched27.release").get()
+    assert _answers_to_jobmgr(rfc27, 3)[1:] == [{"id": 4, "type": 1, "note": "later"}, {"id": 4, "type": 2}]
+
+
+def test_a_handler_raising_after_answering_a_request_without_matchtag_adds_no_error(rfc27):
+    """The library cannot tell which answer of such a request was its last:
+    it logs the failure and sends nothing of its own after an answer."""
+    before = _sent_by(rfc27, "sched27")
+    rfc27.rpc("jobmgr27.submit", {"id": 5, "how": "raise"}).get()
+    assert _answers_to_jobmgr(rfc27, 3)[2] == {"id": 5, "type": 0}
+    rfc27.settle(lambda: any("after the final answer" in line for line in _rfc27_lines(rfc27)), "the failure logged")
+    assert _sent_by(rfc27, "sched27") - before == 4
+
+
+def test_answers_to_a_noresponse_request_are_not_sent_and_not_refused(rfc27):
+    """libflux's flux_respond() sends nothing for a FLUX_RPC_NORESPONSE
+    request and reports success, however often it is called."""
+    before = _sent_by(rfc27, "sched27")
+    rfc27.client("""
+        from flux.constants import FLUX_RPC_NORESPONSE
+        h.rpc("sched27.alloc", {"id": 6, "how": "return"}, flags=FLUX_RPC_NORESPONSE)
+        h.rpc("sched27.alloc", {"id": 7, "how": "error"}, flags=FLUX_RPC_NORESPONSE)
+    """)
+    asked = [0]
+
+    def handled():
+        asked[0] += 1
+        return rfc27.rpc("sched27.stats-get").get()["handlers"]["sched27.alloc"]["requests"] == 2
+
+    rfc27.settle(handled, "both requests handled")
+    # stats-get's answers alone: the first one's, and one per look
+    assert _sent_by(rfc27, "sched27") - before == 1 + asked[0]
+    assert not [line for line in _rfc27_lines(rfc27) if "failed" in line]
+
+
+def test_a_client_takes_answers_by_topic_to_a_request_it_sent_without_matchtag(rfc27):
+    got = rfc27.client("""
+        from flux.constants import FLUX_MSGTYPE_RESPONSE
+        from flux.message import Message
+        answers = []
+        def on_answer(h, watcher, msg, arg):
+            answers.append(json.loads(msg.decode()[2]))
+            if len(answers) == 3:
+                h.reactor_stop()
+        watcher = h.msg_watcher_create(on_answer, FLUX_MSGTYPE_RESPONSE, "sched27.alloc")
+        watcher.start()
+        request = Message()
+        request.topic = "sched27.alloc"
+        request.payload = {"id": 8, "how": "respond"}
+        h.send(request)
+        h.reactor_run()
+        emit(answers)
+    """)
+    assert got == [[{"id": 8, "type": 1, "note": "first"}, {"id": 8, "type": 1, "note": "second"},
+                    {"id": 8, "type": 0}]]
+
+
+def test_an_rpc_with_a_matchtag_still_gets_one_answer(rfc27):
+    """The same handler called by an RPC: its first answer is final, the
+    second is refused where it is made (and the handler fails)."""
+    results = rfc27.rpcs_from_one_client("sched27.alloc", [{"id": 9, "how": "respond"}, {"id": 10, "how": "respond"}])
+    assert [result.get() for result in results] == [{"id": 9, "type": 1, "note": "first"},
+                                                    {"id": 10, "type": 1, "note": "first"}]
+    refusals = [line for line in _rfc27_lines(rfc27) if "AnswerError: sched27.alloc: request already answered" in line]
+    assert len(refusals) == 2

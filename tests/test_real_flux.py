@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from _helpers import error_of
 
-from flux.brokermod_testing import module_names, skip_reason, start_instance
+from flux.brokermod_testing import module_names, skip_reason, start_instance, wait_for
 
 pytestmark = [
     pytest.mark.real_flux,
@@ -490,3 +490,47 @@ def test_flux_cores_sched_simple_runs_on_this_library(flux):
     assert any(ours in line and line.endswith("sched-simple.py") for line in processes), "no sched-simple on our loader"
     run = flux.flux("run", "hostname")
     assert run.returncode == 0 and run.stdout.strip() == os.uname().nodename
+
+
+@pytest.mark.parametrize("scheduler", ["sched-fifo", "sched-backfill"])
+def test_flux_cores_schedulers_annotate_and_cancel_pending_jobs_on_this_library(real_broker, scheduler):
+    """RFC 27: the job manager sends sched.alloc without a matchtag and the
+    scheduler answers a pending job several times: a forecast annotation
+    (t_estimate), then its final cancel.  On an instance WITHOUT
+    broker.module-nopanic, a refused second answer would kill the scheduler
+    and take the instance down (the instance fixture checks it exits 0)."""
+    flux = real_broker
+    flux.remove("sched-simple")
+    jobs = []
+    try:
+        loaded = flux.flux("module", "load", scheduler)
+        assert loaded.returncode == 0, loaded.stderr
+        cores = flux.flux("resource", "list", "--state=free", "-no", "{ncores}").stdout.strip()
+
+        def submit(*command):
+            submitted = flux.flux("submit", f"-n{cores}", "--time-limit=3600s", *command)
+            assert submitted.returncode == 0, submitted.stderr
+            jobs.append(submitted.stdout.strip())
+            return jobs[-1]
+
+        running = submit("sleep", "600")
+        assert flux.flux("job", "wait-event", "--timeout=30", running, "alloc").returncode == 0
+        pending = submit("hostname")
+        wait_for(lambda: flux.flux("jobs", "-no", "{annotations.sched.t_estimate}", pending).stdout.strip() != "",
+                 what="a forecast annotation (t_estimate) on the pending job")
+        assert flux.flux("cancel", pending).returncode == 0
+        assert flux.flux("job", "wait-event", "--timeout=30", pending, "clean").returncode == 0
+        status = flux.flux("job", "status", pending)
+        assert status.returncode != 0  # canceled before it ran
+        assert scheduler in module_names(flux)
+        assert flux.flux("cancel", running).returncode == 0
+        run = flux.flux("run", "hostname")
+        assert run.returncode == 0 and run.stdout.strip() == os.uname().nodename, run.stderr
+        lines = flux.dmesg()
+        assert not [line for line in lines if "AnswerError" in line or "runtime failure" in line], lines[-20:]
+    finally:
+        for job in jobs:
+            flux.flux("cancel", job)
+        flux.flux("module", "remove", "-f", scheduler)
+        flux.flux("module", "load", "sched-simple")
+    assert "sched-simple" in module_names(flux)

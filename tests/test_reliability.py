@@ -533,7 +533,7 @@ def test_send_stamps_the_senders_credentials(broker):
     guest.send(Message(FLUX_MSGTYPE_EVENT, "who.who", None, userid=0, rolemask=FLUX_ROLE_OWNER))
     broker.run_until_idle()
     assert Who.seen == [(1234, FLUX_ROLE_USER)]
-    with pytest.raises(TypeError, match="send\\(\\) takes a flux.membroker.Message"):
+    with pytest.raises(TypeError, match="send\\(\\) takes a flux.membroker.Message or flux-core's flux.message.Message, not str"):
         guest.send("who.who")
 
 

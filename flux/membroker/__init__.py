@@ -45,12 +45,12 @@ from flux.membroker._message import (
     Message,
 )
 
-from flux.membroker._message import provide_flux_constants
+from flux.membroker._provide import provide_flux_core_modules
 
 #: The former name of :class:`LoadedModule`.
 Module = LoadedModule
 
-provide_flux_constants()
+provide_flux_core_modules()
 
 __all__ = [
     "MAX_WAIT",

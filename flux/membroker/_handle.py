@@ -31,6 +31,7 @@ from flux.membroker._message import (
     FLUX_RPC_STREAMING,
     Message,
     encode_payload,
+    from_flux_core,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,18 +126,19 @@ class MessageWatcher:
         raise missing('MessageWatcher', self, name)
     def __init__(
         self,
-        handle: "Handle",
-        callback: Callable[..., Any],
+        flux_handle: "Handle",
         type_mask: int,
-        topic_glob: Optional[str],
-        args: Any,
-        rolemask: Optional[int],
+        callback: Callable[..., Any],
+        topic_glob: Optional[str] = "*",
+        match_tag: int = FLUX_MATCHTAG_NONE,
+        rolemask: Optional[int] = None,
+        args: Any = None,
     ) -> None:
         if topic_glob is not None and not isinstance(topic_glob, (str, bytes)):
             raise TypeError(errno.EINVAL, f"Topic must be a string, not {type(topic_glob)}")
         if isinstance(topic_glob, bytes):
             topic_glob = topic_glob.decode()
-        self.flux_handle = handle
+        handle = self.flux_handle = flux_handle
         self.callback = callback
         self._type_mask = type_mask
         self._topic_glob = topic_glob or "*"
@@ -467,11 +469,14 @@ class Handle:
 
         The broker stamps it with this handle's credentials, as a real
         broker does for a guest's messages.  A request is routed by topic
-        (its response is then lost: use :meth:`rpc` to get one), an event is
-        published, a response or control message is dropped by the broker.
+        with the matchtag it carries (none unless set: its responses then
+        reach a response watcher of its topic, as RFC 27's ``sched.alloc``
+        answers do; use :meth:`rpc` for a future), an event is published, a
+        response or control message is dropped by the broker.  flux-core's
+        own ``flux.message.Message`` is taken too.
         """
         if not isinstance(message, Message):
-            raise TypeError(f"send() takes a flux.membroker.Message, not {type(message).__name__}")
+            message = from_flux_core(message)
         message.userid = self._userid
         message.rolemask = self._rolemask
         kind = message.type_str if message.type_str in self._tx else "control"
@@ -533,7 +538,7 @@ class Handle:
         rolemask: Optional[int] = None,
     ) -> MessageWatcher:
         """Create a (stopped) watcher calling ``callback(h, w, msg, args)``."""
-        return MessageWatcher(self, callback, type_mask, topic_glob, args, rolemask)
+        return MessageWatcher(self, type_mask, callback, topic_glob, match_tag, rolemask, args)
 
     def timer_watcher_create(
         self, after: float, callback: Callable[..., Any], repeat: float = 0.0, args: Any = None
@@ -808,13 +813,22 @@ class Handle:
             traceback.print_exc(file=self._record.stderr)
 
     def _receive_response(self, msg: Message) -> None:
+        """As libflux's dispatcher: a response with a matchtag goes to its RPC;
+        any other to the first started watcher of its type and topic."""
         self._rx["response"] += 1
-        future = self._futures.get(msg._matchtag)
+        future = self._futures.get(msg._matchtag) if msg._matchtag != FLUX_MATCHTAG_NONE else None
         if future is None:
+            self._post(lambda: self._dispatch_response(msg))
             return
         if msg._errnum or not msg._flags & FLUX_RPC_STREAMING:
             del self._futures[msg._matchtag]
         future._fulfill(msg)
+
+    def _dispatch_response(self, msg: Message) -> None:
+        for watcher in self._handlers:
+            if watcher._running and watcher._matches(msg):
+                self._call(watcher, msg)
+                return
 
     def _require_module(self, method: str) -> "LoadedModule":
         if self._record is None:

@@ -53,6 +53,11 @@ def encode_payload(payload: Any) -> Optional[bytes]:
     return _dumps(payload).encode("utf-8", "surrogateescape")
 
 
+def msg_typestr(msg_type: int) -> str:
+    """The name of message type *msg_type*, as flux-core's ``flux.message.msg_typestr``."""
+    return _TYPE_NAMES.get(msg_type, "unknown")
+
+
 class Message:
     """A message, offering what ``flux.message.Message`` offers and no more.
 
@@ -140,7 +145,7 @@ class Message:
     @property
     def type_str(self) -> str:
         """The message type as a word: request, response, event, control."""
-        return _TYPE_NAMES.get(self.type, "unknown")
+        return msg_typestr(self.type)
 
     @property
     def _streaming(self) -> bool:
@@ -176,31 +181,29 @@ class Message:
         )
 
 
+def from_flux_core(message: Any) -> Message:
+    """An in-memory copy of flux-core's ``flux.message.Message`` *message*:
+    what ``flux_send()`` reads of it (type, topic, payload, matchtag, flags,
+    nodeid).  Anything else is a TypeError."""
+    if type(message).__module__ != "flux.message" or not hasattr(message, "pimpl"):
+        raise TypeError(
+            f"send() takes a flux.membroker.Message or flux-core's flux.message.Message, "
+            f"not {type(message).__name__}"
+        )
+    from _flux._core import ffi, lib
+
+    ptr = message.handle
+    number = ffi.new("uint32_t *")
+    matchtag = int(number[0]) if lib.flux_msg_get_matchtag(ptr, number) == 0 else FLUX_MATCHTAG_NONE
+    nodeid = int(number[0]) if lib.flux_msg_get_nodeid(ptr, number) == 0 else FLUX_NODEID_ANY
+    flags = (FLUX_RPC_STREAMING if lib.flux_msg_is_streaming(ptr) else 0) | (
+        FLUX_RPC_NORESPONSE if lib.flux_msg_is_noresponse(ptr) else 0
+    )
+    text = message.payload_str
+    payload = None if text is None else text.encode("utf-8", "surrogateescape")
+    return Message(message.type, message.topic, payload, flags=flags, matchtag=matchtag, nodeid=nodeid)
+
+
 def route_of(sender: Any) -> str:
     """The route identity of a sending handle, as a real broker's uuid stands for it."""
     return f"{id(sender) & 0xFFFFFFFF:08x}" if sender is not None else ""
-
-
-def provide_flux_constants() -> None:
-    """Make ``import flux.constants`` work without flux-core.
-
-    Modules import their constants from flux-core's ``flux.constants``.
-    With flux-core installed that module is used as it is; without it,
-    the in-memory broker provides one with the constants it implements.
-    """
-    import sys
-    import types
-
-    try:
-        import flux.constants  # noqa: F401 - flux-core's
-        return
-    except ImportError:
-        pass
-    constants = types.ModuleType("flux.constants", "The flux-core constants the in-memory broker implements.")
-    for name, value in globals().items():
-        if name.startswith("FLUX_") and isinstance(value, int):
-            setattr(constants, name, value)
-    sys.modules["flux.constants"] = constants
-    flux_pkg = sys.modules.get("flux")
-    if flux_pkg is not None:
-        flux_pkg.constants = constants  # type: ignore[attr-defined]
