@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import errno
 import inspect
+import os
+import sys
 import syslog
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
@@ -32,6 +34,7 @@ from flux._dispatch import (
     is_stream,
     kind_of,
 )
+from flux import _startfail
 from flux._awaitable import run_to_completion
 from flux._logtext import log_verbatim
 from flux._observe import module_created
@@ -405,11 +408,15 @@ class BrokerModule:
         self._flux_timers: Dict[str, Any] = {}
         self._stopped_with_error = False
         self.log = BrokerLogger(h)
-        declared = type(self)._flux_options
-        if declared:
-            self.__dict__["_flux_options"] = parse_options(declared, self._args)
-        self._flux_dispatch = Dispatcher(h, self.log, self._handler_failed)
-        self._register_handlers()
+        try:
+            declared = type(self)._flux_options
+            if declared:
+                self.__dict__["_flux_options"] = parse_options(declared, self._args)
+            self._flux_dispatch = Dispatcher(h, self.log, self._handler_failed)
+            self._register_handlers()
+        except BaseException as exc:
+            _startfail.report(h, _source_name(type(self)), exc)
+            raise
         module_created(h, self)
 
     @property
@@ -504,7 +511,11 @@ class BrokerModule:
         is, any other exception is logged with its traceback and raised as
         the ``__cause__`` of an OSError (ECONNRESET).
         """
-        run_to_completion(self._lifecycle("setup"))
+        try:
+            run_to_completion(self._lifecycle("setup"))
+        except BaseException as exc:
+            _startfail.report(self._h, _source_name(type(self)), exc)
+            raise
         try:
             rc = self._flux_dispatch.run_reactor()
         except OSError:
@@ -694,6 +705,17 @@ def entry_point_of(cls: type) -> Callable[..., Any]:
 
     mod_main.__qualname__ = f"{cls.__qualname__}.<entry point>"
     return mod_main
+
+
+def _source_name(cls: type) -> str:
+    """The basename of the file that defines *cls*, as the loaders name it
+    when it fails to start (flux-core's loader keeps it out of sys.modules)."""
+    for value in vars(cls).values():
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            return os.path.basename(code.co_filename)
+    mod = sys.modules.get(cls.__module__)
+    return os.path.basename(getattr(mod, "__file__", None) or f"{cls.__module__}.py")
 
 
 def _file_of(mod: Any) -> str:

@@ -24,12 +24,12 @@ import importlib.util
 import os
 import signal
 import sys
-import syslog
 import traceback
 from types import ModuleType
 from typing import Any, Callable, List, Optional, Sequence, TextIO
 
 from flux import _layout
+from flux._startfail import log, reported, start_failure
 
 __all__ = [
     "LoadError",
@@ -174,37 +174,26 @@ def run_module(
             entry_point = resolve_entry_point(imported)
         entry_point(h, *args)
     except LoadError as exc:
-        return _load_failed(h, out, str(exc), exc.errno)
-    except ValueError as exc:
-        return _load_failed(h, out, f"{base}: {exc}", errno.EINVAL)
-    except OSError as exc:
-        return _load_failed(h, out, f"{base}: {exc.strerror or exc}", exc.errno or errno.ECONNRESET)
-    except SystemExit as exc:
-        # sys.exit() in a module (argparse on bad arguments does it): exit
-        # status 0 is a normal exit, anything else an invalid argument.
-        if exc.code in (None, 0):
-            return 0
-        return _load_failed(h, out, f"{base}: exited ({_exit_text(exc)})", errno.EINVAL)
+        return _load_failed(h, out, str(exc), exc.errno, exc)
     except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt too: the loader must finalize
-        return _load_failed(h, out, f"{base}: module failed:\n{_user_traceback(exc).rstrip()}", errno.ECONNRESET)
+        # sys.exit() in a module (argparse on bad arguments does it): exit
+        # status 0 is a normal exit.
+        if isinstance(exc, SystemExit) and exc.code in (None, 0):
+            return 0
+        text, errnum = start_failure(base, exc)
+        return _load_failed(h, out, text, errnum, exc)
     finally:
         if imported is not None:
             forget_module(imported)
     return 0
 
 
-def _load_failed(h: Any, out: TextIO, text: str, errnum: int) -> int:
-    """Report why the module failed, on *out* (the broker's stderr) and in
-    the module's own log (``flux dmesg``, LOG_ERR): a broker passes only the
-    errno to ``flux module load``, and on a system instance nobody reads its
-    stderr.  Return *errnum*."""
+def _load_failed(h: Any, out: TextIO, text: str, errnum: int, exc: BaseException) -> int:
+    """Report why the module failed, on *out* (the broker's stderr) and, unless
+    the module did (see flux._startfail), in its own log.  Return *errnum*."""
     print(text, file=out)
-    try:
-        from flux._logtext import log_verbatim
-
-        log_verbatim(h, syslog.LOG_ERR, text)
-    except Exception:  # noqa: BLE001 - the handle may be unusable by now
-        pass
+    if not reported(exc):
+        log(h, text)
     return errnum
 
 
@@ -311,10 +300,3 @@ def _exit_text(exc: SystemExit) -> str:
     from flux._dispatch import exit_text
 
     return exit_text(exc)
-
-
-def _user_traceback(exc: BaseException) -> str:
-    """Format *exc* without the leading frames of the flux package (this loader)."""
-    from flux._dispatch import user_frames
-
-    return "".join(traceback.format_exception(type(exc), exc, user_frames(exc.__traceback__)))

@@ -525,3 +525,54 @@ def test_an_rpc_with_a_matchtag_still_gets_one_answer(rfc27):
                                                     {"id": 10, "type": 1, "note": "first"}]
     refusals = [line for line in _rfc27_lines(rfc27) if "AnswerError: sched27.alloc: request already answered" in line]
     assert len(refusals) == 2
+
+
+# 5. A module that fails to start says why in its own log, on every loader
+#
+# A broker hands `flux module load` only the errno; the reason must be in
+# `flux dmesg`.  flux-core's loader prints a ValueError to the broker's
+# stderr and logs nothing; BrokerModule logs it itself, once.
+
+STARTS = r'''
+import errno
+from flux.brokermod import BrokerModule, Option, request_handler
+
+
+class Starts(BrokerModule):
+    interval = Option(float, 1.0, "seconds between sweeps")
+    fail = Option(str, "", "how setup fails")
+
+    def setup(self):
+        if self.fail == "value":
+            raise ValueError("setup: no such queue 'q1'")
+        if self.fail == "oserror":
+            raise OSError(errno.EEXIST, "setup: service taken")
+        if self.fail == "bug":
+            raise RuntimeError("setup: a bug")
+
+    @request_handler("x")
+    def x(self, msg):
+        return {}
+'''
+
+
+@pytest.mark.parametrize("args, line, errnum", [
+    (["nosuch=1"], "starts.py: unknown option 'nosuch=1'; options: interval (float, default 1.0), "
+                   "fail (str, default '')", errno.EINVAL),
+    (["interval=abc"], "starts.py: option 'interval': 'abc' is not a valid float "
+                       "(could not convert string to float: 'abc')", errno.EINVAL),
+    (["fail=value"], "starts.py: setup: no such queue 'q1'", errno.EINVAL),
+    (["fail=oserror"], "starts.py: setup: service taken", errno.EEXIST),
+    (["fail=bug"], "starts.py: module failed:", None),
+])
+def test_a_module_that_fails_to_start_logs_one_line_once_on_every_loader(target, write_module, args, line, errnum):
+    target.clear_log()
+    got, _ = target.load_error(write_module("starts.py", STARTS), *args)
+    if errnum is not None:
+        assert got == errnum
+    logged = [entry.split(": ", 1)[1] for entry in target.dmesg() if entry.startswith("starts.err")]
+    assert logged.count(line) == 1, logged
+    if errnum is None:
+        assert "RuntimeError: setup: a bug" in logged
+    assert "starts" not in target.modules()
+    target.close()
