@@ -61,3 +61,40 @@ def test_runnable_module_blocks_load_and_answer(tmp_path, where, code):
                     assert broker.rpc(handler["topic"], {}).get() is not None
         finally:
             modloader.forget_module(module)
+
+
+def _docs_extra():
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        listed = re.search(r"^docs = \[(.*?)\]", f.read(), re.MULTILINE | re.DOTALL).group(1)
+    return {re.split(r"[<>=!~ \[]", name.strip().strip('"'))[0].lower() for name in listed.split(",") if name.strip()}
+
+
+def _module_level_imports(source):
+    """Top-level package names a module imports when it is imported (not
+    under ``if TYPE_CHECKING``, nor inside a function or a try block)."""
+    import ast
+
+    names = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="sys.stdlib_module_names is Python 3.10+")
+def test_the_docs_extra_installs_what_autodoc_imports():
+    """`pip install '.[docs]'` then Sphinx must work: every module the docs
+    document imports only the standard library, flux, and the docs extra."""
+    with open(os.path.join(DOCS, "api.rst")) as f:
+        documented = re.findall(r"^\.\. automodule:: (\S+)", f.read(), re.MULTILINE)
+    assert "flux.brokermod_testing" in documented
+    extra = _docs_extra()
+    for module in documented:
+        path = os.path.join(ROOT, *module.split("."))
+        path = path + ".py" if os.path.exists(path + ".py") else os.path.join(path, "__init__.py")
+        with open(path) as f:
+            imported = _module_level_imports(f.read())
+        outside = {name for name in imported - {"flux", "__future__"} if name not in sys.stdlib_module_names}
+        assert outside <= extra, f"{module} imports {sorted(outside - extra)}, which the docs extra lacks"
