@@ -18,6 +18,7 @@ would fail.  Each test ends by checking that the module still answers.
 import errno
 import json
 import os
+import subprocess
 
 import pytest
 from _helpers import error_of
@@ -525,6 +526,43 @@ def test_an_rpc_with_a_matchtag_still_gets_one_answer(rfc27):
                                                     {"id": 10, "type": 1, "note": "first"}]
     refusals = [line for line in _rfc27_lines(rfc27) if "AnswerError: sched27.alloc: request already answered" in line]
     assert len(refusals) == 2
+
+
+@pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+def test_the_in_memory_broker_sends_flux_cores_own_message_without_matchtag(tmp_path):
+    """With flux-core's bindings importable, a module or test on the
+    in-memory broker builds its request with flux-core's Message."""
+    from flux.brokermod_testing import find_flux
+
+    (tmp_path / "sched27.py").write_text(SCHED27)
+    script = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from flux.membroker import Broker
+from flux.constants import FLUX_MSGTYPE_RESPONSE
+from flux.message import Message
+assert Message.__module__ == "flux.message"  # flux-core's, not the stand-in
+with Broker() as broker:
+    broker.load(sys.argv[2])
+    h = broker.connect()
+    answers = []
+    def on_answer(h, watcher, msg, arg):
+        answers.append(json.loads(msg.decode()[2]))
+        if len(answers) == 3:
+            h.reactor_stop()
+    h.msg_watcher_create(on_answer, FLUX_MSGTYPE_RESPONSE, "sched27.alloc").start()
+    request = Message()
+    request.topic = "sched27.alloc"
+    request.payload = {"id": 11, "how": "respond"}
+    h.send(request)
+    h.reactor_run()
+print(json.dumps(answers))
+"""
+    result = subprocess.run([find_flux(), "python", "-c", script, ROOT, str(tmp_path / "sched27.py")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"id": 11, "type": 1, "note": "first"},
+                                         {"id": 11, "type": 1, "note": "second"}, {"id": 11, "type": 0}]
 
 
 # 5. A module that fails to start says why in its own log, on every loader
