@@ -23,7 +23,9 @@ from flux.membroker import (
     FLUX_RPC_STREAMING,
     Broker,
     BrokerPanic,
+    Message,
     ModuleError,
+    StrayResponse,
 )
 
 GUEST = 1234
@@ -1317,3 +1319,77 @@ def test_a_broker_leaves_an_ignored_sigint_and_other_threads_alone():
     thread.start()
     thread.join()
     assert seen == [previous, True]
+
+
+# Matchtags and stray responses ----------------------------------------------------
+#
+# A real handle gives each RPC the lowest free matchtag and takes it back when
+# the answered RPC's future is destroyed; a response sent after a request's
+# final answer reaches the next RPC holding the tag.  The in-memory broker
+# stops at such a response instead (StrayResponse), so no test passes in
+# memory what would misroute answers on a real broker.
+
+
+def plain_answers(h, *args):
+    """A mod_main module without BrokerModule: nothing guards its answers."""
+    from flux.constants import FLUX_MSGTYPE_REQUEST
+
+    def answer(h, watcher, msg, arg):
+        for n in range(msg.payload["times"]):
+            h.respond(msg, {"n": n})
+
+    watcher = h.msg_watcher_create(answer, FLUX_MSGTYPE_REQUEST, "plain.answer")
+    watcher.start()
+    h.reactor_run()
+
+
+def test_rpcs_reuse_the_lowest_free_matchtag_as_libflux_does(broker):
+    broker.load(Echo, name="echo")
+    client = broker.connect()
+    first = client.rpc("echo.ping", {})
+    second = client.rpc("echo.ping", {})
+    assert (first._matchtag, second._matchtag) == (1, 2)
+    first.get(), second.get()
+    del first  # destroyed after its answer: tag 1 is free again
+    third = client.rpc("echo.ping", {})
+    assert third._matchtag == 1
+    pending = client.rpc("echo.ping", {})  # second still holds 2
+    assert pending._matchtag == 3
+    del pending  # destroyed before its answer: 3 stays taken until it comes
+    assert client.rpc("echo.ping", {})._matchtag == 4
+    broker.run_until_idle()
+    assert client.rpc("echo.ping", {})._matchtag == 3
+
+
+def test_an_answer_after_the_final_one_stops_the_broker_with_stray_response(broker):
+    broker.load(plain_answers, name="plain")
+    client = broker.connect()
+    assert client.rpc("plain.answer", {"times": 1}).get() == {"n": 0}
+    with pytest.raises(StrayResponse) as info:
+        client.rpc("plain.answer", {"times": 2}).get()
+    assert str(info.value).startswith(
+        "a response to plain.answer (matchtag 1) was sent after its final answer: on a real broker "
+        "<flux.membroker.Handle client userid="
+    )
+    assert str(info.value).endswith("would take it as the answer to its next request that reuses matchtag 1")
+    with pytest.raises(StrayResponse):  # and every later wait says so
+        broker.run_until_idle()
+    broker.stray = None  # let the fixture remove the module
+
+
+def test_a_response_to_a_matchtag_no_rpc_holds_stops_the_broker(broker):
+    broker.load(Echo, name="echo")
+    client = broker.connect()
+    request = Message(FLUX_MSGTYPE_REQUEST, "echo.ping", b"{}", matchtag=7)
+    client.send(request)
+    with pytest.raises(StrayResponse, match=r"reached it, and no RPC of it waits for that matchtag"):
+        broker.run_until_idle()
+    broker.stray = None
+
+
+def test_answers_to_a_request_without_matchtag_are_no_strays(broker):
+    broker.load(plain_answers, name="plain")
+    client = broker.connect()
+    client.send(Message(FLUX_MSGTYPE_REQUEST, "plain.answer", b'{"times": 3}'))
+    broker.run_until_idle()  # no watcher takes them: dropped, as libflux does
+    assert client._rx["response"] == 3 and broker.stray is None

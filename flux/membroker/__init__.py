@@ -26,6 +26,7 @@ from flux.membroker._broker import (
     LoadedModule,
     ModuleError,
     ModuleHang,
+    StrayResponse,
 )
 from flux.membroker._handle import Future, Handle, MessageWatcher, TimerWatcher
 from flux.membroker._message import (
@@ -80,5 +81,6 @@ __all__ = [
     "Module",
     "ModuleError",
     "ModuleHang",
+    "StrayResponse",
     "TimerWatcher",
 ]

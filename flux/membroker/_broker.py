@@ -70,6 +70,14 @@ class ModuleHang(BrokerPanic):
     and every later call says so."""
 
 
+class StrayResponse(BrokerPanic):
+    """A response reached a handle for a matchtag that no RPC of it waits
+    for: its request had already been answered.  On a real broker the
+    handle's next RPC that reuses the matchtag would take it as its own
+    answer; the in-memory broker stops instead, and every later call says
+    so."""
+
+
 class LogEntry:
     """One broker log record, as ``flux dmesg`` shows it.
 
@@ -217,6 +225,10 @@ class BrokerLink:
     def send_response(self, responder: Optional["LoadedModule"], request: Message, response: Message) -> None:
         """Deliver *response* to *request*'s sender."""
         self._broker._route_response(responder, request, response)
+
+    def stray_response(self, handle: Handle, msg: Message) -> None:
+        """Stop: response *msg* reached *handle*, and no RPC of it waits for its matchtag."""
+        self._broker._stray_response(handle, msg, "reached it, and no RPC of it waits for that matchtag")
 
     def publish(self, msg: Message) -> None:
         """Publish event *msg* to every subscriber on every rank."""
@@ -391,6 +403,8 @@ class Broker:
         self.handler_errors: List[HandlerError] = []
         #: Why a module would hang forever on a real instance, once one would.
         self.hung: Optional[str] = None
+        #: What a stray response would have reached on a real instance, once one came.
+        self.stray: Optional[str] = None
         self._strands = Strands()
         # Per rank: loaded modules and registered services, by name.
         self._modules: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
@@ -518,6 +532,8 @@ class Broker:
         self._strands.check_thread()
         while self._strands.step() or self._fire_due_timers():
             pass
+        if self.stray is not None:
+            raise StrayResponse(self.stray)
 
     def advance(self, seconds: float) -> None:
         """Move the virtual clock forward, firing the timers that fall due."""
@@ -553,7 +569,7 @@ class Broker:
         """Close every client handle (each service it used gets
         ``NAME.disconnect``), then remove every module still loaded."""
         try:
-            if self.panicked is not None or self.hung is not None:
+            if self.panicked is not None or self.hung is not None or self.stray is not None:
                 return  # down, or stuck: nothing more can run
             for client in self._clients:
                 client.close()
@@ -575,6 +591,8 @@ class Broker:
     # Running things
 
     def _check_alive(self) -> None:
+        if self.stray is not None:
+            raise StrayResponse(self.stray)
         if self.hung is not None:
             raise ModuleHang(self.hung)
         if self.panicked is not None:
@@ -593,6 +611,8 @@ class Broker:
         while not done():
             if self.hung is not None:
                 raise ModuleHang(self.hung)
+            if self.stray is not None:
+                raise StrayResponse(self.stray)
             if self._strands.step() or self._fire_due_timers():
                 continue  # answers sent before a panic are still delivered
             self._check_alive()
@@ -614,6 +634,8 @@ class Broker:
                 )
                 raise ModuleHang(self.hung)
             raise OSError(errno.EDEADLK, f"{what}: no answer, and nothing left to run")
+        if self.stray is not None:
+            raise StrayResponse(self.stray)
 
     def _wake_on_real_io(self, waiting: bool) -> bool:
         """Wake the modules with a watched descriptor ready to read; True if any.
@@ -730,12 +752,30 @@ class Broker:
         self._strands.queue.append((record.ctx, _Delivery(record.handle, msg)))
 
     def _route_response(self, responder: Optional[LoadedModule], request: Message, response: Message) -> None:
-        if responder is not None and (response._errnum or not request._flags & FLUX_RPC_STREAMING):
+        final = response._errnum or not request._flags & FLUX_RPC_STREAMING
+        if request._matchtag:  # an RPC waits for it: one final answer, nothing after
+            if request._answered:
+                self._stray_response(request._sender, response, "was sent after its final answer")
+                return
+            request._answered = bool(final)
+        if responder is not None and final:
             responder.inflight.pop(id(request), None)
         sender = request._sender
         if sender is None:
             return
         self._strands.queue.append((None, _Response(sender, response)))
+
+    def _stray_response(self, handle: Optional[Handle], msg: Message, why: str) -> None:
+        """Record (and drop) a response that, on a real broker, the handle's next
+        RPC reusing its matchtag would take: the test's next broker call raises
+        :class:`StrayResponse`."""
+        what = f"error {msg._errnum}" if msg._errnum else "a response"
+        if self.stray is None:
+            self.stray = (
+                f"{what} to {msg.topic} (matchtag {msg._matchtag}) {why}: on a real broker "
+                f"{handle!r} would take it as the answer to its next request that reuses "
+                f"matchtag {msg._matchtag}"
+            )
 
     def _broker_error(self, request: Message, errnum: int, errstr: Optional[str]) -> None:
         if request._noresponse or request._sender is None:

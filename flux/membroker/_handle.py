@@ -33,6 +33,9 @@ from flux.membroker._message import (
     encode_payload,
     from_flux_core,
 )
+from flux.membroker._matchtags import MatchtagPool
+
+_EXITED = "exited"  # LoadedModule.state of a module that is gone
 
 if TYPE_CHECKING:  # pragma: no cover
     from flux.membroker._broker import BrokerLink, LoadedModule
@@ -59,6 +62,12 @@ class Future:
         self._callback_args: tuple = ()
         self._scheduled = False
         self._matchtag = FLUX_MATCHTAG_NONE
+
+    def __del__(self) -> None:
+        # flux_future_destroy(): an answered RPC gives its matchtag back.
+        tag = self.__dict__.get("_matchtag")
+        if tag:
+            self._handle._matchtags.release(tag)
 
     def is_ready(self) -> bool:
         """True when a response is there to get."""
@@ -391,8 +400,7 @@ class Handle:
         self._rank = record.rank if record is not None else (link.default_rank if rank is None else rank)
         #: What the broker calls on this handle (see HandleInbox).
         self._inbox = HandleInbox(self)
-        self._futures: Dict[int, Future] = {}
-        self._next_matchtag = 1
+        self._matchtags = MatchtagPool()
         self._methods: Dict[str, List[MessageWatcher]] = {}
         self._handlers: List[MessageWatcher] = []
         self._subscriptions: List[str] = []
@@ -430,9 +438,7 @@ class Handle:
             if service not in self._services_used:
                 self._services_used.append(service)
         if not flags & FLUX_RPC_NORESPONSE:
-            msg._matchtag = future._matchtag = self._next_matchtag  # flux_rpc_get_matchtag()
-            self._next_matchtag += 1
-            self._futures[msg._matchtag] = future
+            msg._matchtag = future._matchtag = self._matchtags.alloc(future)  # flux_rpc_get_matchtag()
         msg._sender = self
         self._tx["request"] += 1
         self._link.send_request(msg)
@@ -814,21 +820,24 @@ class Handle:
 
     def _receive_response(self, msg: Message) -> None:
         """As libflux's dispatcher: a response with a matchtag goes to its RPC;
-        any other to the first started watcher of its type and topic."""
+        any other to the first started watcher of its type and topic.  One
+        with a matchtag that no RPC waits for and no watcher takes is a
+        stray: on a real handle the RPC holding that tag next would take it."""
+        if self._closed or (self._record is not None and self._record.state == _EXITED):
+            return  # the connection is gone
         self._rx["response"] += 1
-        future = self._futures.get(msg._matchtag) if msg._matchtag != FLUX_MATCHTAG_NONE else None
-        if future is None:
-            self._post(lambda: self._dispatch_response(msg))
-            return
-        if msg._errnum or not msg._flags & FLUX_RPC_STREAMING:
-            del self._futures[msg._matchtag]
-        future._fulfill(msg)
-
-    def _dispatch_response(self, msg: Message) -> None:
+        tag = msg._matchtag
+        if tag != FLUX_MATCHTAG_NONE:
+            future = self._matchtags.take(tag, bool(msg._errnum or not msg._flags & FLUX_RPC_STREAMING))
+            if future is not None:
+                future._fulfill(msg)
+                return
         for watcher in self._handlers:
             if watcher._running and watcher._matches(msg):
-                self._call(watcher, msg)
+                self._post(lambda: self._call(watcher, msg))
                 return
+        if tag != FLUX_MATCHTAG_NONE:
+            self._link.stray_response(self, msg)
 
     def _require_module(self, method: str) -> "LoadedModule":
         if self._record is None:

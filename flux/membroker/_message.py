@@ -83,6 +83,7 @@ class Message:
         "_errstr",
         "_seq",
         "_sender",
+        "_answered",
         "__weakref__",
         "__dict__",  # a module may set attributes of its own, as on flux-core's
     )
@@ -110,6 +111,7 @@ class Message:
         self._errstr: Optional[str] = None
         self._seq = 0
         self._sender: Any = None
+        self._answered = False  # a request whose final response was sent
 
     @classmethod
     def from_event_encode(cls, topic: str, payload: Any = None) -> "Message":
