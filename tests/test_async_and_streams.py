@@ -5,6 +5,7 @@ this process) and, with flux-core present, a real instance (as a client
 process): see ``client()`` in tests/_targets.py.
 """
 
+import errno
 import os
 
 import pytest
@@ -248,15 +249,25 @@ def test_awaits_follow_the_virtual_clock_in_memory(write_module):
 
 
 @pytest.mark.parametrize("payload", [None, "text", [1], {"matchtag": [1]}, {"matchtag": "x"}, {"matchtag": True}, {}])
-def test_a_malformed_cancel_is_ignored_and_the_module_keeps_serving(kv, payload):
-    kv.client(
+def test_a_malformed_cancel_is_ignored_and_the_open_stream_goes_on(kv, payload):
+    got = kv.client(
         """
         f = h.rpc("kvstore.watch", {"key": "a"}, flags=STREAMING)
         emit(f.get())
+        f.reset()
         h.rpc("kvstore.watch-cancel", %r, flags=1)
+        h.rpc("kvstore.put", {"key": "a", "value": 1}).get()
+        emit(f.get())
+        f.reset()
+        emit(h.rpc("kvstore.watching").get())
+        h.rpc("kvstore.watch-cancel", {"matchtag": matchtag_of(f)}, flags=1)
+        try:
+            f.get()
+        except OSError as exc:
+            emit(exc.errno)
         """ % (payload,)
     )
-    assert kv.rpc("kvstore.keys").get() == []
+    assert got == [{"value": None}, {"value": 1}, {"watching": 1}, errno.ENODATA]
 
 
 def test_a_module_without_async_handlers_never_imports_asyncio(tmp_path):

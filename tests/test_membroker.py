@@ -509,15 +509,33 @@ def test_stats_clear_request_zeroes_counters(broker):
     assert stats["tx"]["response"] == 1  # the stats-clear response
 
 
-def test_stats_clear_event_zeroes_counters(broker):
-    broker.load(Echo, name="echo")
-    for _ in range(3):
-        broker.rpc("echo.inspect").get()
-    broker.event_send("echo.stats-clear")
-    stats = broker.rpc("echo.stats-get").get()
-    assert stats["rx"]["request"] == 1
-    assert stats["tx"]["response"] == 0
-    assert stats["rx"]["event"] == 0
+COUNTED = """
+from flux.brokermod import BrokerModule, request_handler
+
+class Counted(BrokerModule):
+    @request_handler("work")
+    def work(self, msg):
+        return {}
+"""
+
+
+def test_stats_clear_event_zeroes_every_counter(target, write):
+    """The standard counters and the library's per-handler ones: the
+    broker's own stats-clear clears only the first."""
+    target.load(write("counted.py", COUNTED))
+    try:
+        for _ in range(3):
+            target.rpc("counted.work").get()
+        before = target.rpc("counted.stats-get").get()
+        assert before["handlers"]["counted.work"]["requests"] == 3
+        target.event("counted.stats-clear")
+        target.settle(lambda: target.rpc("counted.stats-get").get()["handlers"]["counted.work"]["requests"] == 0,
+                      "the per-handler counters cleared")
+        stats = target.rpc("counted.stats-get").get()
+        assert stats["handlers"]["counted.work"] == {"requests": 0, "errors": 0, "mean_ms": 0.0, "max_ms": 0.0}
+        assert stats["tx"]["response"] < before["tx"]["response"]
+    finally:
+        target.remove("counted")
 
 
 def test_stats_clear_is_owner_only(broker):

@@ -160,6 +160,44 @@ def test_any_json_payload_is_accepted_or_refused_with_payload_error(payload):
     assert set(fields) <= {"a", "b", "c"}
 
 
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+_valid = st.fixed_dictionaries(
+    {"a": st.integers()},
+    optional={
+        "b": st.none() | st.lists(st.integers(-2**53, 2**53) | _finite, max_size=4),
+        "c": st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=3),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=_valid)
+def test_every_valid_payload_is_accepted_with_its_values(payload):
+    """A declared float takes a JSON integer and hands the handler a float:
+    1 arrives as 1.0, so ``type(x) is float`` always holds."""
+    from typing import Dict, List, Optional
+
+    def handler(self, msg, *, a: int, b: Optional[List[float]] = None, c: Dict[str, str] = {}):
+        pass
+
+    fields = schema_of(handler, "handler").fields_of(Message(1, "x.y", json.dumps(payload).encode()))
+    assert fields == payload  # 1 == 1.0: the types are checked below
+    assert type(fields["a"]) is int
+    if fields.get("b") is not None:
+        assert all(type(x) is float for x in fields["b"])
+    assert all(type(k) is str and type(v) is str for k, v in fields.get("c", {}).items())
+
+
+def test_a_declared_float_field_given_an_integer_gets_a_float():
+    def handler(self, msg, *, ttl: float, n: int):
+        pass
+
+    fields = schema_of(handler, "handler").fields_of(Message(1, "x.y", b'{"ttl": 1, "n": 1}'))
+    assert (type(fields["ttl"]), type(fields["n"])) == (float, int)
+    with pytest.raises(PayloadError, match="field 'n': expected an integer, got a boolean"):
+        schema_of(handler, "handler").fields_of(Message(1, "x.y", b'{"ttl": 1, "n": true}'))
+
+
 def test_no_payload_is_fine_when_every_field_is_optional(typed):
     assert typed.rpc("typed.opt").get() == {"n": None, "tag": 0}
     assert error_of(typed.rpc("typed.flags"))[1].startswith("request has no payload; expected a JSON object with on")

@@ -115,10 +115,37 @@ def test_stop_kills_an_instance_that_does_not_exit(tmp_path, monkeypatch):
         instance.flux("module", "list")
 
 
-def test_flux_instance_fixture_tears_down(fake_instance):
-    assert brokermod_testing.module_names is not None
-    fake_instance.stop()
-    assert fake_instance.stop() == 0  # stopping twice is harmless
+def test_stopping_an_instance_twice_is_harmless(fake_instance):
+    assert fake_instance.stop() == 0
+    assert fake_instance.stop() == 0
+
+
+_TEARDOWN_SUITE = """
+import os
+
+def test_passes(flux_instance):
+    with open(os.environ["PIDS"], "a") as f:
+        f.write(f"{{flux_instance._proc.pid}}\\n")
+
+def test_fails(flux_instance):
+    with open(os.environ["PIDS"], "a") as f:
+        f.write(f"{{flux_instance._proc.pid}}\\n")
+    assert False, "the body fails; the instance is stopped all the same"
+"""
+
+
+def test_flux_instance_fixture_stops_its_instance_after_each_test(tmp_path, monkeypatch):
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("PIDS", str(pids))
+    monkeypatch.setenv("FLUX_BROKERMOD_FLUX", FAKE)
+    monkeypatch.setenv("FAKE_FLUX_LOG", str(tmp_path / "calls.jsonl"))
+    result = _run_suite(tmp_path, "test_teardown.py", _TEARDOWN_SUITE.format(), "-p", "flux_brokermod")
+    assert "1 failed, 1 passed" in result.stdout, result.stdout + result.stderr
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert len(set(started)) == 2  # one instance per test
+    for pid in started:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # stopped (and reaped) by the fixture
 
 
 # The installed plugin next to a flux-core on PYTHONPATH (as `flux env` sets
