@@ -428,16 +428,17 @@ def test_run_module_sys_exit_gives_an_errno():
     def mod_main(h, *args):
         sys.exit(2)
 
-    errnum, _ = run(mod_main)
-    assert errnum != 0
+    errnum, output = run(mod_main)
+    assert errnum == errno.EINVAL
+    assert output == "mod.py: exited (sys.exit(2))\n"
 
 
 def test_run_module_load_error_is_one_line(write_module):
     path = write_module("syntax_run_mod.py", "def broken(:\n")
     out = io.StringIO()
     errnum = run_module(object(), path, (), out)
-    assert errnum != 0
-    assert f"{path}:1" in out.getvalue()
+    assert errnum == errno.EINVAL
+    assert out.getvalue().startswith(f"{path}:1: SyntaxError: ")  # then Python's own words
     assert one_line(out.getvalue())
     assert "syntax_run_mod" not in sys.modules
 

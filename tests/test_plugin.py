@@ -281,10 +281,14 @@ def test_calculator_on_both_brokers(flux_broker):
     flux_broker.load(os.path.join(EXAMPLES, "calculator.py"))
     assert flux_broker.rpc("calculator.add", {{"a": 1, "b": 2}}).get() == {{"result": 3.0}}
     assert flux_broker.rpc("calculator.add", {{"a": 1, "b": 2}}, guest=True).get() == {{"result": 3.0}}
+    assert flux_broker.rpc("calculator.div", {{"a": 1, "b": 4}}).get() == {{"result": 0.25}}
+    failed = flux_broker.rpc("calculator.div", {{"a": 1, "b": 0}})
     try:
-        flux_broker.rpc("calculator.div", {{"a": 1, "b": 0}}).get()
+        failed.get()
     except OSError as exc:
-        assert exc.errno == errno.EDOM
+        assert (exc.errno, exc.strerror) == (errno.EDOM, "division by zero")
+    else:
+        raise AssertionError(f"div by zero answered {{failed.get()!r}}")
     stream = flux_broker.rpc("calculator.add", {{"a": 1, "b": 1}}, streaming=True)
     assert stream.stream() == [{{"result": 2.0}}]
 """

@@ -162,7 +162,7 @@ def test_oserror_at_start_reaches_flux_module_load(flux, write):
 
 
 def test_set_running_lets_load_return_before_slow_start(flux, write, tmp_path):
-    gate = tmp_path / "gate"
+    gate, ended = tmp_path / "gate", tmp_path / "ended"
     path = write(
         "slow.py",
         f"""
@@ -175,6 +175,8 @@ def test_set_running_lets_load_return_before_slow_start(flux, write, tmp_path):
                 deadline = time.monotonic() + 60
                 while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:
                     time.sleep(0.05)
+                with open({str(ended)!r}, "w") as f:
+                    f.write("the slow start ended")
                 super().run()
 
             @request_handler("ready")
@@ -182,11 +184,14 @@ def test_set_running_lets_load_return_before_slow_start(flux, write, tmp_path):
                 self.handle.respond(msg, {{"ready": True}})
         """,
     )
-    flux.load(path)  # returns although the gate is still closed
-    assert not gate.exists()
+    flux.load(path)
+    # A load that waited for the module's loop would return only after the
+    # slow start gave up on the gate (60 s) and wrote `ended`.
+    assert not ended.exists()
     gate.write_text("open")
     try:
         assert flux.rpc("slow.ready").get() == {"ready": True}
+        assert ended.read_text() == "the slow start ended"
     finally:
         flux.remove("slow")
 

@@ -229,13 +229,6 @@ def access(broker, write_module):
     return broker
 
 
-def test_guest_is_refused_by_owner_only_request_handler(access):
-    guest = access.connect(userid=1234, rolemask=FLUX_ROLE_USER)
-    assert error_of(guest.rpc("access.owner")) == (errno.EPERM, "Request requires owner credentials")
-    assert guest.rpc("access.guest").get() == {"userid": 1234}
-    assert access.rpc("access.calls").get() == [["guest", FLUX_ROLE_USER]]
-
-
 def test_guest_events_reach_only_allow_guest_event_handlers(access):
     guest = access.connect(userid=1234, rolemask=FLUX_ROLE_USER)
     guest.event_send("access.owner-ev")
