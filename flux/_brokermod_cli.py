@@ -104,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split(spec: str, name: Optional[str]) -> Tuple[str, Any]:
+def _split(spec: str, name: Optional[str], option: str) -> Tuple[str, Any]:
+    """``--OPTION TOPIC[=JSON]`` as (topic, payload); ValueError for a payload
+    no client could send."""
     topic, sep, text = spec.partition("=")
     if not topic:
         raise ValueError(f"{spec!r}: empty topic")
@@ -113,9 +115,19 @@ def _split(spec: str, name: Optional[str]) -> Tuple[str, Any]:
     if not sep:
         return topic, None
     try:
-        return topic, json.loads(text)
+        payload = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"--{option} {topic}: the JSON is nested too deeply to decode") from None
     except ValueError:
-        return topic, text
+        payload = text
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"--{option} {topic}: the payload holds a lone surrogate ({exc.object[exc.start]!r}), "
+            f"which UTF-8 cannot carry"
+        ) from None
+    return topic, payload
 
 
 def _show(payload: Any) -> str:
@@ -213,14 +225,14 @@ def run(options: argparse.Namespace, out: Any = None, err: Any = None) -> int:
                 broker.advance(float(spec))
                 show({"advanced": float(spec), "now": broker.now}, f"advanced {float(spec):g}s (now {broker.now:g}s)")
             elif kind == "event":
-                topic, payload = _split(spec, None)
+                topic, payload = _split(spec, None, kind)
                 client().event_send(topic, payload)
                 broker.run_until_idle()
             elif kind == "stream":
-                topic, payload = _split(spec, name)
+                topic, payload = _split(spec, name, kind)
                 streams.append((topic, client().rpc(topic, payload, flags=FLUX_RPC_STREAMING)))
             else:
-                topic, payload = _split(spec, name)
+                topic, payload = _split(spec, name, kind)
                 record, text, failed = _answer(topic, client().rpc(topic, payload))
                 show(record, text)
                 status |= failed

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Optional
 
 from flux import _json
 from flux._constants import FLUX_MSGTYPE_REQUEST
+from flux._decoding import undecodable
 from flux._logtext import log_verbatim
 from flux._observe import handler_failed
 from flux._payloads import PayloadError, PayloadSchema
@@ -167,7 +168,7 @@ class Dispatcher:
 
     def request_failed(self, msg: Any, exc: BaseException, answered: "AnswerTracker") -> None:
         """Log request *msg*'s failure *exc* and answer it with the error, unless it was answered."""
-        if isinstance(exc, (RequestError, PayloadError)):
+        if isinstance(exc, (RequestError, PayloadError)) or undecodable(exc):
             self._log.debug(f"request {msg.topic} refused: {exception_text(exc)}")
         else:
             self.failed(f"request {msg.topic}", exc)
@@ -223,7 +224,7 @@ _FAILED_HANDLER_ERRNO = errno.EIO
 def _exception_errno(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.errno:
         return int(exc.errno)
-    if isinstance(exc, _BAD_REQUEST_ERRORS):
+    if isinstance(exc, _BAD_REQUEST_ERRORS) or undecodable(exc):
         return errno.EPROTO
     if isinstance(exc, SystemExit):  # argparse on bad input, sys.exit("usage")
         return errno.EINVAL
@@ -246,6 +247,9 @@ def exception_text(exc: BaseException) -> str:
         return f"SystemExit: {exit_text(exc)}"
     if isinstance(exc, (PayloadError, _ReturnValueError)):  # our own, already one line
         return str(exc)
+    reason = undecodable(exc)
+    if reason is not None:  # the request's payload: the caller's error
+        return reason
     if isinstance(exc, KeyError) and len(exc.args) == 1:
         text = f"missing key {exc.args[0]!r}"
     elif isinstance(exc, json.JSONDecodeError):
@@ -263,7 +267,7 @@ def _request_error_text(msg: Any, exc: BaseException) -> str:
     if isinstance(exc, (TypeError, KeyError, AttributeError)) and not isinstance(exc, OSError):
         try:
             payload = json.loads(msg.payload_str)
-        except (TypeError, ValueError):
+        except Exception:  # noqa: BLE001 - no payload, not JSON, too deep: say nothing of it
             payload = {}
         if not isinstance(payload, dict):
             kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(

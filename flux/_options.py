@@ -9,6 +9,8 @@ naming the option and listing the valid ones.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 _REQUIRED = object()
@@ -74,9 +76,12 @@ class Option:
         if text is None:
             raise OptionError(f"option {self.name!r} needs a value: {self.name}=VALUE")
         try:
-            return self.type(text)
+            value = self.type(text)
         except (TypeError, ValueError) as exc:
             raise OptionError(f"option {self.name!r}: {text!r} is not a valid {self.kind} ({exc})") from None
+        if self.type is float and not math.isfinite(value):
+            raise OptionError(f"option {self.name!r}: {text!r} is not a finite number")
+        return value
 
 
 def options_of(cls: type) -> Dict[str, Option]:
@@ -98,6 +103,7 @@ def parse_options(options: Dict[str, Option], args: Iterable[str]) -> Dict[str, 
         valid options.
     """
     values: Dict[str, Any] = {}
+    given: Dict[str, str] = {}  # option name: the argument that set it
     for arg in args:
         try:
             name, text = _split(arg)
@@ -106,6 +112,9 @@ def parse_options(options: Dict[str, Option], args: Iterable[str]) -> Dict[str, 
         option = options.get(name) or options.get(name.replace("-", "_"))
         if option is None:
             raise OptionError(f"unknown option {arg!r}; {_listing(options)}")
+        if option.name in given:
+            raise OptionError(f"option {option.name!r} is given twice ({given[option.name]!r}, {arg!r})")
+        given[option.name] = arg
         values[option.name] = option.convert(text)
     for option in options.values():
         if option.name not in values:

@@ -15,7 +15,7 @@ import math
 import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union, get_args, get_origin
 
-from flux import _json
+from flux._decoding import json_of, undecodable
 
 _NoneType = type(None)
 
@@ -92,9 +92,18 @@ def _checker(tp: Any, where: str) -> _Checker:
         return check_int
     if tp is float:
         def check_float(value: Any, path: str) -> Any:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise _fail(path, tp, value)
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                digits = str(value)
+                raise PayloadError(
+                    f"field {path!r}: {digits[:10]}... ({len(digits)} digits) is too large for a number"
+                ) from None
+            if not math.isfinite(number):
+                raise _fail(path, tp, value)
+            return number
         return check_float
     if tp in (str, list, dict):
         def check_plain(value: Any, path: str) -> Any:
@@ -172,14 +181,19 @@ class PayloadSchema:
 
         :raises PayloadError: one line naming what is wrong.
         """
-        text = msg.payload_str
-        if text is None:
-            if any(field.required for field in self._fields):
-                raise PayloadError(f"request has no payload; expected a JSON object with {self._summary()}")
-            return {}  # every field is optional: no payload means none of them
         try:
-            payload = _json.loads(text)
-        except ValueError as exc:
+            text = msg.payload_str
+            if text is None:
+                if any(field.required for field in self._fields):
+                    raise PayloadError(f"request has no payload; expected a JSON object with {self._summary()}")
+                return {}  # every field is optional: no payload means none of them
+            payload = json_of(text)
+        except (ValueError, RecursionError) as exc:
+            reason = undecodable(exc)
+            if reason is not None:
+                raise PayloadError(reason) from None
+            if isinstance(exc, PayloadError):
+                raise
             raise PayloadError(f"payload is not JSON ({exc})") from None
         if not isinstance(payload, dict):
             raise PayloadError(f"payload is not a JSON object (got {_kind(payload)})")

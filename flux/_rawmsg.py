@@ -17,6 +17,7 @@ import os
 from typing import Any, Callable, Optional
 
 from flux import _json
+from flux._decoding import json_of, text_of
 from flux.message import Message
 from flux.util import encode_payload
 
@@ -56,7 +57,7 @@ def _read_payload_str(ptr: Any) -> Optional[str]:
     out = ffi.new("char *[1]")
     if lib.flux_msg_get_string(ptr, out) < 0:
         raise _oserror("flux_msg_get_string")
-    return ffi.string(out[0]).decode("utf-8")  # type: ignore[no-any-return]
+    return text_of(ffi.string(out[0]))
 
 
 def _number_reader(getter: Callable[[Any, Any], int], ctype: str, what: str) -> Callable[[Any], int]:
@@ -130,7 +131,7 @@ class RawMessage(Message):
     @property
     def payload(self) -> Any:
         """The payload decoded as JSON (as flux-core's: TypeError without one)."""
-        return _json.loads(self.payload_str)
+        return json_of(self.payload_str)
 
     @payload.setter
     def payload(self, value: Any) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import math
 import os
 import sys
 import syslog
@@ -268,9 +269,9 @@ def timer_handler(after: Union[float, str], repeat: Union[float, str] = 0.0) -> 
         if isinstance(value, str):
             if not value.isidentifier():
                 raise TypeError(f"@timer_handler: {what} must name an option or attribute, not {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        elif not _is_seconds(value):
             raise TypeError(
-                f"@timer_handler: {what} must be a number of seconds >= 0 or the name of "
+                f"@timer_handler: {what} must be a finite number of seconds >= 0 or the name of "
                 f"an option, not {value!r}"
             )
 
@@ -286,6 +287,47 @@ def timer_handler(after: Union[float, str], repeat: Union[float, str] = 0.0) -> 
         return func
 
     return decorator
+
+
+def _is_seconds(value: Any) -> bool:
+    """True for what a timer takes: a finite number >= 0 (libev aborts the
+    process on a NaN period, and libflux refuses a negative one)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value) and value >= 0)
+
+
+class _Timer:
+    """A ``@timer_handler`` method's timer: flux-core's timer watcher, whose
+    ``reset()`` refuses, with one line naming the timer, what would abort
+    the module process."""
+
+    __slots__ = ("_watcher", "_name")
+
+    def __init__(self, watcher: Any, name: str) -> None:
+        self._watcher = watcher
+        self._name = name
+
+    def start(self) -> Any:
+        """Arm the timer (it fires *after* seconds from now)."""
+        return self._watcher.start()
+
+    def stop(self) -> Any:
+        """Disarm the timer."""
+        return self._watcher.stop()
+
+    def reset(self, after: Optional[float] = None, repeat: Optional[float] = None) -> None:
+        """Re-arm the timer from now: *after* seconds, then every *repeat*
+        (each defaults to the value it has).  ValueError for a value that is
+        not a finite number of seconds >= 0."""
+        for what, value in (("after", after), ("repeat", repeat)):
+            if value is not None and not _is_seconds(value):
+                raise ValueError(
+                    f"timer {self._name}: reset({what}={value!r}): a timer needs a finite number of seconds >= 0"
+                )
+        self._watcher.reset(after, repeat)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._watcher, name)
 
 
 def _handler_spec(cls: type, attr: str, value: Any) -> Optional[Dict[str, Any]]:
@@ -550,7 +592,7 @@ class BrokerModule:
                 timer = h.timer_watcher_create(after, dispatch.timer_callback(attr, method, kind), repeat=repeat)
                 timer.start()
                 self._watchers.append(timer)
-                self._flux_timers[attr] = timer
+                self._flux_timers[attr] = _Timer(timer, attr)
                 continue
             topic = f"{self._name}.{spec['topic']}" if spec["prefix"] else spec["topic"]
             rolemask = _ROLE_OWNER | _ROLE_USER if spec.get("allow_guest") else None
@@ -602,10 +644,10 @@ class BrokerModule:
         if not isinstance(value, str):
             return value
         seconds = getattr(self, value, None)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        if not _is_seconds(seconds):
             raise ValueError(
                 f"timer {timer}: {what}={value!r} must name an option or attribute holding "
-                f"a number of seconds >= 0, not {seconds!r}"
+                f"a finite number of seconds >= 0, not {seconds!r}"
             )
         return float(seconds)
 

@@ -162,3 +162,19 @@ def test_message_decode_and_repr():
     with pytest.raises(OSError) as info:
         response.decode()
     assert (info.value.errno, info.value.strerror) == (errno.EPERM, "no")
+
+
+def test_a_timer_libev_would_abort_on_is_refused_loudly():
+    """libflux checks neither NaN nor reset()'s values; libev's
+    ev_timer_start() then aborts the module process.  In memory: ValueError."""
+    with Broker() as broker:
+        h = broker.connect()
+        with pytest.raises(ValueError, match="libev aborts the module process on a NaN timeout"):
+            h.timer_watcher_create(float("nan"), lambda *a: None)
+        timer = h.timer_watcher_create(1.0, lambda *a: None)
+        with pytest.raises(ValueError, match=r"after=1\.0 repeat=-1.*a negative repeat"):
+            timer.reset(repeat=-1)
+        with pytest.raises(ValueError, match="a real module dies here"):
+            timer.reset(after=float("nan"))
+        timer.reset(after=2.0, repeat=float("inf"))  # libev takes these
+        assert (timer.after, timer.repeat) == (2.0, float("inf"))

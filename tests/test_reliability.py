@@ -490,10 +490,13 @@ def test_failing_timer_with_stop_on_error_stops_the_module(write_module):
 
 
 def test_timer_handler_rejects_bad_times():
-    with pytest.raises(TypeError, match="after must be a number of seconds >= 0"):
+    with pytest.raises(TypeError, match="after must be a finite number of seconds >= 0 .*, not -1$"):
         timer_handler(-1)
-    with pytest.raises(TypeError, match="repeat must be a number of seconds >= 0"):
+    with pytest.raises(TypeError, match="repeat must be a finite number of seconds >= 0 .*, not \\[5\\]$"):
         timer_handler(1, repeat=[5])
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(TypeError, match=f"after must be a finite number of seconds >= 0 .*, not {value}$"):
+            timer_handler(value)
     with pytest.raises(TypeError, match="repeat must name an option or attribute, not '5 s'"):
         timer_handler(1, repeat="5 s")
 

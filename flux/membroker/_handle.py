@@ -8,6 +8,7 @@ loudly instead of misbehaving.
 
 import errno
 import fnmatch
+import math
 import os
 import re
 import select
@@ -155,6 +156,7 @@ class MessageWatcher:
         self._rolemask = FLUX_ROLE_OWNER | (rolemask or 0)
         self._running = False
         self._exact = _GLOB_CHARS.search(self._topic_glob) is None
+        self._exceptions_ignored = False  # see Handle._brokermod_watch
         handle._add_watcher(self)
 
     def _matches(self, msg: Message) -> bool:
@@ -211,6 +213,7 @@ class TimerWatcher:
     ) -> None:
         if after < 0 or repeat < 0:
             raise OSError(errno.EINVAL, "timer after/repeat must not be negative")
+        _refuse_what_libev_aborts_on(after, repeat)
         self.flux_handle = handle
         self.callback = callback
         self.after = float(after)
@@ -236,6 +239,8 @@ class TimerWatcher:
         """Re-arm the timer from now, as flux-core's does: *after* seconds
         (and then every *repeat*), defaulting to the values it has; it
         starts even if it was stopped."""
+        _refuse_what_libev_aborts_on(self.after if after is None else after,
+                                     self.repeat if repeat is None else repeat)
         if after is not None:
             self.after = float(after)
         if repeat is not None:
@@ -266,6 +271,16 @@ class TimerWatcher:
 
     def __exit__(self, *exc: Any) -> None:
         self.destroy()
+
+
+def _refuse_what_libev_aborts_on(after: float, repeat: float) -> None:
+    """A NaN timeout, or a negative repeat given to reset() (which libflux
+    does not check), makes libev's ev_timer_start() abort the module process."""
+    if math.isnan(after) or math.isnan(repeat) or repeat < 0:
+        raise ValueError(
+            f"timer after={after!r} repeat={repeat!r}: libev aborts the module process on a NaN "
+            f"timeout or a negative repeat (a real module dies here)"
+        )
 
 
 _LOOP_KINDS = {"prepare": "PrepareWatcher", "check": "CheckWatcher", "idle": "IdleWatcher", "fd": "FDWatcher",
@@ -529,6 +544,8 @@ class Handle:
             fstring = fstring.decode("utf-8", errors="replace")
         elif not isinstance(fstring, str):
             raise TypeError(f"log() text must be str or bytes, not {type(fstring).__name__}")
+        else:
+            fstring.encode("utf-8")  # as flux-core's: UnicodeEncodeError for a lone surrogate
         name = self._record.name if self._record is not None else "client"
         self._link.log(name, level, _printf_without_arguments(fstring.split("\0", 1)[0]), self._rank)
 
@@ -573,8 +590,12 @@ class Handle:
     def _brokermod_watch(
         self, callback: Callable[..., Any], msgtype: int, topic: str, rolemask: Optional[int]
     ) -> MessageWatcher:
-        """The library's message watchers (see flux._libflux.watch)."""
-        return self.msg_watcher_create(callback, msgtype, topic, rolemask=rolemask)
+        """The library's message watchers (see flux._libflux.watch).  On a real
+        broker they are libflux handlers of their own, whose Python exception
+        cffi prints and drops: the module goes on, and so it does here."""
+        watcher = self.msg_watcher_create(callback, msgtype, topic, rolemask=rolemask)
+        watcher._exceptions_ignored = True
+        return watcher
 
     def _brokermod_msgcounters(self) -> Dict[str, Dict[str, int]]:
         """flux_get_msgcounters() of this handle (see flux._libflux)."""
@@ -810,13 +831,21 @@ class Handle:
         try:
             callback(*args)
         except Exception as exc:  # noqa: BLE001 - flux-core stops the reactor
+            if len(args) > 1 and getattr(args[1], "_exceptions_ignored", False):
+                self._ignored_by_cffi(callback)
+                return
             self._exception = exc
             self._stop = -1
         except BaseException:  # noqa: BLE001 - cffi prints it and goes on
             # flux-core's callback wrappers pass on Exception only; cffi
             # prints anything else (SystemExit...) and the reactor goes on.
-            print(f"Exception ignored from cffi callback {callback!r}:", file=self._record.stderr)
-            traceback.print_exc(file=self._record.stderr)
+            self._ignored_by_cffi(callback)
+
+    def _ignored_by_cffi(self, callback: Callable[..., Any]) -> None:
+        """What cffi does with an exception a C callback raised: print it, go on."""
+        assert self._record is not None
+        print(f"Exception ignored from cffi callback {callback!r}:", file=self._record.stderr)
+        traceback.print_exc(file=self._record.stderr)
 
     def _receive_response(self, msg: Message) -> None:
         """As libflux's dispatcher: a response with a matchtag goes to its RPC;

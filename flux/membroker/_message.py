@@ -2,7 +2,8 @@
 
 from typing import Any, Optional
 
-from flux._json import loads, make_encoder
+from flux._decoding import json_of, text_of
+from flux._json import make_encoder
 from flux._libflux import RequestFacts
 
 from flux._constants import (  # noqa: F401 - re-exported
@@ -129,7 +130,7 @@ class Message:
         if self._payload is None:
             return None
         # libflux hands out the payload as a C string: it ends at a NUL.
-        return self._payload.split(b"\0", 1)[0].decode("utf-8")
+        return text_of(self._payload.split(b"\0", 1)[0])
 
     @payload_str.setter
     def payload_str(self, value: Optional[str]) -> None:
@@ -138,7 +139,7 @@ class Message:
     @property
     def payload(self) -> Any:
         """The payload decoded as JSON (TypeError when there is none)."""
-        return loads(self.payload_str)
+        return json_of(self.payload_str)
 
     @payload.setter
     def payload(self, value: Any) -> None:
