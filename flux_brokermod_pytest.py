@@ -26,7 +26,8 @@ bindings are on the path, and must never take pytest down.  When that
 import fails (flux-core's Python requirements missing from the
 environment), the plugin says so once, with the fix, and makes ``flux``
 this project's package alone, so in-memory tests still run.  Once the
-plugin is loaded, ``import flux.brokermod`` means this library's module.
+plugin is loaded, ``import flux.brokermod`` means this library's module,
+and ``flux.constants`` and ``flux.message`` import even without flux-core.
 """
 
 import os
@@ -62,6 +63,11 @@ def _prepare_flux_package() -> Optional[str]:
 
 
 _BROKEN_FLUX_CORE = _prepare_flux_package()
+
+# Where flux-core is absent, a test file's module-level `from flux.constants
+# import ...` and `from flux.message import Message` get the in-memory
+# broker's (flux-core's own are left alone where they import).
+import flux.membroker  # noqa: E402,F401 - provides them on import
 
 
 def pytest_report_header(config: Any) -> Optional[str]:

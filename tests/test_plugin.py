@@ -115,6 +115,39 @@ def test_stop_kills_an_instance_that_does_not_exit(tmp_path, monkeypatch):
         instance.flux("module", "list")
 
 
+_FLUX_CORE_IMPORTS_SUITE = """
+from flux.constants import FLUX_MSGTYPE_RESPONSE, FLUX_ROLE_USER
+from flux.message import Message
+from flux.brokermod import BrokerModule, request_handler
+
+
+class Whoami(BrokerModule):
+    @request_handler("whoami", allow_guest=True)
+    def whoami(self, msg):
+        return {{"guest": not msg.rolemask & 1}}
+
+
+def test_a_test_file_imports_what_a_real_instance_test_imports(membroker):
+    membroker.load(Whoami, name="whoami")
+    guest = membroker.connect(userid=1234, rolemask=FLUX_ROLE_USER)
+    assert guest.rpc("whoami.whoami").get() == {{"guest": True}}
+    answers = []
+    guest.msg_watcher_create(lambda h, w, msg, arg: answers.append(msg.payload),
+                             FLUX_MSGTYPE_RESPONSE, "whoami.whoami").start()
+    request = Message()
+    request.topic = "whoami.whoami"
+    guest.send(request)
+    membroker.run_until_idle()
+    assert answers == [{{"guest": True}}]
+"""
+
+
+def test_flux_core_names_import_at_module_level_in_a_test_file(tmp_path):
+    """Without flux-core, the plugin gives test files flux.constants and flux.message."""
+    result = _run_suite(tmp_path, "test_imports.py", _FLUX_CORE_IMPORTS_SUITE.format())
+    assert "1 passed" in result.stdout, result.stdout + result.stderr
+
+
 def test_stopping_an_instance_twice_is_harmless(fake_instance):
     assert fake_instance.stop() == 0
     assert fake_instance.stop() == 0
