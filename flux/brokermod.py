@@ -26,7 +26,13 @@ import sys
 import syslog
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
-from flux._constants import FLUX_MSGTYPE_EVENT, FLUX_MSGTYPE_REQUEST, FLUX_ROLE_OWNER, FLUX_ROLE_USER
+from flux._constants import (
+    FLUX_MSGTYPE_EVENT,
+    FLUX_MSGTYPE_REQUEST,
+    FLUX_ROLE_OWNER,
+    FLUX_ROLE_USER,
+    FLUX_RPC_NORESPONSE,
+)
 from flux._dispatch import (
     AnswerError,
     Dispatcher,
@@ -59,6 +65,7 @@ __all__ = [
     "event_handler",
     "request_handler",
     "describe",
+    "cancel_stream",
     "request_facts",
     "resolve_entry_point",
     "timer_handler",
@@ -69,6 +76,7 @@ _MSGTYPE_EVENT = FLUX_MSGTYPE_EVENT
 _TIMER = 0  # not a message type: marks a timer_handler
 _ROLE_OWNER = FLUX_ROLE_OWNER
 _ROLE_USER = FLUX_ROLE_USER
+_RPC_NORESPONSE = FLUX_RPC_NORESPONSE
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -694,6 +702,18 @@ def describe(cls: type, name: str, guest: bool = False) -> Dict[str, Any]:
                          "doc": doc[0] if doc else ""})
     options = [] if guest else option_table(cls._flux_options)  # type: ignore[attr-defined]
     return {"name": name, "handlers": handlers, "options": options}
+
+
+def cancel_stream(h: Any, future: Any, topic: str, nodeid: Optional[int] = None) -> None:
+    """End the stream that *future* (``h.rpc(topic, ..., flags=FLUX_RPC_STREAMING)``)
+    receives, as flux-core's own clients do: send ``TOPIC-cancel`` with
+    ``{"matchtag": future.pimpl.get_matchtag()}`` and FLUX_RPC_NORESPONSE (no
+    answer comes); the stream then ends with ENODATA.  Give the stream's
+    *nodeid* if it was sent to a rank.  The same on both brokers; a client
+    without this library writes that one ``h.rpc()`` call itself.
+    """
+    kwargs = {} if nodeid is None else {"nodeid": nodeid}
+    h.rpc(f"{topic}-cancel", {"matchtag": future.pimpl.get_matchtag()}, flags=_RPC_NORESPONSE, **kwargs)
 
 
 def resolve_entry_point(mod: Any) -> Callable[..., Any]:

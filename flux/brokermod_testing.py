@@ -35,7 +35,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pytest
 
@@ -63,6 +63,7 @@ import json, sys
 import flux
 from flux.constants import FLUX_RPC_STREAMING
 topic, payload, nodeid, streaming = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+take = int(sys.argv[5])
 h = flux.Flux()
 f = h.rpc(topic, payload if payload is not None else None, nodeid=nodeid,
           flags=FLUX_RPC_STREAMING if streaming else 0)
@@ -75,6 +76,8 @@ while True:
         break
     if not streaming:
         break
+    if len(out) == take:  # enough: cancel, as flux-core's own clients do
+        h.rpc(topic + "-cancel", {"matchtag": f.pimpl.get_matchtag()}, nodeid, 1)
     f.reset()
 print(json.dumps(out))
 """
@@ -290,13 +293,16 @@ class FluxInstance:
         nodeid: int = 0xFFFFFFFF,
         streaming: bool = False,
         guest: bool = False,
+        take: int = 0,
     ) -> RPCResult:
         """Send a request from a separate client process; return its answers.
 
         With *guest*, the client masquerades as a guest (userid 1234,
-        rolemask FLUX_ROLE_USER), as the instance owner may for tests.
+        rolemask FLUX_ROLE_USER), as the instance owner may for tests.  A
+        *streaming* request is read to its end; with *take*, after that many
+        responses it is cancelled (``TOPIC-cancel``) and read to its ENODATA.
         """
-        return self.start_rpc(topic, payload, nodeid, streaming, guest).wait()
+        return self.start_rpc(topic, payload, nodeid, streaming, guest, take).wait()
 
     def start_rpc(
         self,
@@ -305,6 +311,7 @@ class FluxInstance:
         nodeid: int = 0xFFFFFFFF,
         streaming: bool = False,
         guest: bool = False,
+        take: int = 0,
     ) -> "PendingRPC":
         """Like :meth:`rpc`, but return at once; ``.wait()`` gives the result."""
         if self.uri is None:
@@ -313,7 +320,7 @@ class FluxInstance:
         env["FLUX_URI"] = self.uri
         if guest:
             env.update(FLUX_HANDLE_USERID="1234", FLUX_HANDLE_ROLEMASK="0x2")
-        args = [topic, json.dumps(payload), str(nodeid), "1" if streaming else "0"]
+        args = [topic, json.dumps(payload), str(nodeid), "1" if streaming else "0", str(take)]
         proc = subprocess.Popen(
             [self.flux_command, "python", "-c", _RPC_SCRIPT, *args],
             stdout=subprocess.PIPE,
@@ -378,8 +385,11 @@ def _membroker() -> Any:
     return membroker
 
 
-def collect_answers(future: Any, streaming: bool) -> List[Dict[str, Any]]:
-    """Every answer *future* gets, as RPCResult records.
+def collect_answers(future: Any, streaming: bool, cancel: Optional[Callable[[], None]] = None,
+                    take: int = 0) -> List[Dict[str, Any]]:
+    """Every answer *future* gets, as RPCResult records; after *take*
+    responses of a stream, *cancel* is called (and the stream read on to
+    its end).
 
     ``wait_for()`` comes first and is not caught: when no answer comes,
     the in-memory broker's EDEADLK or ETIMEDOUT fails the test instead of
@@ -395,6 +405,8 @@ def collect_answers(future: Any, streaming: bool) -> List[Dict[str, Any]]:
             break
         if not streaming:
             break
+        if len(answers) == take and cancel is not None:
+            cancel()
         future.reset()
     return answers
 
@@ -443,9 +455,14 @@ class MemoryBroker:
     def _client(self, guest):
         return self.broker.connect(userid=GUEST, rolemask=_membroker().FLUX_ROLE_USER) if guest else self.broker.connect()
 
-    def rpc(self, topic, payload=None, streaming=False, guest=False):
-        future = self._client(guest).rpc(topic, payload, flags=_membroker().FLUX_RPC_STREAMING if streaming else 0)
-        return RPCResult(topic, collect_answers(future, streaming))
+    def rpc(self, topic, payload=None, streaming=False, guest=False, take=0):
+        """Send a request; return its answers.  A *streaming* request is read
+        to its end; with *take*, it is cancelled after that many responses."""
+        from flux.brokermod import cancel_stream
+
+        client = self._client(guest)
+        future = client.rpc(topic, payload, flags=_membroker().FLUX_RPC_STREAMING if streaming else 0)
+        return RPCResult(topic, collect_answers(future, streaming, lambda: cancel_stream(client, future, topic), take))
 
     def start_rpc(self, topic, payload=None):
         future = self.broker.connect().rpc(topic, payload)
@@ -542,8 +559,9 @@ class RealBroker:
     def remove_on(self, name, rank):
         self.instance.remove(name, rank=str(rank))
 
-    def rpc(self, topic, payload=None, streaming=False, guest=False):
-        return self.instance.rpc(topic, payload, streaming=streaming, guest=guest)
+    def rpc(self, topic, payload=None, streaming=False, guest=False, take=0):
+        """As :meth:`MemoryBroker.rpc`, from a client process."""
+        return self.instance.rpc(topic, payload, streaming=streaming, guest=guest, take=take)
 
     def start_rpc(self, topic, payload=None):
         return self.instance.start_rpc(topic, payload)

@@ -10,19 +10,16 @@ from flux.membroker import FLUX_RPC_STREAMING
 
 GUEST = 1234
 
-# A client script sees: h (an owner's handle), STREAMING, emit(value),
-# matchtag_of(future), and guest(script) to run a script as a guest.  On a
+# A client script sees: h (an owner's handle), json, STREAMING, emit(value),
+# and guest(script) to run a script as a guest.  On a
 # real instance it runs as ``flux python -c RUNNER SCRIPT RUNNER``.
 _REAL_CLIENT_RUNNER = r"""
 import json, os, subprocess, sys
 import flux
 from flux.constants import FLUX_RPC_STREAMING as STREAMING
-from _flux._core import lib
 h = flux.Flux()
 def emit(value):
     print(json.dumps(value), flush=True)
-def matchtag_of(future):
-    return lib.flux_rpc_get_matchtag(future.pimpl.handle)
 def guest(script):
     env = dict(os.environ, FLUX_HANDLE_USERID="%d", FLUX_HANDLE_ROLEMASK="0x2")
     subprocess.run([sys.executable, "-c", sys.argv[2], script, sys.argv[2]], env=env, check=True)
@@ -63,7 +60,6 @@ class MemTarget(MemoryBroker):
             "json": json,
             "STREAMING": FLUX_RPC_STREAMING,
             "emit": out.append,
-            "matchtag_of": lambda future: future._matchtag,
             "guest": lambda text: out.extend(self.client(text, guest=True)),
         }
         exec(compile(textwrap.dedent(script), "<client>", "exec"), env)

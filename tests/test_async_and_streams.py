@@ -137,7 +137,7 @@ def test_cancel_ends_the_stream_with_enodata(kv):
         """
         f = h.rpc("kvstore.watch", {"key": "a"}, flags=STREAMING)
         emit(f.get()); f.reset()
-        h.rpc("kvstore.watch-cancel", {"matchtag": matchtag_of(f)}, flags=1)
+        h.rpc("kvstore.watch-cancel", {"matchtag": f.pimpl.get_matchtag()}, flags=1)
         try:
             f.get()
             emit("more")
@@ -159,7 +159,7 @@ def test_a_guest_cannot_cancel_or_disconnect_an_owners_stream(kv):
         guest(
             "h.rpc('kvstore.watch-cancel', {'matchtag': %d}, flags=1)\\n"
             "h.rpc('kvstore.disconnect', flags=1)\\n"
-            "emit(h.rpc('kvstore.keys').get())" % matchtag_of(f)
+            "emit(h.rpc('kvstore.keys').get())" % f.pimpl.get_matchtag()
         )
         h.rpc("kvstore.put", {"key": "a", "value": 3}).get()
         f.wait_for(30)  # a stream ended by mistake would send nothing more
@@ -224,7 +224,7 @@ def test_request_facts_are_the_same_on_both_brokers(worker):
         """
         first = h.rpc("worker.facts")
         second = h.rpc("worker.facts", flags=STREAMING)
-        emit([first.get(), matchtag_of(first), second.get(), matchtag_of(second)])
+        emit([first.get(), first.pimpl.get_matchtag(), second.get(), second.pimpl.get_matchtag()])
         guest("emit(h.rpc('worker.facts').get())")
         """
     )
@@ -260,7 +260,7 @@ def test_a_malformed_cancel_is_ignored_and_the_open_stream_goes_on(kv, payload):
         emit(f.get())
         f.reset()
         emit(h.rpc("kvstore.watching").get())
-        h.rpc("kvstore.watch-cancel", {"matchtag": matchtag_of(f)}, flags=1)
+        h.rpc("kvstore.watch-cancel", {"matchtag": f.pimpl.get_matchtag()}, flags=1)
         try:
             f.get()
         except OSError as exc:
@@ -324,3 +324,60 @@ def test_refused_and_failed_async_requests_are_counted_as_errors(worker):
     counted = worker.rpc("worker.stats-get").get()["handlers"]
     assert (counted["worker.nap"]["requests"], counted["worker.nap"]["errors"]) == (1, 1)
     assert (counted["worker.fail"]["requests"], counted["worker.fail"]["errors"]) == (1, 1)
+
+
+def test_a_client_takes_some_responses_of_an_endless_stream_then_cancels_it(kv):
+    """The same call on both brokers: the stream never ends by itself."""
+    result = kv.rpc("kvstore.watch", {"key": "a"}, streaming=True, take=1)
+    assert result.stream() == [{"value": None}]
+    assert result.answers[-1]["errno"] == errno.ENODATA
+    kv.settle(lambda: kv.rpc("kvstore.watching").get() == {"watching": 0}, "the watch to end")
+
+
+def test_a_client_cancels_its_stream_as_flux_cores_clients_do(kv):
+    """flux-core's own idiom (flux.abc.JournalConsumer): the matchtag from
+    future.pimpl.get_matchtag(), in a TOPIC-cancel without response."""
+    got = kv.client("""
+        f = h.rpc("kvstore.watch", {"key": "a"}, flags=STREAMING)
+        emit(f.get())
+        f.reset()
+        emit(f.pimpl.get_matchtag() > 0)
+        h.rpc("kvstore.watch-cancel", {"matchtag": f.pimpl.get_matchtag()}, flags=1)
+        try:
+            f.get()
+        except OSError as exc:
+            emit(exc.errno)
+    """)
+    assert got == [{"value": None}, True, errno.ENODATA]
+
+
+WATCHER = """
+import errno
+from flux.brokermod import BrokerModule, cancel_stream, request_handler
+from flux.constants import FLUX_RPC_STREAMING
+
+
+class Watcher(BrokerModule):
+    @request_handler("first-two")
+    def first_two(self, msg):
+        f = self.handle.rpc("kvstore.watch", {"key": "a"}, flags=FLUX_RPC_STREAMING)
+        got = [f.get()]
+        f.reset()
+        self.handle.rpc("kvstore.put", {"key": "a", "value": 1}).get()
+        got.append(f.get())
+        f.reset()
+        cancel_stream(self.handle, f, "kvstore.watch")
+        try:
+            f.get()
+        except OSError as exc:
+            got.append(errno.errorcode[exc.errno])
+        return got
+"""
+
+
+def test_a_module_cancels_a_stream_it_reads_with_cancel_stream(kv, write_module):
+    kv.load(write_module("watcher.py", WATCHER))
+    try:
+        assert kv.rpc("watcher.first-two").get() == [{"value": None}, {"value": 1}, "ENODATA"]
+    finally:
+        kv.remove("watcher")

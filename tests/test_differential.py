@@ -128,7 +128,7 @@ _SESSIONS = {
     "cancel": """
 f = h.rpc("diffa.watch", None, flags=STREAMING)
 emit(f.get()); f.reset()
-h.rpc("diffa.watch-cancel", {"matchtag": matchtag_of(f)}, flags=1)
+h.rpc("diffa.watch-cancel", {"matchtag": f.pimpl.get_matchtag()}, flags=1)
 try:
     f.get()
 except OSError as exc:
@@ -141,7 +141,7 @@ emit(f.get())
     "guest-cancel": """
 f = h.rpc("diffa.watch", None, flags=STREAMING)
 emit(f.get()); f.reset()
-guest("h.rpc('diffa.watch-cancel', {'matchtag': %d}, flags=1)\\nemit(h.rpc('diffa.watching').get())" % matchtag_of(f))
+guest("h.rpc('diffa.watch-cancel', {'matchtag': %d}, flags=1)\\nemit(h.rpc('diffa.watching').get())" % f.pimpl.get_matchtag())
 """,
 }
 

@@ -1343,17 +1343,17 @@ def test_rpcs_reuse_the_lowest_free_matchtag_as_libflux_does(broker):
     client = broker.connect()
     first = client.rpc("echo.ping", {})
     second = client.rpc("echo.ping", {})
-    assert (first._matchtag, second._matchtag) == (1, 2)
+    assert (first.pimpl.get_matchtag(), second.pimpl.get_matchtag()) == (1, 2)
     first.get(), second.get()
     del first  # destroyed after its answer: tag 1 is free again
     third = client.rpc("echo.ping", {})
-    assert third._matchtag == 1
+    assert third.pimpl.get_matchtag() == 1
     pending = client.rpc("echo.ping", {})  # second still holds 2
-    assert pending._matchtag == 3
+    assert pending.pimpl.get_matchtag() == 3
     del pending  # destroyed before its answer: 3 stays taken until it comes
-    assert client.rpc("echo.ping", {})._matchtag == 4
+    assert client.rpc("echo.ping", {}).pimpl.get_matchtag() == 4
     broker.run_until_idle()
-    assert client.rpc("echo.ping", {})._matchtag == 3
+    assert client.rpc("echo.ping", {}).pimpl.get_matchtag() == 3
 
 
 def test_an_answer_after_the_final_one_stops_the_broker_with_stray_response(broker):

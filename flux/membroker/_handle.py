@@ -70,6 +70,11 @@ class Future:
         if tag:
             self._handle._matchtags.release(tag)
 
+    @property
+    def pimpl(self) -> "_RPCInner":
+        """What flux-core's ``RPC.pimpl`` offers here: ``get_matchtag()``."""
+        return _RPCInner(self)
+
     def is_ready(self) -> bool:
         """True when a response is there to get."""
         return bool(self._responses)
@@ -126,6 +131,27 @@ class Future:
                 self._handle._run_callback(self._callback, self, *self._callback_args)
 
         self._handle._post(run)
+
+
+class _RPCInner:
+    """flux-core's ``RPC.pimpl`` (its libflux wrapper), as far as the in-memory
+    broker implements it: ``get_matchtag()``, which flux-core's own clients
+    (``flux.abc.JournalConsumer``) use to cancel a stream."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: Future) -> None:
+        self._future = future
+
+    def get_matchtag(self) -> int:
+        """flux_rpc_get_matchtag(): the matchtag of this RPC (0 if none)."""
+        return self._future._matchtag
+
+    def __getattr__(self, name: str) -> Any:
+        raise NotImplementedError(
+            f"RPC.pimpl.{name} of flux-core is not available on the in-memory broker "
+            f"(flux.membroker), which offers get_matchtag() only"
+        )
 
 
 class MessageWatcher:
