@@ -528,3 +528,27 @@ def test_a_modules_stderr_and_logging_reach_the_brokers_stderr(target, write):
     target.settle(lambda: "talker warns through logging" in target.stderr_text(), "the module's stderr")
     assert "talker says hello on stderr" in target.stderr_text()
     target.remove("talker")
+
+
+# The standard methods' answers, byte for byte: libflux's C handlers encode
+# with jansson, compact where they ask for it, real numbers to 17 digits.
+
+PLAIN = """
+def mod_main(h, *args):
+    h.reactor_run()
+"""
+
+
+def test_standard_methods_answer_with_jansson_text(target, write):
+    target.load(write("plain.py", PLAIN))
+    try:
+        assert target.rpc("plain.debug", {"op": "setbit", "flags": 4}).get_str() == '{"flags":4}'
+        stats = target.rpc("plain.stats-get").get_str()
+        assert stats.startswith('{"tx":{"request":') and ", " not in stats and ": " not in stats
+        rusage = target.rpc("plain.rusage").get_str()
+        assert rusage.startswith('{"utime":') and ", " not in rusage
+        ping = target.rpc("plain.ping", {"a": 1, "f": 0.1}).get_str()
+        assert ping.startswith('{"a": 1, "f": 0.10000000000000001, "route": "')
+        assert ping.endswith(f', "userid": {target.owner()}, "rolemask": 5, "rank": 0}}')
+    finally:
+        target.remove("plain")

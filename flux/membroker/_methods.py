@@ -9,6 +9,7 @@ docs/real-flux.md).
 import errno
 import functools
 import json
+import math
 import resource
 from typing import Any, Dict, Optional
 
@@ -55,11 +56,11 @@ def _ping(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
     sender = msg._sender
     route = f"{id(sender) & 0xFFFFFFFF:08x}!{record.uuid[:8]}"
     payload.update(route=route, userid=msg.userid, rolemask=msg.rolemask, rank=record.rank)
-    h.respond(msg, payload)
+    h.respond(msg, jansson_dumps(payload, compact=False))
 
 
 def _stats_get(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
-    h.respond(msg, h._brokermod_msgcounters())
+    h.respond(msg, jansson_dumps(h._brokermod_msgcounters()))
 
 
 def _stats_clear(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
@@ -98,7 +99,7 @@ def _debug(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
     else:
         h.respond_error(msg, errno.EPROTO)
         return
-    h.respond(msg, {"flags": record.debug_flags})
+    h.respond(msg, jansson_dumps({"flags": record.debug_flags}))
 
 
 def _rusage(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
@@ -109,11 +110,31 @@ def _rusage(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
     ]
     result: Dict[str, Any] = {"utime": usage.ru_utime, "stime": usage.ru_stime}
     result.update((field, getattr(usage, f"ru_{field}")) for field in fields)
-    h.respond(msg, result)
+    h.respond(msg, jansson_dumps(result))
 
 
 def _shutdown(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
     h.reactor_stop()
+
+
+def jansson_dumps(value: Any, compact: bool = True) -> str:
+    """*value* as libflux's C handlers encode it with jansson: compact
+    (``{"flags":4}``) where they pass JSON_COMPACT, spaced (``{"a": 1}``)
+    where they do not; a real number with 17 significant digits."""
+    comma, colon = (",", ":") if compact else (", ", ": ")
+
+    def encode(item: Any) -> str:
+        if isinstance(item, dict):
+            return "{" + comma.join(json.dumps(str(k), ensure_ascii=False) + colon + encode(v)
+                                    for k, v in item.items()) + "}"
+        if isinstance(item, (list, tuple)):
+            return "[" + comma.join(encode(v) for v in item) + "]"
+        if isinstance(item, float) and math.isfinite(item):
+            text = "%.17g" % item
+            return text if any(c in text for c in ".e") else text + ".0"
+        return json.dumps(item, ensure_ascii=False)
+
+    return encode(value)
 
 
 def _jansson_loads(text: Optional[str]) -> Any:
