@@ -552,3 +552,23 @@ def test_standard_methods_answer_with_jansson_text(target, write):
         assert ping.endswith(f', "userid": {target.owner()}, "rolemask": 5, "rank": 0}}')
     finally:
         target.remove("plain")
+
+
+# The broker's own services.
+
+
+def test_the_broker_answers_its_own_methods(target):
+    ping = target.rpc("broker.ping", {"n": 1}).get()
+    assert (ping["n"], ping["userid"], ping["rolemask"], ping["rank"]) == (1, target.owner(), 5, 0)
+    assert set(target.rpc("broker.stats-get").get()) == {"tx", "rx"}
+    assert target.rpc("broker.getenv", {"names": ["NO_SUCH_VARIABLE_X"]}).get_str() == '{"env":{}}'
+    assert target.rpc("broker.setenv", {"env": {"NO_SUCH_VARIABLE_X": "1"}}).get() is None
+    assert target.rpc("broker.getenv", {"names": ["NO_SUCH_VARIABLE_X"]}).get() == {"env": {"NO_SUCH_VARIABLE_X": "1"}}
+    assert error_of(target.rpc("broker.getenv", {})) == (errno.EPROTO, "Protocol error")
+    assert error_of(target.rpc("broker.ping", [1]))[0] == errno.ENOMEM
+    assert error_of(target.rpc("broker.nosuch")) == (errno.ENOSYS, "Unknown service method 'broker.nosuch'")
+
+
+def test_a_module_cannot_take_a_service_the_broker_runs(target, write):
+    errnum, _ = target.load_error(write("probe.py", PROBE), name="log")
+    assert errnum == errno.EEXIST

@@ -1421,3 +1421,11 @@ def test_what_a_stray_response_does_on_each_broker(target, write):
             target.broker.stray = None
     finally:
         target.remove("plain")
+
+
+def test_what_the_broker_runs_itself_but_memory_does_not_simulate_says_so(broker):
+    """Not ENOSYS: a test must not take it for a missing service."""
+    for topic in ("broker.conf-builtin", "log.dmesg", "attr.list", "state-machine.get"):
+        err = raised_by(broker.rpc(topic, {}))
+        assert err.errno == errno.EOPNOTSUPP, topic
+        assert "the in-memory broker does not simulate" in err.strerror and "real Flux instance" in err.strerror

@@ -32,6 +32,7 @@ from flux.membroker._message import (
     FLUX_RPC_STREAMING,
     Message,
 )
+from flux.membroker._builtins import BROKER_SERVICES, BrokerServices
 from flux.membroker._clock import VirtualClock
 from flux.membroker._methods import register_standard_methods
 from flux.membroker._strands import Strand, Strands
@@ -411,6 +412,8 @@ class Broker:
         self._services: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
         self._event_seq = 0
         self._clients: List[Handle] = []
+        # Per rank: the broker's own services (broker.ping...), made on first use.
+        self._builtins: Dict[int, BrokerServices] = {}
         #: The interface handles use (see BrokerLink).
         self.link = BrokerLink(self)
         self._owner_handle = self.connect()
@@ -493,7 +496,7 @@ class Broker:
             raise ModuleError(errno.EINVAL, f"load {path or name}: Invalid argument (module name {name!r} has a dot)")
         if name in self._modules[on]:
             raise ModuleError(errno.EEXIST, f"{name}: File exists")
-        if name in self._services[on]:
+        if name in self._services[on] or name in BROKER_SERVICES:
             raise ModuleError(errno.EEXIST, f"{name}: service is already registered: File exists")
         # The broker passes arguments to the loader as one space-joined
         # string, which the loader splits on whitespace.
@@ -739,6 +742,9 @@ class Broker:
         else:
             ranks = (nodeid,)
         service = msg.topic.split(".", 1)[0]
+        if service in BROKER_SERVICES:  # the broker itself answers: the first rank on the way
+            self._broker_services(ranks[0]).answer(msg)
+            return
         record = None
         for rank in ranks:
             record = self._services[rank].get(service)
@@ -808,7 +814,16 @@ class Broker:
         """
         return EventCollector(self.connect(userid=userid), topic)
 
+    def _broker_services(self, rank: int) -> BrokerServices:
+        services = self._builtins.get(rank)
+        if services is None:
+            h = Handle(self.link, self.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, rank=rank)
+            services = self._builtins[rank] = BrokerServices(h, rank)
+        return services
+
     def _add_service(self, name: str, record: LoadedModule) -> None:
+        if name in BROKER_SERVICES:
+            raise OSError(errno.EEXIST, f"service {name} is the broker's own")
         if "." in name:
             raise OSError(errno.EINVAL, f"could not register service {name} for module {record.name}: Invalid argument")
         services = self._services[record.rank]

@@ -47,7 +47,7 @@ def _ping(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
     # that is not a JSON object to jansson (NaN and Infinity, a bare
     # number or string) gives EPROTO.
     try:
-        payload = _jansson_loads(msg.payload_str)
+        payload = jansson_loads(msg.payload_str)
     except (TypeError, ValueError):
         payload = None
     if not isinstance(payload, dict):
@@ -71,7 +71,7 @@ def _stats_clear(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> No
 
 def _config_reload(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
     try:
-        if not isinstance(_jansson_loads(msg.payload_str), dict):
+        if not isinstance(jansson_loads(msg.payload_str), dict):
             raise ValueError
     except (TypeError, ValueError):
         h.respond_error(msg, errno.EPROTO, f"Failed to parse {msg.topic} request")
@@ -80,29 +80,34 @@ def _config_reload(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> 
 
 
 def _debug(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
+    flags = debug_flags(msg, record.debug_flags)
+    if flags is None:
+        h.respond_error(msg, errno.EPROTO)
+        return
+    record.debug_flags = flags
+    h.respond(msg, jansson_dumps({"flags": flags}))
+
+
+def debug_flags(msg: Any, flags: int) -> Optional[int]:
+    """The debug flags after request *msg* (``{"op": "setbit", "flags": N}``...)
+    changes *flags*; None for a request libflux refuses with EPROTO."""
     try:
-        payload = msg.payload
-        op, flags = payload["op"], payload["flags"]
-        if not isinstance(flags, int) or not isinstance(op, str):
+        payload = jansson_loads(msg.payload_str)
+        op, bits = payload["op"], payload["flags"]
+        if not isinstance(bits, int) or not isinstance(op, str):
             raise TypeError
     except (TypeError, ValueError, KeyError):
-        h.respond_error(msg, errno.EPROTO)
-        return
-    if op == "setbit":
-        record.debug_flags |= flags
-    elif op == "clrbit":
-        record.debug_flags &= ~flags
-    elif op == "set":
-        record.debug_flags = flags
-    elif op == "clr":
-        record.debug_flags = 0
-    else:
-        h.respond_error(msg, errno.EPROTO)
-        return
-    h.respond(msg, jansson_dumps({"flags": record.debug_flags}))
+        return None
+    changed = {"setbit": flags | bits, "clrbit": flags & ~bits, "set": bits, "clr": 0}.get(op)
+    return changed
 
 
 def _rusage(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
+    h.respond(msg, jansson_dumps(rusage()))
+
+
+def rusage() -> Dict[str, Any]:
+    """getrusage(RUSAGE_SELF) as the ``rusage`` method answers it."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     fields = [
         "maxrss", "ixrss", "idrss", "isrss", "minflt", "majflt", "nswap", "inblock",
@@ -110,7 +115,7 @@ def _rusage(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
     ]
     result: Dict[str, Any] = {"utime": usage.ru_utime, "stime": usage.ru_stime}
     result.update((field, getattr(usage, f"ru_{field}")) for field in fields)
-    h.respond(msg, jansson_dumps(result))
+    return result
 
 
 def _shutdown(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
@@ -137,7 +142,7 @@ def jansson_dumps(value: Any, compact: bool = True) -> str:
     return encode(value)
 
 
-def _jansson_loads(text: Optional[str]) -> Any:
+def jansson_loads(text: Optional[str]) -> Any:
     """Decode JSON as libflux's jansson does: no NaN or Infinity (TypeError: no payload)."""
     if text is None:
         raise TypeError("no payload")
@@ -145,4 +150,7 @@ def _jansson_loads(text: Optional[str]) -> Any:
     def refuse(constant: str) -> Any:
         raise ValueError(f"{constant} is not JSON")
 
-    return json.loads(text, parse_constant=refuse)
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except RecursionError:  # jansson refuses what it nests too deep to parse
+        raise ValueError("nested too deeply") from None
