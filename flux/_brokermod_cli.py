@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         help="load a module file into the in-memory broker and talk to it",
         description=(
             "Load FILE into the in-memory broker (as `flux module load "
-            "[--name NAME] FILE ARGS...` would), carry out each --rpc, --stream, "
+            "[--name NAME] FILE ARGS...` would; --load loads other modules first), "
+            "carry out each --rpc, --stream, "
             "--event, --advance, --as and --rank in the order given, print every "
             "answer and every event published, then the log (as `flux dmesg`), "
             "and remove the module. A request TOPIC without a dot is a method of "
@@ -71,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         ("--rank", "RANK", "send what follows to RANK (with --size)"),
     ):
         run.add_argument(flag, metavar=metavar, action=_Ordered, dest=flag[2:], help=help_text)
+    run.add_argument("--load", metavar="'FILE [ARGS...]'", action="append", default=[],
+                     help="load another module first (repeatable), for FILE to call: "
+                          "--load 'kvstore.py' --load 'other.py --verbose'")
     run.add_argument("--guest", action="store_true", help="start as a guest (as `--as guest` first)")
     run.add_argument("--json", action="store_true", help="print one JSON object per line")
     run.add_argument("file", metavar="FILE", help="the module's .py file")
@@ -190,14 +194,25 @@ def run(options: argparse.Namespace, out: Any = None, err: Any = None) -> int:
     show = _Printer(out, getattr(options, "json", False))
     size = max(1, getattr(options, "size", 1) or 1)
     broker = Broker(size=size)
+    others: List[str] = []  # the names --load gave, in load order
+    loading = options.file
     try:
+        for spec in getattr(options, "load", None) or []:
+            path, *args = spec.split()
+            loading = path
+            others.append(broker.load(path, *args, rank="all")[0].name)
+        loading = options.file
         records = broker.load(options.file, *options.args, name=options.name, rank="all")
     except ModuleError as exc:
         code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
         reason = str(exc.strerror)
-        named = reason.startswith((options.file + ":", os.path.basename(options.file) + ":"))
-        print(f"flux-brokermod: {reason if named else options.file + ': ' + reason} ({code})", file=err)
+        named = reason.startswith((loading + ":", os.path.basename(loading) + ":"))
+        print(f"flux-brokermod: {reason if named else loading + ': ' + reason} ({code})", file=err)
+        broker.close()
         return 1
+    except ValueError:  # an empty --load
+        print("flux-brokermod: --load needs a FILE", file=err)
+        return 2
     name = records[0].name
     show({"loaded": name, "file": options.file}, f"loaded {name} from {options.file}")
     events = broker.collect_events("")
@@ -251,9 +266,10 @@ def run(options: argparse.Namespace, out: Any = None, err: Any = None) -> int:
         status = 1
     if broker.panicked is None and broker.hung is None:
         try:
-            for record in records:
-                if name in broker.modules_on(record.rank):
-                    broker.remove(name, rank=record.rank)
+            for module in [name, *reversed(others)]:
+                for on in range(size):
+                    if module in broker.modules_on(on):
+                        broker.remove(module, rank=on)
         except BrokerPanic as exc:
             print(f"flux-brokermod: the broker went down: {exc}", file=err)
             status = 1
@@ -262,7 +278,8 @@ def run(options: argparse.Namespace, out: Any = None, err: Any = None) -> int:
     for on in range(size):
         for line in broker.dmesg(rank=on):
             logged.add(line)
-            if line.startswith(f"{name}.") or (line.startswith("broker.") and f"{name}" in line):
+            if any(line.startswith(f"{module}.") or (line.startswith("broker.") and module in line)
+                   for module in (name, *others)):
                 lines.append(line)
     if lines:
         if not show.as_json:

@@ -336,3 +336,30 @@ def test_run_reports_a_runtime_failure_as_the_broker_does(counter, capsys):
     assert "flux-brokermod: the broker went down: counter module runtime failure" in err
     assert "crashing now" in err  # the module's own stderr
     assert "broker.crit[0]: counter module runtime failure" in out
+
+
+CALLER = """
+from flux.brokermod import BrokerModule, request_handler
+
+class Caller(BrokerModule):
+    @request_handler("get-a")
+    async def get_a(self, msg):
+        return await self.handle.rpc("kvstore.get", {"key": "a"})
+"""
+
+
+def test_run_loads_the_modules_a_handler_calls_first(example, write_module, capsys):
+    caller = write_module("caller.py", CALLER)
+    status, out, err = run(["run", "--load", example("kvstore.py"), "--rpc", 'kvstore.put={"key": "a", "value": 7}',
+                            "--rpc", "get-a", caller], capsys)
+    assert status == 0, err
+    assert 'caller.get-a: {"value": 7}' in out.splitlines()
+    lines = out.splitlines()
+    assert lines.index("broker.debug[0]: rmmod caller") < lines.index("broker.debug[0]: rmmod kvstore")
+
+
+def test_run_names_a_load_that_fails(write_module, capsys):
+    caller = write_module("caller.py", CALLER)
+    status, _, err = run(["run", "--load", "/no/such/kv.py", "--rpc", "get-a", caller], capsys)
+    assert status == 1
+    assert err.startswith("flux-brokermod: /no/such/kv.py: ") and err.rstrip().endswith("(ENOENT)")
