@@ -105,7 +105,78 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     setup.add_argument("--check", action="store_true", help="also verify the loader script is usable")
+
+    sub.add_parser(
+        "check",
+        help="tell whether a Flux instance runs .py modules on this library",
+        description=(
+            "Inside an instance (FLUX_URI set), load a probe module and report "
+            "which loader and flux.brokermod it ran on; outside one, tell what "
+            "an instance started from this shell (flux start) would run. Exit "
+            "status 0 when it is this library, 1 when it is not (with the fix), "
+            "or when flux-core is not found."
+        ),
+    )
     return parser
+
+
+_PROBE = """
+import json, sys
+
+
+def mod_main(h, *args):
+    import flux.brokermod
+    with open(args[0], "w") as f:
+        json.dump({"loader": sys.argv[0], "brokermod": flux.brokermod.__file__}, f)
+    h.reactor_run()
+"""
+
+_FIX = ('run eval "$(flux-brokermod setup)" before flux start (for a system instance, '
+        "give the broker that FLUX_EXEC_PATH_PREPEND)")
+
+
+def check(out: Any = None) -> int:
+    """Carry out ``flux-brokermod check``; return the exit status."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    out = out or sys.stdout
+    flux = os.environ.get("FLUX_BROKERMOD_FLUX") or shutil.which("flux")
+    if not flux or not os.access(flux, os.X_OK):
+        print("flux-core not found (no flux on PATH, nor $FLUX_BROKERMOD_FLUX): modules run on the "
+              "in-memory broker only (flux-brokermod run FILE)", file=out)
+        return 1
+    ours = os.path.dirname(os.path.abspath(__file__))
+    if not os.environ.get("FLUX_URI"):
+        prepend = os.environ.get("FLUX_EXEC_PATH_PREPEND", "").split(":")
+        if loader_dir() in prepend:
+            print(f"an instance started from this shell (flux start) loads .py modules with this "
+                  f"library's loader ({loader_dir()} is in FLUX_EXEC_PATH_PREPEND)", file=out)
+            return 0
+        print(f"an instance started from this shell would load .py modules with flux-core's own "
+              f"loader and flux.brokermod: {_FIX}", file=out)
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        name = f"brokermod_check_{os.getpid()}"
+        probe, facts = os.path.join(tmp, f"{name}.py"), os.path.join(tmp, "facts.json")
+        with open(probe, "w") as f:
+            f.write(_PROBE)
+        loaded = subprocess.run([flux, "module", "load", probe, facts], capture_output=True, text=True)
+        if loaded.returncode != 0:
+            print(f"the probe module did not load: {loaded.stderr.strip()}", file=out)
+            return 1
+        subprocess.run([flux, "module", "remove", name], capture_output=True, text=True)
+        with open(facts) as f:
+            seen = json.load(f)
+    if os.path.dirname(os.path.abspath(seen["brokermod"])) == ours:
+        print(f"this instance loads .py modules with this library: loader {seen['loader']}, "
+              f"flux.brokermod {seen['brokermod']}", file=out)
+        return 0
+    print(f"this instance loads .py modules with flux-core's own loader ({seen['loader']}) and "
+          f"flux.brokermod ({seen['brokermod']}): a module using Option, timer_handler, returned "
+          f"answers... fails there with ImportError; {_FIX}", file=out)
+    return 1
 
 
 def _split(spec: str, name: Optional[str], option: str) -> Tuple[str, Any]:
@@ -400,6 +471,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     options = _parser().parse_args(argv)
     if options.command == "describe":
         return describe_file(options)
+    if options.command == "check":
+        return check()
     if options.command == "setup":
         try:
             lines = setup_lines(options.check)

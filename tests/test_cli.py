@@ -363,3 +363,43 @@ def test_run_names_a_load_that_fails(write_module, capsys):
     status, _, err = run(["run", "--load", "/no/such/kv.py", "--rpc", "get-a", caller], capsys)
     assert status == 1
     assert err.startswith("flux-brokermod: /no/such/kv.py: ") and err.rstrip().endswith("(ENOENT)")
+
+
+FAKE_FLUX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "fake_flux.py")
+
+
+def test_check_without_flux_core_says_modules_run_in_memory(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FLUX_BROKERMOD_FLUX", str(tmp_path / "no-flux"))
+    status, out, _ = run(["check"], capsys)
+    assert status == 1 and out.startswith("flux-core not found")
+
+
+@pytest.mark.parametrize("set_up", [True, False])
+def test_check_outside_an_instance_tells_what_flux_start_would_run(monkeypatch, capsys, set_up):
+    monkeypatch.setenv("FLUX_BROKERMOD_FLUX", FAKE_FLUX)
+    monkeypatch.delenv("FLUX_URI", raising=False)
+    monkeypatch.setenv("FLUX_EXEC_PATH_PREPEND", cli.loader_dir() if set_up else "/elsewhere")
+    status, out, _ = run(["check"], capsys)
+    if set_up:
+        assert status == 0 and "loads .py modules with this library's loader" in out
+    else:
+        assert status == 1 and 'eval "$(flux-brokermod setup)" before flux start' in out
+
+
+@pytest.mark.real_flux
+@pytest.mark.parametrize("set_up", [True, False])
+def test_check_inside_an_instance_asks_it(set_up):
+    from flux.brokermod_testing import skip_reason, start_instance
+
+    if skip_reason() is not None:
+        pytest.skip(skip_reason())
+    with start_instance(setup=set_up) as instance:
+        env = dict(instance.environment(), FLUX_URI=instance.uri)
+        result = subprocess.run([sys.executable, "-m", "flux._brokermod_cli", "check"],
+                                capture_output=True, text=True, env=env, timeout=120)
+    if set_up:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith("this instance loads .py modules with this library")
+    else:
+        assert result.returncode == 1
+        assert "flux-core's own loader" in result.stdout and "ImportError" in result.stdout
