@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Optional
 
 from flux import _json
 from flux._constants import FLUX_MSGTYPE_REQUEST
+from flux._brief import BriefHelp
 from flux._decoding import undecodable
 from flux._logtext import log_verbatim
 from flux._observe import handler_failed
@@ -357,7 +358,7 @@ class AnswerTracker:
             pass
 
 
-class AnswerError(RuntimeError):
+class AnswerError(RuntimeError, metaclass=BriefHelp):
     """A request that already got its final answer was answered again.
 
     Raised by the module handle's ``respond``/``respond_error`` for a
@@ -375,7 +376,7 @@ class AnswerError(RuntimeError):
         )
 
 
-class RequestError(OSError):
+class RequestError(OSError, metaclass=BriefHelp):
     """Refuse a request cleanly: ``raise RequestError(errno.ENOENT, "no such key: a")``.
 
     The caller gets that errno and text (the errno's standard text when

@@ -12,15 +12,15 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
+from flux._brief import BriefHelp
+
 __all__ = [
     "RequestFacts", "clear_msgcounters", "is_streaming", "matchtag_of", "module_name", "msgcounters",
     "raw_message_class", "reactor_clock", "request_facts", "watch",
 ]
 
 
-class RequestFacts(NamedTuple):
-    """Facts of one request, the same on a real and an in-memory broker."""
-
+class _RequestFacts(NamedTuple):
     #: True for a request sent with FLUX_RPC_STREAMING.
     streaming: bool
     #: The matchtag the sender chose; 0 (FLUX_MATCHTAG_NONE) for a request
@@ -31,6 +31,13 @@ class RequestFacts(NamedTuple):
     sender: str
     #: The sender's userid.
     userid: int
+
+
+class RequestFacts(_RequestFacts, metaclass=BriefHelp):
+    """Facts of one request, the same on a real and an in-memory broker: a
+    named tuple (``streaming``, ``matchtag``, ``sender``, ``userid``)."""
+
+    __slots__ = ()
 
 
 _LIB: Any = None

@@ -10,15 +10,16 @@ naming the option and listing the valid ones.
 from __future__ import annotations
 
 import math
-
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from flux._brief import BriefHelp
 
 _REQUIRED = object()
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-class OptionError(ValueError):
+class OptionError(ValueError, metaclass=BriefHelp):
     """A load argument names no option, or has a value the option refuses."""
 
 

@@ -15,12 +15,13 @@ import math
 import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union, get_args, get_origin
 
+from flux._brief import BriefHelp
 from flux._decoding import json_of, undecodable
 
 _NoneType = type(None)
 
 
-class PayloadError(ValueError):
+class PayloadError(ValueError, metaclass=BriefHelp):
     """A request payload does not match the handler's declared fields."""
 
 

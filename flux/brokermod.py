@@ -216,6 +216,22 @@ def request_handler(
     False.  Only the instance owner's requests reach it unless
     *allow_guest* is True, which also admits guests (``FLUX_ROLE_USER``);
     a guest refused here gets EPERM and the method never runs.
+
+    How it answers:
+
+    * ``self.handle.respond(msg, payload)``, as with flux-core; or return
+      the answer (a dict, list, str...; None means "answered already, or
+      not yet");
+    * ``raise RequestError(errno, text)`` refuses cleanly; any other
+      exception is answered too (see :class:`BrokerModule`);
+    * keyword-only parameters declare the payload's fields, checked before
+      the call (``def add(self, msg, *, a: float, b: float = 0.0)``): a
+      payload that does not match gets EPROTO naming the field;
+    * an ``async def`` method may await (asyncio, flux futures) while the
+      module keeps serving;
+    * a generator (or async generator) method is a stream: each yielded
+      value is one response to a FLUX_RPC_STREAMING request, then ENODATA;
+      a ``TOPIC-cancel`` or the client going away closes it.
     """
     _check_topic(topic, "request_handler")
     spec = {
@@ -420,6 +436,19 @@ class BrokerModule:
     traceback goes to the broker log at LOG_ERR, and the module keeps
     serving.  Set the class attribute :attr:`stop_on_error` to True to stop
     the module with an error instead.
+
+    What else a module has:
+
+    * ``self.log.info(text)`` (and ``debug``... ``emerg``): the module's
+      lines in ``flux dmesg``, written as given (:class:`BrokerLogger`);
+    * options: ``interval = Option(float, 1.0, "seconds")`` on the class is
+      set from ``flux module load mod.py interval=2`` (:class:`Option`);
+    * :meth:`setup` and :meth:`teardown` around the reactor, and
+      :func:`timer_handler` methods (:meth:`timer` to re-arm them);
+    * ``module_stats`` (a dict, or a method returning one), added to the
+      answer of ``NAME.stats-get`` with each handler's counters;
+    * ``NAME.handlers``, answering what the module offers (its handlers,
+      their payload fields and docstrings, its options; see :func:`describe`).
 
     Example::
 

@@ -179,3 +179,21 @@ def test_handlers_may_use_the_names_this_library_added():
         broker.load(Old, name="old")
         assert broker.rpc("old.rank").get() == {"rank": 0}
         assert broker.rpc("old.setup").get() == {"setup": True}
+
+
+def test_help_shows_what_this_library_adds_not_builtin_boilerplate():
+    """help(flux.brokermod) once ran to 816 lines, mostly the dunder methods
+    exceptions and tuples inherit; the public docstrings say what a module
+    author needs."""
+    import pydoc
+
+    import flux.brokermod as brokermod
+
+    text = pydoc.render_doc(brokermod, renderer=pydoc.plaintext)
+    assert "__reduce__" not in text and "__getnewargs__" not in text
+    assert "errno" in dir(brokermod.RequestError) and "_asdict" in dir(brokermod.RequestFacts)
+    assert len(text.splitlines()) < 700
+    for needed in ("self.log", "Option(", "module_stats", "NAME.handlers", "timer_handler"):
+        assert needed in brokermod.BrokerModule.__doc__, needed
+    for needed in ("return", "keyword-only", "async def", "generator", "RequestError"):
+        assert needed in brokermod.request_handler.__doc__, needed
