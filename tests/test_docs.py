@@ -99,3 +99,21 @@ def test_the_docs_extra_installs_what_autodoc_imports():
             imported = _module_level_imports(f.read())
         outside = {name for name in imported - {"flux", "__future__"} if name not in sys.stdlib_module_names}
         assert outside <= extra, f"{module} imports {sorted(outside - extra)}, which the docs extra lacks"
+
+
+def test_the_tutorials_test_passes_from_another_directory(tmp_path):
+    """The tutorial's module and its test, written side by side, pass when
+    pytest runs elsewhere (the module path is the test file's)."""
+    with open(os.path.join(DOCS, "tutorial.rst")) as f:
+        text = f.read()
+    module = re.search(r"\.\. code-block:: python\n   :class: runnable\n\n((?:   .*\n|\n)+)", text).group(1)
+    test = next(block for block in re.findall(r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)", text)
+                if "def test_greet" in block)
+    for name, block in (("hello.py", module), ("test_hello.py", test)):
+        (tmp_path / name).write_text("\n".join(line[3:] for line in block.splitlines()) + "\n")
+    env = dict(os.environ, FLUX_BROKERMOD_FLUX=str(tmp_path / "no-flux"))  # the in-memory half
+    env.pop("PYTEST_ADDOPTS", None)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider", str(tmp_path)],
+                            capture_output=True, text=True, cwd="/", env=env, timeout=120)
+    assert "1 passed, 1 skipped" in result.stdout, result.stdout + result.stderr
+    assert "no real Flux" in result.stdout
