@@ -158,7 +158,7 @@ def raw_message_class(h: Any) -> Optional[type]:
 
 def reactor_clock(h: Any) -> Callable[[], float]:
     """A function returning the time of handle *h*'s reactor, as
-    ``h.reactor_now()`` does (libflux's own on a flux-core handle: asyncio
+    ``h.reactor_now(reactor)`` does (libflux's own on a flux-core handle: asyncio
     reads the clock at every step, and flux-core's wrapper costs microseconds)."""
     reactor = h.get_reactor()
     if _in_memory(h):

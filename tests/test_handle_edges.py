@@ -66,7 +66,7 @@ class Edge(BrokerModule):
         fired = self.results.setdefault("fired", [])
         with self.handle.timer_watcher_create(10, lambda *a: fired.append("ctx")):
             pass  # started then destroyed: never fires
-        timer = self.handle.timer_watcher_create(10, lambda *a: fired.append(self.handle.reactor_now()))
+        timer = self.handle.timer_watcher_create(10, lambda *a: fired.append(self.handle.reactor_now(self.handle.get_reactor())))
         timer.reset(after=2.0)
         timer.start()
         self.handle.respond(msg, None)

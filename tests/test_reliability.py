@@ -457,7 +457,7 @@ def test_failing_timer_is_logged_and_module_keeps_running(broker):
 
         @timer_handler(1.0, repeat=1.0)
         def tick(self):
-            self.ticks.append(self.handle.reactor_now())
+            self.ticks.append(self.handle.reactor_now(self.handle.get_reactor()))
             raise RuntimeError("tick failed")
 
         @request_handler("alive")

@@ -17,7 +17,7 @@ import pytest
 
 from flux.brokermod_testing import find_flux, skip_reason
 from flux.membroker import FLUX_MSGTYPE_REQUEST, Broker, Message
-from flux.membroker._surface import recorded
+from flux.membroker._surface import WrongNumArguments, arity, recorded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RECORDER = os.path.join(HERE, "tools", "record_flux_core_surface.py")
@@ -77,6 +77,44 @@ def test_what_flux_core_has_and_this_lacks_says_so(flux_core_surface, kind):
     with pytest.raises(AttributeError) as info:
         getattr(obj, "no_such_name_anywhere")
     assert not isinstance(info.value, NotImplementedError)
+
+
+def _arity(method):
+    import inspect
+
+    params = list(inspect.signature(method).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    fewest = sum(1 for p in positional if p.default is p.empty)
+    return fewest, -1 if any(p.kind == p.VAR_POSITIONAL for p in params) else len(positional)
+
+
+@pytest.mark.parametrize("kind", list(_in_memory_objects()[1]))
+def test_no_method_takes_arguments_flux_cores_refuses(kind):
+    """Names are not enough: a call that fails on a real handle (too few or
+    too many arguments) fails in memory too."""
+    _, objects = _in_memory_objects()
+    checked, looser = 0, []
+    for name, (fewest, most) in sorted(arity(kind).items()):
+        method = getattr(objects[kind], name, None)
+        if not callable(method):
+            continue
+        checked += 1
+        ours = _arity(method)
+        if ours[0] < fewest or (most != -1 and (ours[1] == -1 or ours[1] > most)):
+            looser.append(f"{name}: takes {ours}, flux-core's {[fewest, most]}")
+    assert looser == []
+    assert checked >= (20 if kind == "Flux" else 1)
+
+
+def test_a_libflux_function_called_wrongly_raises_flux_cores_error():
+    broker, objects = _in_memory_objects()
+    h = objects["Flux"]
+    with pytest.raises(WrongNumArguments, match="flux_reactor_now: reactor_now\\(\\) takes 1, received 0"):
+        h.reactor_now()
+    assert isinstance(WrongNumArguments("x"), ValueError)  # as flux.wrapper.WrongNumArguments
+    assert h.reactor_now(h.get_reactor()) == broker.now
+    with pytest.raises(WrongNumArguments):
+        h.respond_error(Message(FLUX_MSGTYPE_REQUEST, "a.b"), 2)
 
 
 def test_the_record_is_flux_core_0_88():

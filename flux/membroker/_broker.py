@@ -694,7 +694,7 @@ class Broker:
         record.state = FINALIZING
         for item in self._strands.drop(record.ctx):
             if isinstance(item, _Delivery) and item.msg.type == FLUX_MSGTYPE_REQUEST and not item.msg._noresponse:
-                record.handle.respond_error(item.msg, errno.ENOSYS)
+                record.handle.respond_error(item.msg, errno.ENOSYS, None)
         self._module_exited(record, errnum)
 
     def _module_exited(self, record: LoadedModule, errnum: int) -> None:

@@ -96,7 +96,7 @@ class BrokerServices:
     def _debug(self, msg: Message) -> None:
         flags = _methods.debug_flags(msg, self.debug_flags)
         if flags is None:
-            self._h.respond_error(msg, errno.EPROTO)
+            self._h.respond_error(msg, errno.EPROTO, None)
             return
         self.debug_flags = flags
         self._h.respond(msg, _methods.jansson_dumps({"flags": flags}))
@@ -109,7 +109,7 @@ class BrokerServices:
         payload = self._object(msg, errno.EPROTO)
         names = None if payload is None else payload.get("names")
         if payload is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-            self._h.respond_error(msg, errno.EPROTO)
+            self._h.respond_error(msg, errno.EPROTO, None)
             return
         if payload is not None:
             env = {name: self._env[name] for name in names if name in self._env}
@@ -119,7 +119,7 @@ class BrokerServices:
         payload = self._object(msg, errno.EPROTO)
         env = None if payload is None else payload.get("env")
         if payload is not None and (not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values())):
-            self._h.respond_error(msg, errno.EPROTO)
+            self._h.respond_error(msg, errno.EPROTO, None)
             return
         if payload is not None:
             self._env.update(env)
@@ -134,7 +134,7 @@ class BrokerServices:
             payload = None
         if isinstance(payload, dict):
             return payload
-        self._h.respond_error(msg, array_errno if isinstance(payload, list) else errno.EPROTO)
+        self._h.respond_error(msg, array_errno if isinstance(payload, list) else errno.EPROTO, None)
         return None
 
 

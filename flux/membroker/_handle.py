@@ -17,7 +17,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from flux._json import loads
-from flux.membroker._surface import missing
+from flux.membroker._surface import libflux_function, missing
 from flux.membroker._message import (
     FLUX_MATCHTAG_NONE,
     FLUX_POLLIN,
@@ -489,7 +489,8 @@ class Handle:
         """Answer request *message* with *payload* (dict as JSON, str raw, bytes as is)."""
         self._respond(message, encode_payload(payload), 0, None)
 
-    def respond_error(self, message: Message, errnum: int, errstr: Any = None) -> None:
+    @libflux_function
+    def respond_error(self, message: Message, errnum: int, errstr: Any) -> None:
         """Answer request *message* with error *errnum* and optional text."""
         if not errnum:
             errnum = errno.EINVAL  # as libflux: the caller gets EINVAL with the text
@@ -550,6 +551,7 @@ class Handle:
         """Receive events whose topic starts with *topic*."""
         self._subscriptions.append(_topic(topic))
 
+    @libflux_function
     def event_unsubscribe(self, topic: str) -> None:
         """Undo one :meth:`event_subscribe` of *topic*."""
         topic = _topic(topic)
@@ -633,12 +635,14 @@ class Handle:
             for kind in kinds:
                 kinds[kind] = 0
 
+    @libflux_function
     def module_set_running(self) -> int:
         """flux_module_set_running(): tell the broker the module is running."""
         record = self._require_module("module_set_running")
         self._link.module_running(record, pause=True)
         return 0
 
+    @libflux_function
     def module_debug_test(self, flag: int, clear: bool) -> bool:
         """flux_module_debug_test(): is debug bit *flag* set (clear it if *clear*)?"""
         record = self._require_module("module_debug_test")
@@ -683,11 +687,13 @@ class Handle:
         signals, so it never fires; starting and stopping it work."""
         return LoopWatcher(self, "signal", callback, args)
 
+    @libflux_function
     def get_reactor(self) -> "Handle":
         """The reactor of this handle (an opaque value to pass back)."""
         return self
 
-    def reactor_now(self, reactor: Any = None) -> float:
+    @libflux_function
+    def reactor_now(self, reactor: Any) -> float:
         """The reactor's clock: the broker's virtual clock, in seconds."""
         return self._link.clock.now
 

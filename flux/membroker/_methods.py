@@ -51,7 +51,7 @@ def _ping(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
     except (TypeError, ValueError):
         payload = None
     if not isinstance(payload, dict):
-        h.respond_error(msg, errno.ENOMEM if isinstance(payload, list) else errno.EPROTO)
+        h.respond_error(msg, errno.ENOMEM if isinstance(payload, list) else errno.EPROTO, None)
         return
     sender = msg._sender
     route = f"{id(sender) & 0xFFFFFFFF:08x}!{record.uuid[:8]}"
@@ -82,7 +82,7 @@ def _config_reload(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> 
 def _debug(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
     flags = debug_flags(msg, record.debug_flags)
     if flags is None:
-        h.respond_error(msg, errno.EPROTO)
+        h.respond_error(msg, errno.EPROTO, None)
         return
     record.debug_flags = flags
     h.respond(msg, jansson_dumps({"flags": flags}))

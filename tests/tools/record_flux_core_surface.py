@@ -40,7 +40,40 @@ def surface() -> dict:
         record[name] = sorted(set(record[name]) | {n for n in vars(obj) if not n.startswith("_")})
     # flux.Flux answers any libflux function by its name without "flux_".
     record["libflux"] = sorted(n[len("flux_"):] for n in dir(lib) if n.startswith("flux_"))
+    record["arity"] = arity(classes, record)
     return record
+
+
+def arity(classes: dict, record: dict) -> dict:
+    """How many arguments each recorded method takes, as [fewest, most]
+    (most: -1 for any number): from the Python signature, or for a libflux
+    function a handle answers, its C arguments less the handle it adds."""
+    import inspect
+
+    from _flux._core import ffi, lib
+
+    counts: dict = {}
+    for kind, cls in classes.items():
+        for name in record[kind]:
+            method = inspect.getattr_static(cls, name, None)
+            if not inspect.isfunction(method):
+                continue
+            params = list(inspect.signature(method).parameters.values())[1:]  # less self
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            fewest = sum(1 for p in positional if p.default is p.empty)
+            most = -1 if any(p.kind == p.VAR_POSITIONAL for p in params) else len(positional)
+            counts.setdefault(kind, {})[name] = [fewest, most]
+    flux_t = ffi.typeof("flux_t *")
+    for name in record["libflux"]:
+        if name in counts.get("Flux", {}):
+            continue
+        try:
+            args = ffi.typeof(getattr(lib, "flux_" + name)).args
+        except (TypeError, AttributeError):  # va_list functions, constants: not callable as such
+            continue
+        n = len(args) - (1 if args and args[0] == flux_t else 0)
+        counts["Flux"][name] = [n, n]
+    return counts
 
 
 def _nothing(*args: object) -> None:
