@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--size", type=int, default=1, metavar="N",
                      help="ranks of the in-memory instance (the module is loaded on every rank)")
     for flag, metavar, help_text in (
-        ("--rpc", "TOPIC[=JSON]", "send a request (payload: JSON, or text that is not JSON)"),
+        ("--rpc", "TOPIC[=JSON]", "send a request (the payload is sent as written, JSON or not)"),
         ("--stream", "TOPIC[=JSON]", "send a streaming request; print each response and how the stream ended"),
         ("--event", "TOPIC[=JSON]", "publish an event (the topic is used as given)"),
         ("--advance", "SECONDS", "let SECONDS of virtual time pass here (timers fire)"),
@@ -179,30 +179,17 @@ def check(out: Any = None) -> int:
     return 1
 
 
-def _split(spec: str, name: Optional[str], option: str) -> Tuple[str, Any]:
-    """``--OPTION TOPIC[=JSON]`` as (topic, payload); ValueError for a payload
-    no client could send."""
+def _split(spec: str, name: Optional[str]) -> Tuple[str, Optional[str]]:
+    """``TOPIC[=PAYLOAD]`` as (topic, payload text).  The text is sent as it
+    is written, JSON or not, as a client sending a string does: what the
+    module makes of it (a refusal, for a payload it cannot decode) is what
+    this tool is for."""
     topic, sep, text = spec.partition("=")
     if not topic:
         raise ValueError(f"{spec!r}: empty topic")
     if name is not None and "." not in topic:
         topic = f"{name}.{topic}"
-    if not sep:
-        return topic, None
-    try:
-        payload = json.loads(text)
-    except RecursionError:
-        raise ValueError(f"--{option} {topic}: the JSON is nested too deeply to decode") from None
-    except ValueError:
-        payload = text
-    try:
-        json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"--{option} {topic}: the payload holds a lone surrogate ({exc.object[exc.start]!r}), "
-            f"which UTF-8 cannot carry"
-        ) from None
-    return topic, payload
+    return topic, (text if sep else None)
 
 
 def _show(payload: Any) -> str:
@@ -231,7 +218,7 @@ def _answer(topic: str, future: Any) -> Tuple[Dict[str, Any], str, bool]:
         return {"topic": topic, "errno": exc.errno, "error": exc.strerror}, f"{topic}: error {code}: {exc.strerror}", True
     try:
         value = None if payload is None else json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # shown as the text it is
         value = payload
     return {"topic": topic, "payload": value}, f"{topic}: {_show(value)}", False
 
@@ -311,14 +298,14 @@ def run(options: argparse.Namespace, out: Any = None, err: Any = None) -> int:
                 broker.advance(float(spec))
                 show({"advanced": float(spec), "now": broker.now}, f"advanced {float(spec):g}s (now {broker.now:g}s)")
             elif kind == "event":
-                topic, payload = _split(spec, None, kind)
+                topic, payload = _split(spec, None)
                 client().event_send(topic, payload)
                 broker.run_until_idle()
             elif kind == "stream":
-                topic, payload = _split(spec, name, kind)
+                topic, payload = _split(spec, name)
                 streams.append((topic, client().rpc(topic, payload, flags=FLUX_RPC_STREAMING)))
             else:
-                topic, payload = _split(spec, name, kind)
+                topic, payload = _split(spec, name)
                 record, text, failed = _answer(topic, client().rpc(topic, payload))
                 show(record, text)
                 status |= failed

@@ -1,15 +1,16 @@
 """Decoding a request's payload, and telling the caller what was wrong with it.
 
-A payload that is not UTF-8, or JSON nested deeper than Python decodes,
-is the sender's error.  The message classes this library makes
+A payload that is not UTF-8, not JSON, or JSON nested deeper than Python
+decodes, is the sender's error.  The message classes this library makes
 (:class:`flux._rawmsg.RawMessage`, the in-memory broker's ``Message``)
 decode through :func:`text_of` and :func:`json_of`, which raise the very
 exceptions flux-core's ``Message`` raises (UnicodeDecodeError,
-RecursionError), so handlers that catch them keep working, and attach a
+JSONDecodeError, RecursionError), so handlers that catch them keep working, and attach a
 one-line reason that :func:`undecodable` reads back: the dispatcher then
 answers EPROTO with that line and logs a refusal, not a traceback.
 """
 
+import json
 from typing import Any, Optional
 
 from flux import _json
@@ -27,12 +28,19 @@ def text_of(raw: bytes) -> str:
 
 
 def json_of(text: Optional[str]) -> Any:
-    """*text* decoded as JSON, as ``json.loads`` does (RecursionError, with
-    its reason, for nesting deeper than Python decodes)."""
+    """*text* decoded as JSON, as ``json.loads`` does: the same value or the
+    same exception (JSONDecodeError, RecursionError for nesting deeper than
+    Python decodes...), with its reason."""
     try:
         return _json.loads(text)
     except RecursionError as exc:
         setattr(exc, _REASON, "payload is nested too deeply to decode")
+        raise
+    except json.JSONDecodeError as exc:
+        setattr(exc, _REASON, f"payload is not JSON ({exc})")
+        raise
+    except ValueError as exc:  # Python 3.11+: an integer of more digits than int() takes
+        setattr(exc, _REASON, "payload holds an integer with more digits than can be decoded")
         raise
 
 

@@ -106,7 +106,7 @@ def test_traceback_goes_to_the_log_at_err_not_to_the_caller(failing):
     "payload, expected",
     [
         (None, "TypeError: request has no payload"),
-        ("not json", "JSONDecodeError: payload is not JSON (Expecting value: line 1 column 1 (char 0))"),
+        ("not json", "payload is not JSON (Expecting value: line 1 column 1 (char 0))"),
         ({"y": 1}, "KeyError: missing key 'x'"),
         ([1, 2], "TypeError: payload is not a JSON object (got a JSON array)"),
         ("42", "TypeError: payload is not a JSON object (got a JSON number)"),
