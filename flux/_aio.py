@@ -21,7 +21,7 @@ in-memory broker that is the virtual clock, so awaits stay deterministic.
 
 Stepping one iteration uses ``BaseEventLoop._run_once`` and reads
 ``_ready`` and ``_scheduled``, private to asyncio but unchanged from
-Python 3.8 to 3.13; the tests exercise them on every supported version.
+Python 3.9 to 3.13; the tests exercise them on every supported version.
 """
 
 from __future__ import annotations

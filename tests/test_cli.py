@@ -111,7 +111,7 @@ def test_run_advances_virtual_time(write_module, capsys):
 
 
 def test_load_failure_exits_nonzero_with_one_line(write_module, capsys):
-    path = write_module("broken.py", "def mod_main(h, *args:\n    pass\n")
+    path = write_module("broken.py", "x = = 1\ndef mod_main(h, *args):\n    pass\n")
     status, out, err = run(["run", path], capsys)
     assert status == 1
     first = err.splitlines()[0]

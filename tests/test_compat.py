@@ -1,4 +1,4 @@
-"""Compatibility: Python 3.8 floor, flux-core's public API, and the package layout."""
+"""Compatibility: Python 3.9 floor, flux-core's public API, and the package layout."""
 
 import os
 import subprocess
@@ -14,14 +14,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _vermin(*paths):
-    """Run vermin for a 3.8 floor on *paths*; return the completed process."""
+    """Run vermin for a 3.9 floor on *paths*; return the completed process."""
     pytest.importorskip("vermin")
     return subprocess.run(
         [
             sys.executable,
             "-c",
             "import sys; from vermin import main; sys.exit(main())",
-            "--target=3.8-",
+            "--target=3.9-",
             "--violations",
             "--no-tips",
             "--eval-annotations",
@@ -32,16 +32,16 @@ def _vermin(*paths):
     )
 
 
-def test_code_runs_on_python_3_8():
-    """vermin finds nothing in flux/ or examples/ that needs Python newer than 3.8."""
+def test_code_runs_on_python_3_9():
+    """vermin finds nothing in flux/ or examples/ that needs Python newer than 3.9."""
     result = _vermin(os.path.join(ROOT, "flux"), os.path.join(ROOT, "examples"))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_vermin_would_catch_a_newer_feature(tmp_path):
-    """The floor check is real: a 3.9-only construct fails it."""
+    """The floor check is real: a 3.10-only construct fails it."""
     newer = tmp_path / "newer.py"
-    newer.write_text("import zoneinfo\n")
+    newer.write_text("pairs = zip([1], [2], strict=True)\n")
     assert _vermin(str(newer)).returncode != 0
 
 
