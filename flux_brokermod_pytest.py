@@ -56,6 +56,9 @@ def _prepare_flux_package() -> Optional[str]:
         package.__path__ = [ours, *others]  # type: ignore[attr-defined]
         sys.modules["flux"] = package
         return f"{type(exc).__name__}: {exc}"
+    ours = os.path.join(_HERE, "flux")
+    if isinstance(getattr(flux, "__path__", None), list) and ours not in flux.__path__:
+        flux.__path__.append(ours)  # flux-core 0.84 and 0.85 do not extend their package
     from flux import _layout
 
     _layout.prefer_this_package()

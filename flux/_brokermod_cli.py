@@ -358,6 +358,11 @@ import sys
 if {site!r} not in sys.path:
     sys.path.append({site!r})
 
+import flux  # flux-core 0.84 and 0.85 do not extend their package: add ours
+
+if isinstance(getattr(flux, "__path__", None), list) and {ours!r} not in flux.__path__:
+    flux.__path__.append({ours!r})
+
 from flux.modloader import main
 
 if __name__ == "__main__":
@@ -387,7 +392,7 @@ def loader_dir() -> str:
     os.makedirs(target, exist_ok=True)
     script = os.path.join(target, os.path.basename(LOADER_SCRIPT))
     with open(script, "w") as f:
-        f.write(_LOADER_COPY.format(site=site))
+        f.write(_LOADER_COPY.format(site=site, ours=os.path.join(site, "flux")))
     os.chmod(script, 0o755)
     return target
 

@@ -3,8 +3,8 @@
 Every object a module or a test receives from the in-memory broker (a
 handle, a message, an RPC future, watchers) has only public names that
 flux-core's counterpart has: the live flux-core classes when flux-core is
-here, flux/membroker/flux_core_surface.json (recorded from flux-core
-0.88.0 with tests/tools/record_flux_core_surface.py) when it is not.  A
+here, flux/membroker/surfaces/<version>.json (recorded from each flux-core
+release with tests/tools/record_flux_core_surface.py) when it is not.  A
 recorded name the in-memory object lacks raises NotImplementedError naming
 it; any other name raises AttributeError, as on flux-core.
 """
@@ -17,7 +17,8 @@ import pytest
 
 from flux.brokermod_testing import find_flux, skip_reason
 from flux.membroker import FLUX_MSGTYPE_REQUEST, Broker, Message
-from flux.membroker._surface import WrongNumArguments, arity, recorded
+from flux.membroker import imitate, versions
+from flux.membroker._surface import WrongNumArguments, arity, current, newest_release, recorded, surface_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RECORDER = os.path.join(HERE, "tools", "record_flux_core_surface.py")
@@ -117,24 +118,52 @@ def test_a_libflux_function_called_wrongly_raises_flux_cores_error():
         h.respond_error(Message(FLUX_MSGTYPE_REQUEST, "a.b"), 2)
 
 
-def test_the_record_is_flux_core_0_88():
-    assert recorded("version") == {"0.88.0"}
+def test_the_default_is_the_newest_recorded_release():
+    assert current().version == newest_release() == "0.88.0"
     assert {"respond", "rpc", "reactor_run", "module_set_running"} <= recorded("Flux")
     assert "matchtag" not in recorded("Message") and "handle" in recorded("Message")
+
+
+@pytest.fixture
+def imitating():
+    """Imitate another flux-core version in this test, then the default again."""
+    yield imitate
+    imitate(None)
+
+
+@pytest.mark.parametrize("version", versions())
+@pytest.mark.parametrize("kind", list(_in_memory_objects()[1]))
+def test_imitating_a_version_offers_nothing_it_lacks(imitating, version, kind):
+    imitating(version)
+    _, objects = _in_memory_objects()
+    names = surface_of(version).names(kind)
+    extra = sorted(_public(objects[kind]) - names)
+    assert extra == [], f"imitating flux-core {version}, the in-memory {kind} offers {extra}"
+    for name in sorted(set(dir(type(objects[kind]))) - names):
+        if not name.startswith("_"):
+            with pytest.raises(AttributeError, match=f"not in flux-core {version}"):
+                getattr(objects[kind], name)
+
+
+def test_an_unrecorded_version_is_refused_naming_the_recorded_ones(imitating):
+    with pytest.raises(ValueError, match="flux-core 0.70 has no recorded surface; the in-memory broker imitates 0"):
+        imitating("0.70")
 
 
 @pytest.mark.real_flux
 @pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 def test_the_record_matches_the_flux_core_on_path():
+    """The flux-core on PATH has a record, and it is what that release offers."""
     result = subprocess.run(
         [find_flux(), "start", "flux", "python", RECORDER], capture_output=True, text=True, timeout=120
     )
     live = json.loads(result.stdout)
-    with open(os.path.join(os.path.dirname(HERE), "flux", "membroker", "flux_core_surface.json")) as f:
-        record = json.load(f)
-    if live["flux-core"] != record["flux-core"]:
-        pytest.skip(f"flux-core {live['flux-core']} on PATH, record of {record['flux-core']}: refresh it")
-    assert live == record
+    assert live["flux-core"] in versions(), (
+        f"flux-core {live['flux-core']} on PATH has no record: "
+        f"flux start flux python {RECORDER} > flux/membroker/surfaces/{live['flux-core']}.json"
+    )
+    with open(os.path.join(os.path.dirname(HERE), "flux", "membroker", "surfaces", f"{live['flux-core']}.json")) as f:
+        assert live == json.load(f)
 
 
 @pytest.mark.real_flux

@@ -46,12 +46,15 @@ from flux.membroker._message import (
     Message,
 )
 
+from flux.membroker import _surface
 from flux.membroker._provide import provide_flux_core_modules
+from flux.membroker._surface import imitate, versions
 
 #: The former name of :class:`LoadedModule`.
 Module = LoadedModule
 
 provide_flux_core_modules()
+_surface.current()  # the imitated flux-core version: $FLUX_BROKERMOD_FLUX_CORE, or the newest release
 
 __all__ = [
     "MAX_WAIT",
@@ -83,4 +86,6 @@ __all__ = [
     "ModuleHang",
     "StrayResponse",
     "TimerWatcher",
+    "imitate",
+    "versions",
 ]

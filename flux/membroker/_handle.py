@@ -17,7 +17,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from flux._json import loads
-from flux.membroker._surface import libflux_function, missing
+from flux.membroker._surface import libflux_function, missing, register_stand_in
 from flux.membroker._message import (
     FLUX_MATCHTAG_NONE,
     FLUX_POLLIN,
@@ -945,3 +945,8 @@ def _topic(topic: Any) -> str:
     if not isinstance(topic, str):
         raise TypeError(errno.EINVAL, f"Topic must be a string, not {type(topic)}")
     return topic
+
+
+for _kind, _cls in (("Flux", Handle), ("RPC", Future), ("MessageWatcher", MessageWatcher),
+                    ("TimerWatcher", TimerWatcher), ("IdleWatcher", LoopWatcher), ("FDWatcher", FDWatcher)):
+    register_stand_in(_kind, _cls)

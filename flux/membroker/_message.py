@@ -207,6 +207,15 @@ def from_flux_core(message: Any) -> Message:
     return Message(message.type, message.topic, payload, flags=flags, matchtag=matchtag, nodeid=nodeid)
 
 
+def _register() -> None:
+    from flux.membroker._surface import register_stand_in
+
+    register_stand_in("Message", Message)
+
+
+_register()
+
+
 def route_of(sender: Any) -> str:
     """The route identity of a sending handle, as a real broker's uuid stands for it."""
     return f"{id(sender) & 0xFFFFFFFF:08x}" if sender is not None else ""

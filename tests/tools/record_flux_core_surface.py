@@ -1,8 +1,9 @@
-"""Print flux-core's Python surface as JSON, for flux/membroker/flux_core_surface.json.
+"""Print flux-core's Python surface as JSON, for flux/membroker/surfaces/VERSION.json.
 
-Run it with the flux-core release to record, from a checkout of this project:
+Run it inside an instance of the flux-core release to record, from a
+checkout of this project:
 
-    flux python tests/tools/record_flux_core_surface.py > flux/membroker/flux_core_surface.json
+    flux start flux python tests/tools/record_flux_core_surface.py > flux/membroker/surfaces/VERSION.json
 
 The in-memory broker offers no public name outside this record, and
 answers the recorded names it lacks with NotImplementedError; the surface
