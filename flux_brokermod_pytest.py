@@ -85,13 +85,47 @@ def pytest_report_header(config: Any) -> Optional[str]:
     )
 
 
+def pytest_addoption(parser: Any) -> None:
+    """``--flux PATH``: the flux-core whose ``flux`` the real-instance tests use."""
+    group = parser.getgroup("flux-brokermod")
+    group.addoption(
+        "--flux", metavar="PATH", default=None,
+        help="run the real-instance half of the tests with this flux command (a flux-core "
+             "release of your site: --flux=/opt/flux-0.84.0/bin/flux, with the '='); the "
+             "in-memory half then imitates that release, when it is recorded (as it does the "
+             "flux found otherwise, unless $FLUX_BROKERMOD_FLUX_CORE names one). Default: "
+             "$FLUX_BROKERMOD_FLUX, else flux on PATH.",
+    )
+
+
 def pytest_configure(config: Any) -> None:
-    """Register the plugin's marker."""
+    """Register the plugin's marker; apply ``--flux``."""
     config.addinivalue_line(
         "markers",
         "flux_handler_errors: the test expects module handlers to raise; "
         "the membroker fixture does not fail it for that",
     )
+    flux = config.getoption("--flux", default=None)
+    if flux:
+        os.environ["FLUX_BROKERMOD_FLUX"] = os.path.abspath(flux)
+    from flux.brokermod_testing import find_flux
+
+    found = find_flux()
+    if found and not os.environ.get("FLUX_BROKERMOD_FLUX_CORE"):
+        _imitate_the_release_of(found)
+
+
+def _imitate_the_release_of(flux: str) -> None:
+    """Make the in-memory broker imitate the flux-core release *flux* is, if recorded."""
+    from flux.brokermod_testing import flux_version
+    from flux.membroker import imitate, versions
+
+    version = flux_version(flux)
+    if version is None:
+        return
+    name = ".".join(str(n) for n in version)
+    if name in versions():
+        imitate(name)
 
 
 @pytest.fixture

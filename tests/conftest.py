@@ -107,3 +107,16 @@ def target(request):
 # The package's pytest plugin (registered by its entry point when installed);
 # imported here too so the suite also runs from a plain checkout.
 from flux_brokermod_pytest import flux_instance, membroker  # noqa: E402,F401
+from flux_brokermod_pytest import pytest_addoption as _plugin_addoption  # noqa: E402
+from flux_brokermod_pytest import pytest_configure as _plugin_configure  # noqa: E402
+
+
+def pytest_addoption(parser):
+    try:
+        _plugin_addoption(parser)
+    except ValueError:  # the installed plugin (its entry point) added --flux already
+        pass
+
+
+def pytest_configure(config):
+    _plugin_configure(config)

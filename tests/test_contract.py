@@ -10,6 +10,7 @@ import errno
 
 import pytest
 from _helpers import error_of
+from flux.membroker._surface import current
 from _targets import GUEST, MemTarget, RealTarget
 
 
@@ -452,7 +453,7 @@ def test_a_payload_ends_at_a_nul(probe):
 
 def test_broker_attributes_a_module_reads(probe):
     attrs = probe.rpc("probe.attrs").get()
-    assert attrs["local-uri"].startswith("local://") and attrs["version"] == "0.88.0"
+    assert attrs["local-uri"].startswith("local://") and attrs["version"] == current().version.split("-")[0]
     assert attrs["log-level"] == "7" and attrs["hostlist"] and int(attrs["broker.pid"]) > 0 and attrs["rundir"]
     assert attrs["parent-uri"] == errno.ENOENT
 
@@ -484,8 +485,12 @@ def test_broker_log_lines_on_load_and_remove(target, write):
     target.load(write("probe.py", PROBE))
     target.remove("probe")
     lines = [line for line in target.dmesg() if line.startswith("broker.debug[0]: ") and "probe" in line]
-    assert lines[0] == "broker.debug[0]: insmod probe"
-    assert lines[1].startswith("broker.debug[0]: module-python-exec probe pid=")
+    if current().older_than("0.86"):  # measured on 0.84: the loader's pid with insmod, as -1
+        assert lines[0] == "broker.debug[0]: insmod probe exec pid=-1"
+        assert not [line for line in lines if "module-python-exec" in line]
+    else:
+        assert lines[0] == "broker.debug[0]: insmod probe"
+        assert lines[1].startswith("broker.debug[0]: module-python-exec probe pid=")
     assert lines[-2:] == ["broker.debug[0]: rmmod probe", "broker.debug[0]: module probe exited"]
 
 

@@ -152,9 +152,14 @@ class Holes(BrokerModule):
 # Makes flux.brokermod mean this project's file in every Python process of
 # the instance, flux-core's module loader included: the drop-in path.
 DROP_IN_SITECUSTOMIZE = """
+import os
+import flux
+ours = os.path.join(%r, "flux")
+if ours not in flux.__path__:  # flux-core 0.84 and 0.85 do not extend their package
+    flux.__path__.append(ours)
 from flux import _layout
 _layout.prefer_this_package()
-"""
+""" % ROOT
 
 
 @pytest.fixture(scope="module")
@@ -536,8 +541,11 @@ def test_the_in_memory_broker_sends_flux_cores_own_message_without_matchtag(tmp_
 
     (tmp_path / "sched27.py").write_text(SCHED27)
     script = """
-import json, sys
+import json, os, sys
 sys.path.insert(0, sys.argv[1])
+import flux
+if os.path.join(sys.argv[1], "flux") not in flux.__path__:  # flux-core 0.84, 0.85
+    flux.__path__.append(os.path.join(sys.argv[1], "flux"))
 from flux.membroker import Broker
 from flux.constants import FLUX_MSGTYPE_RESPONSE
 from flux.message import Message

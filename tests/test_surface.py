@@ -15,7 +15,9 @@ import subprocess
 
 import pytest
 
-from flux.brokermod_testing import find_flux, skip_reason
+from flux.brokermod import BrokerModule, request_handler
+
+from flux.brokermod_testing import find_flux, flux_version, skip_reason
 from flux.membroker import FLUX_MSGTYPE_REQUEST, Broker, Message
 from flux.membroker import imitate, versions
 from flux.membroker._surface import WrongNumArguments, arity, current, newest_release, recorded, surface_of
@@ -118,17 +120,22 @@ def test_a_libflux_function_called_wrongly_raises_flux_cores_error():
         h.respond_error(Message(FLUX_MSGTYPE_REQUEST, "a.b"), 2)
 
 
-def test_the_default_is_the_newest_recorded_release():
-    assert current().version == newest_release() == "0.88.0"
+def test_the_default_is_the_newest_recorded_release_or_the_flux_found():
+    assert newest_release() == "0.88.0"
+    if skip_reason() is None:  # the plugin imitates the release of the flux it found
+        assert current().version == ".".join(map(str, flux_version(find_flux())))
+    else:
+        assert current().version == newest_release()
     assert {"respond", "rpc", "reactor_run", "module_set_running"} <= recorded("Flux")
     assert "matchtag" not in recorded("Message") and "handle" in recorded("Message")
 
 
 @pytest.fixture
 def imitating():
-    """Imitate another flux-core version in this test, then the default again."""
+    """Imitate another flux-core version in this test, then the one before again."""
+    before = current().version
     yield imitate
-    imitate(None)
+    imitate(before)
 
 
 @pytest.mark.parametrize("version", versions())
@@ -176,3 +183,25 @@ def test_constant_values_are_flux_cores():
     result = subprocess.run([find_flux(), "python", "-c", script, *names], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {n: getattr(ours, n) for n in names}
+
+
+def test_imitating_0_84_logs_the_load_as_0_84_did(imitating):
+    imitating("0.84")
+    with Broker() as broker:
+        assert broker.attrs["version"] == "0.84.0"
+        broker.load(Echo, name="echo")
+        broker.remove("echo")
+        assert [line for line in broker.dmesg() if "echo" in line] == [
+            "broker.debug[0]: insmod echo exec pid=-1", "broker.debug[0]: rmmod echo",
+            "broker.debug[0]: module echo exited"]
+    imitating("0.86")
+    with Broker() as broker:
+        broker.load(Echo, name="echo")
+        assert [line for line in broker.dmesg() if "echo" in line][:2] == [
+            "broker.debug[0]: insmod echo", f"broker.debug[0]: module-python-exec echo pid={os.getpid()}"]
+
+
+class Echo(BrokerModule):
+    @request_handler("ping2")
+    def ping2(self, msg):
+        return {}

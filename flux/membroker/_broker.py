@@ -32,6 +32,7 @@ from flux.membroker._message import (
     FLUX_RPC_STREAMING,
     Message,
 )
+from flux.membroker import _surface
 from flux.membroker._builtins import BROKER_SERVICES, BrokerServices
 from flux.membroker._clock import VirtualClock
 from flux.membroker._methods import register_standard_methods
@@ -381,7 +382,7 @@ class Broker:
             "size": str(size),
             "security.owner": str(self.owner),
             "instance-level": "0",
-            "version": "0.88.0",
+            "version": _surface.current().version.split("-")[0],
             "hostname": socket.gethostname(),
             "hostlist": socket.gethostname(),
             "broker.pid": str(os.getpid()),
@@ -504,7 +505,9 @@ class Broker:
         register_standard_methods(self, record)
         self._modules[on][name] = record
         self._services[on][name] = record
-        self._log("broker", syslog.LOG_DEBUG, f"insmod {name}", on)
+        # flux-core 0.84 and 0.85 log the loader's start with the insmod line
+        # (its pid still -1); 0.86 and later log it once the loader runs.
+        self._log("broker", syslog.LOG_DEBUG, f"insmod {name} exec pid=-1" if _old_insmod() else f"insmod {name}", on)
         self._strands.spawn(record.ctx, lambda: self._module_main(record, entry))
         self._run_until(lambda: record.state != INIT, f"load {name}")
         if record.state == EXITED and record.errnum:
@@ -678,7 +681,8 @@ class Broker:
         record.state = RUNNING
         record.was_running = True
         record.handle._counters["tx"]["request"] += 1  # the loader's status request
-        self._log("broker", syslog.LOG_DEBUG, f"module-python-exec {record.name} pid={os.getpid()}", record.rank)
+        if not _old_insmod():
+            self._log("broker", syslog.LOG_DEBUG, f"module-python-exec {record.name} pid={os.getpid()}", record.rank)
         if pause:
             self._strands.pause(record.ctx)
 
@@ -868,6 +872,12 @@ class Broker:
                 self._logs[on].append(entry)
             if level <= _int_attr(self.attrs, "log-stderr-level", syslog.LOG_ERR):
                 self.stderr.append(str(entry))
+
+
+def _old_insmod() -> bool:
+    """True when imitating flux-core before 0.86, whose broker logs
+    ``insmod NAME exec pid=-1`` and no ``module-python-exec`` line."""
+    return _surface.current().older_than("0.86")
 
 
 # A real instance's tree (tbon.topo kary:32): each rank's parent.

@@ -53,6 +53,10 @@ class Surface:
         """The public names flux-core's *kind* (``Flux``, ``Message``, ``RPC``...) offers."""
         return self._names[kind]
 
+    def older_than(self, release: str) -> bool:
+        """True if this version comes before *release* (``"0.86"``)."""
+        return _key(self.version)[:3] < _key(release)
+
     def arity(self, kind: str) -> Dict[str, List[int]]:
         """How many arguments each method of *kind* takes: name to
         ``[fewest, most]`` (most: -1 for any number)."""
