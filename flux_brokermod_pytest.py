@@ -116,16 +116,13 @@ def pytest_configure(config: Any) -> None:
 
 
 def _imitate_the_release_of(flux: str) -> None:
-    """Make the in-memory broker imitate the flux-core release *flux* is, if recorded."""
-    from flux.brokermod_testing import flux_version
+    """Make the in-memory broker imitate the flux-core *flux* is, if recorded."""
+    from flux.brokermod_testing import flux_version_text
     from flux.membroker import imitate, versions
 
-    version = flux_version(flux)
-    if version is None:
-        return
-    name = ".".join(str(n) for n in version)
-    if name in versions():
-        imitate(name)
+    version = flux_version_text(flux)
+    if version in versions():
+        imitate(version)
 
 
 @pytest.fixture

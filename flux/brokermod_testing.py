@@ -8,7 +8,7 @@ public API:
   started with ``flux start``, with :meth:`~FluxInstance.load`,
   :meth:`~FluxInstance.remove`, :meth:`~FluxInstance.rpc`,
   :meth:`~FluxInstance.start_rpc` and :meth:`~FluxInstance.dmesg`;
-* :func:`find_flux`, :func:`flux_version` and :func:`skip_reason`: which
+* :func:`find_flux`, :func:`flux_version` (:func:`flux_version_text`) and :func:`skip_reason`: which
   ``flux`` to use, and why real-instance tests cannot run here;
 * :class:`RPCResult`, :func:`wait_for` and :func:`module_names`.
 
@@ -49,6 +49,7 @@ __all__ = [
     "RPCResult",
     "find_flux",
     "flux_version",
+    "flux_version_text",
     "module_names",
     "skip_reason",
     "start_instance",
@@ -94,13 +95,19 @@ def find_flux() -> Optional[str]:
     return shutil.which("flux")
 
 
-def flux_version(flux: str) -> Optional[tuple]:
-    """Return flux-core's version as a tuple of ints, or None."""
+def flux_version_text(flux: str) -> Optional[str]:
+    """Return the version *flux* reports (``0.88.0``, ``0.88.0-59-g4a5e79f56``), or None."""
     try:
         out = subprocess.run([flux, "version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    match = re.search(r"commands:\s+(\d+)\.(\d+)\.(\d+)", out)
+    match = re.search(r"commands:\s+(\S+)", out)
+    return match.group(1) if match else None
+
+
+def flux_version(flux: str) -> Optional[tuple]:
+    """Return flux-core's release as a tuple of ints, or None."""
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", flux_version_text(flux) or "")
     return tuple(int(part) for part in match.groups()) if match else None
 
 

@@ -453,7 +453,7 @@ def test_a_payload_ends_at_a_nul(probe):
 
 def test_broker_attributes_a_module_reads(probe):
     attrs = probe.rpc("probe.attrs").get()
-    assert attrs["local-uri"].startswith("local://") and attrs["version"] == current().version.split("-")[0]
+    assert attrs["local-uri"].startswith("local://") and attrs["version"] == current().version
     assert attrs["log-level"] == "7" and attrs["hostlist"] and int(attrs["broker.pid"]) > 0 and attrs["rundir"]
     assert attrs["parent-uri"] == errno.ENOENT
 

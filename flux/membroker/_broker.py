@@ -382,7 +382,7 @@ class Broker:
             "size": str(size),
             "security.owner": str(self.owner),
             "instance-level": "0",
-            "version": _surface.current().version.split("-")[0],
+            "version": _surface.current().version,
             "hostname": socket.gethostname(),
             "hostlist": socket.gethostname(),
             "broker.pid": str(os.getpid()),
