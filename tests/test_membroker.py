@@ -1325,10 +1325,11 @@ def test_a_broker_leaves_an_ignored_sigint_and_other_threads_alone():
 # memory what would misroute answers on a real broker.
 
 
-def plain_answers(h, *args):
-    """A mod_main module without BrokerModule: nothing guards its answers."""
-    from flux.constants import FLUX_MSGTYPE_REQUEST
+PLAIN_ANSWERS = """
+from flux.constants import FLUX_MSGTYPE_REQUEST
 
+
+def mod_main(h, *args):
     def answer(h, watcher, msg, arg):
         for n in range(msg.payload["times"]):
             h.respond(msg, {"n": n})
@@ -1336,6 +1337,7 @@ def plain_answers(h, *args):
     watcher = h.msg_watcher_create(answer, FLUX_MSGTYPE_REQUEST, "plain.answer")
     watcher.start()
     h.reactor_run()
+"""
 
 
 def test_rpcs_reuse_the_lowest_free_matchtag_as_libflux_does(broker):
@@ -1356,8 +1358,8 @@ def test_rpcs_reuse_the_lowest_free_matchtag_as_libflux_does(broker):
     assert client.rpc("echo.ping", {}).pimpl.get_matchtag() == 3
 
 
-def test_an_answer_after_the_final_one_stops_the_broker_with_stray_response(broker):
-    broker.load(plain_answers, name="plain")
+def test_an_answer_after_the_final_one_stops_the_broker_with_stray_response(broker, write):
+    broker.load(write("plain.py", PLAIN_ANSWERS))
     client = broker.connect()
     assert client.rpc("plain.answer", {"times": 1}).get() == {"n": 0}
     with pytest.raises(StrayResponse) as info:
@@ -1382,27 +1384,14 @@ def test_a_response_to_a_matchtag_no_rpc_holds_stops_the_broker(broker):
     broker.stray = None
 
 
-def test_answers_to_a_request_without_matchtag_are_no_strays(broker):
-    broker.load(plain_answers, name="plain")
+def test_answers_to_a_request_without_matchtag_are_no_strays(broker, write):
+    broker.load(write("plain.py", PLAIN_ANSWERS))
     client = broker.connect()
     client.send(Message(FLUX_MSGTYPE_REQUEST, "plain.answer", b'{"times": 3}'))
     broker.run_until_idle()  # no watcher takes them: dropped, as libflux does
     assert client._rx["response"] == 3 and broker.stray is None
 
 
-PLAIN_ANSWERS = """
-from flux.constants import FLUX_MSGTYPE_REQUEST
-
-
-def mod_main(h, *args):
-    def answer(h, watcher, msg, arg):
-        for n in range(msg.payload["times"]):
-            h.respond(msg, {"n": n})
-
-    watcher = h.msg_watcher_create(answer, FLUX_MSGTYPE_REQUEST, "plain.answer")
-    watcher.start()
-    h.reactor_run()
-"""
 
 
 def test_what_a_stray_response_does_on_each_broker(target, write):
