@@ -146,6 +146,11 @@ class LoadedModule:
             self._uuid = str(uuid.uuid4())
         return self._uuid
 
+    @property
+    def exited(self) -> bool:
+        """True once the module is gone (its handle's connection with it)."""
+        return self.state == EXITED
+
     def __repr__(self) -> str:
         return f"<LoadedModule {self.name} rank={self.rank} {self.state}>"
 

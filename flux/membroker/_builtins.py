@@ -76,12 +76,7 @@ class BrokerServices:
         callback(msg)
 
     def _ping(self, msg: Message) -> None:
-        payload = self._object(msg)
-        if payload is None:
-            return
-        route = f"{id(msg._sender) & 0xFFFFFFFF:08x}!{self.uuid}"
-        payload.update(route=route, userid=msg.userid, rolemask=msg.rolemask, rank=self.rank)
-        self._h.respond(msg, _methods.jansson_dumps(payload, compact=False))
+        _methods.answer_ping(self._h, msg, self.uuid, self.rank)
 
     def _stats_get(self, msg: Message) -> None:
         self._h.respond(msg, _methods.jansson_dumps(self._h._brokermod_msgcounters()))
@@ -102,11 +97,11 @@ class BrokerServices:
         self._h.respond(msg, _methods.jansson_dumps({"flags": flags}))
 
     def _config(self, msg: Message) -> None:
-        if self._object(msg) is not None:
+        if _methods.request_object(self._h, msg) is not None:
             self._h.respond(msg, None)
 
     def _getenv(self, msg: Message) -> None:
-        payload = self._object(msg, errno.EPROTO)
+        payload = _methods.request_object(self._h, msg, errno.EPROTO)
         names = None if payload is None else payload.get("names")
         if payload is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
             self._h.respond_error(msg, errno.EPROTO, None)
@@ -116,7 +111,7 @@ class BrokerServices:
             self._h.respond(msg, _methods.jansson_dumps({"env": env}))
 
     def _setenv(self, msg: Message) -> None:
-        payload = self._object(msg, errno.EPROTO)
+        payload = _methods.request_object(self._h, msg, errno.EPROTO)
         env = None if payload is None else payload.get("env")
         if payload is not None and (not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values())):
             self._h.respond_error(msg, errno.EPROTO, None)
@@ -124,17 +119,3 @@ class BrokerServices:
         if payload is not None:
             self._env.update(env)
             self._h.respond(msg, None)
-
-    def _object(self, msg: Message, array_errno: int = errno.ENOMEM) -> Any:
-        """The request's payload as a JSON object, or None after answering
-        the error libflux gives (an array: ENOMEM, as measured for ping)."""
-        try:
-            payload = _methods.jansson_loads(msg.payload_str)
-        except (TypeError, ValueError, RecursionError):
-            payload = None
-        if isinstance(payload, dict):
-            return payload
-        self._h.respond_error(msg, array_errno if isinstance(payload, list) else errno.EPROTO, None)
-        return None
-
-

@@ -36,7 +36,6 @@ from flux.membroker._message import (
 )
 from flux.membroker._matchtags import MatchtagPool
 
-_EXITED = "exited"  # LoadedModule.state of a module that is gone
 
 if TYPE_CHECKING:  # pragma: no cover
     from flux.membroker._broker import BrokerLink, LoadedModule
@@ -884,7 +883,7 @@ class Handle:
         any other to the first started watcher of its type and topic.  One
         with a matchtag that no RPC waits for and no watcher takes is a
         stray: on a real handle the RPC holding that tag next would take it."""
-        if self._closed or (self._record is not None and self._record.state == _EXITED):
+        if self._closed or (self._record is not None and self._record.exited):
             return  # the connection is gone
         self._rx["response"] += 1
         tag = msg._matchtag

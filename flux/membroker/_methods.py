@@ -43,20 +43,31 @@ def register_standard_methods(broker: Any, record: Any) -> None:
 
 
 def _ping(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:
-    # As measured: an array gives ENOMEM; no payload, or anything else
-    # that is not a JSON object to jansson (NaN and Infinity, a bare
-    # number or string) gives EPROTO.
+    answer_ping(h, msg, record.uuid[:8], record.rank)
+
+
+def answer_ping(h: Any, msg: Any, uuid: str, rank: int) -> None:
+    """Answer ``ping`` as libflux does: the request's object with the route,
+    credentials and rank added, in jansson's spaced text."""
+    payload = request_object(h, msg)
+    if payload is not None:
+        route = f"{id(msg._sender) & 0xFFFFFFFF:08x}!{uuid}"
+        payload.update(route=route, userid=msg.userid, rolemask=msg.rolemask, rank=rank)
+        h.respond(msg, jansson_dumps(payload, compact=False))
+
+
+def request_object(h: Any, msg: Any, array_errno: int = errno.ENOMEM) -> Optional[Dict[str, Any]]:
+    """The request's payload as a JSON object to jansson, or None after
+    answering what libflux answers (measured for ping: an array ENOMEM;
+    no payload, NaN, a bare number or string EPROTO)."""
     try:
         payload = jansson_loads(msg.payload_str)
     except (TypeError, ValueError):
         payload = None
-    if not isinstance(payload, dict):
-        h.respond_error(msg, errno.ENOMEM if isinstance(payload, list) else errno.EPROTO, None)
-        return
-    sender = msg._sender
-    route = f"{id(sender) & 0xFFFFFFFF:08x}!{record.uuid[:8]}"
-    payload.update(route=route, userid=msg.userid, rolemask=msg.rolemask, rank=record.rank)
-    h.respond(msg, jansson_dumps(payload, compact=False))
+    if isinstance(payload, dict):
+        return payload
+    h.respond_error(msg, array_errno if isinstance(payload, list) else errno.EPROTO, None)
+    return None
 
 
 def _stats_get(broker: Any, h: Any, watcher: Any, msg: Any, record: Any) -> None:

@@ -108,7 +108,7 @@ def imitate(version: Optional[str]) -> str:
         else:
             setattr(cls, name, previous)
     _absent_installed.clear()
-    for kind, cls in _stand_ins().items():
+    for kind, cls in _STAND_INS.items():
         for name in sorted(n for n in dir(cls) if not n.startswith("_")):
             if name not in surface.names(kind):
                 _absent_installed.append((cls, name, vars(cls).get(name)))
@@ -122,10 +122,6 @@ _STAND_INS: Dict[str, type] = {}
 def register_stand_in(kind: str, cls: type) -> None:
     """Tell the surface which in-memory class stands for flux-core's *kind*."""
     _STAND_INS[kind] = cls
-
-
-def _stand_ins() -> Dict[str, type]:
-    return dict(_STAND_INS)
 
 
 class _Absent:
