@@ -118,7 +118,11 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         # by call_soon/call_at and fd events, stopped when all is done.
         self._prepare_started = False
         self._first_step: Optional[List[Tuple[Any, Any, Any]]] = None
-        super().__init__(self._reactor_selector)
+        try:
+            super().__init__(self._reactor_selector)
+        except OSError:  # EMFILE making asyncio's self-pipe: nothing to close later
+            self._closed = True
+            raise
         self._prepare = h.prepare_watcher_create(self._before_block)
         self._idle = h.idle_watcher_create()
         self._idle_started = False

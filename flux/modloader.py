@@ -25,8 +25,8 @@ import os
 import signal
 import sys
 import traceback
-from types import ModuleType
-from typing import Any, Callable, List, Optional, Sequence, TextIO
+from types import CodeType, ModuleType
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from flux import _layout
 from flux._startfail import log, reported, start_failure
@@ -89,7 +89,7 @@ def import_path(path: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(_compiled(path), module.__dict__)  # noqa: S102 - what exec_module() does
     except SyntaxError as exc:
         if sys.modules.get(name) is module:
             del sys.modules[name]
@@ -102,6 +102,24 @@ def import_path(path: str) -> ModuleType:
             raise LoadError(f"{_where(exc, path)}: exited while importing ({_exit_text(exc)})") from None
         raise LoadError(f"{_where(exc, path)}: {_one_line(exc)}") from None
     return module
+
+
+_CODE_CACHE: Dict[Tuple[str, int, int], CodeType] = {}
+
+
+def _compiled(path: str) -> CodeType:
+    """The code of the file at *path*, compiled once per version of the file
+    (its modification time and size, as ``__pycache__`` checks): a process
+    hosting the same module on many ranks, as the in-memory broker does,
+    compiles it once even where bytecode files are not written."""
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    code = _CODE_CACHE.get(key)
+    if code is None:
+        with open(path, "rb") as source:
+            code = compile(source.read(), path, "exec", dont_inherit=True)
+        _CODE_CACHE[key] = code
+    return code
 
 
 def _set_process_name(name: bytes) -> None:

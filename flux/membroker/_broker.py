@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import resource
 import select
 import socket
 import syslog
@@ -513,6 +514,7 @@ class Broker:
         # flux-core 0.84 and 0.85 log the loader's start with the insmod line
         # (its pid still -1); 0.86 and later log it once the loader runs.
         self._log("broker", syslog.LOG_DEBUG, f"insmod {name} exec pid=-1" if _old_insmod() else f"insmod {name}", on)
+        _make_room_for_descriptors(sum(map(len, self._modules)))
         self._strands.spawn(record.ctx, lambda: self._module_main(record, entry))
         self._run_until(lambda: record.state != INIT, f"load {name}")
         if record.state == EXITED and record.errnum:
@@ -661,10 +663,10 @@ class Broker:
         if not watched:
             return False
         timeout = REAL_IO_WAIT if waiting and _other_threads_alive() else 0.0
-        try:
-            readable, _, _ = select.select([fd for _, fd in watched], [], [], timeout)
-        except (OSError, ValueError):  # a descriptor closed meanwhile: its module's reactor sees it
-            return False
+        poller = select.poll()  # not select(): it refuses descriptors past 1024
+        for _, fd in watched:
+            poller.register(fd, select.POLLIN)
+        readable = {fd for fd, revents in poller.poll(timeout * 1000) if not revents & select.POLLNVAL}
         woken = {id(record): record for record, fd in watched if fd in readable}
         for record in woken.values():
             record.handle._inbox.wake()
@@ -927,6 +929,24 @@ def _entry_point_of(module: Callable[..., Any]) -> Callable[..., Any]:
     if callable(module):
         return module
     raise TypeError(f"cannot load {module!r}: expected a path, a BrokerModule subclass or a function")
+
+
+# Descriptors a module may hold in this process: its asyncio loop's
+# self-pipe (two) and a few of its own.
+_DESCRIPTORS_PER_MODULE = 4
+
+
+def _make_room_for_descriptors(modules: int) -> None:
+    """Raise this process's soft limit on open files (up to the hard limit)
+    so that *modules* modules fit: on a real instance each broker, and each
+    module's loader, is a process with a limit of its own."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 256 + modules * _DESCRIPTORS_PER_MODULE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        if hard != resource.RLIM_INFINITY:
+            wanted = min(wanted, hard)
+        if wanted > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _other_threads_alive() -> bool:

@@ -760,12 +760,7 @@ class Handle:
             self._post(_nothing)  # do not wait: come back at once
 
     def _poll(self, watcher: FDWatcher) -> None:
-        want_read = watcher.events & FLUX_POLLIN
-        want_write = watcher.events & FLUX_POLLOUT
-        readable, writable, _ = select.select(
-            [watcher.fd_int] if want_read else [], [watcher.fd_int] if want_write else [], [], 0
-        )
-        revents = (FLUX_POLLIN if readable else 0) | (FLUX_POLLOUT if writable else 0)
+        revents = _ready_events(watcher.fd_int, watcher.events)
         if revents:
             self._run_callback(watcher.callback, self, watcher, watcher.fd_int, revents, watcher.args)
 
@@ -932,6 +927,23 @@ def _printf_without_arguments(fmt: str) -> str:
         )
 
     return _PERCENT.sub(percent, fmt)
+
+
+def _ready_events(fd: int, events: int) -> int:
+    """The FLUX_POLLIN/FLUX_POLLOUT events of *events* that *fd* has ready now.
+
+    poll(), not select(): select() refuses descriptors past FD_SETSIZE
+    (1024), which a process hosting hundreds of modules soon reaches.
+    """
+    poller = select.poll()
+    poller.register(fd, (select.POLLIN if events & FLUX_POLLIN else 0)
+                    | (select.POLLOUT if events & FLUX_POLLOUT else 0))
+    ready = poller.poll(0)
+    revents = ready[0][1] if ready else 0
+    if revents & select.POLLNVAL:
+        raise OSError(errno.EBADF, f"fd watcher: descriptor {fd} is not open")
+    return ((FLUX_POLLIN if revents & (select.POLLIN | select.POLLHUP | select.POLLERR) and events & FLUX_POLLIN else 0)
+            | (FLUX_POLLOUT if revents & (select.POLLOUT | select.POLLERR) and events & FLUX_POLLOUT else 0))
 
 
 def _nothing() -> None:
