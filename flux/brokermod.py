@@ -19,6 +19,7 @@ machine without flux-core.
 from __future__ import annotations
 
 import errno
+import functools
 import inspect
 import math
 import os
@@ -48,9 +49,10 @@ from flux._observe import module_created
 from flux._options import Option, OptionError, option_table, options_of, parse_options
 from flux._payloads import PayloadError, schema_of
 from flux._libflux import RequestFacts, module_name, request_facts, watch
+from flux._tree import RankSets, Reducer, Reduction, TreePlace, forward_topic, update_topic
 
 # Defined next to the code that uses them; public here, under this name.
-for _public in (AnswerError, RequestError, PayloadError, RequestFacts, Option, OptionError):
+for _public in (AnswerError, RequestError, PayloadError, RequestFacts, Option, OptionError, RankSets, Reduction):
     _public.__module__ = __name__
 
 __all__ = [
@@ -60,9 +62,12 @@ __all__ = [
     "Option",
     "OptionError",
     "PayloadError",
+    "RankSets",
+    "Reduction",
     "RequestError",
     "RequestFacts",
     "event_handler",
+    "reduce_handler",
     "request_handler",
     "describe",
     "cancel_stream",
@@ -273,6 +278,59 @@ def event_handler(
     return decorator
 
 
+def reduce_handler(
+    topic: str,
+    combine: Union[Callable[[Any, Any], Any], str],
+    timeout: Union[float, str] = 10.0,
+    prefix: bool = True,
+    allow_guest: bool = False,
+) -> Callable[[_F], _F]:
+    """Mark a method as this rank's part of a reduction over the tree of brokers.
+
+    Load the module on every rank.  A request to *topic* sent to a rank
+    (rank 0 for the whole instance) travels down the tree: each rank asks
+    its children, calls the method as ``method(self, msg)`` (declared
+    fields, ``async def``: as for :func:`request_handler`) for its own
+    value, and folds its children's results into it with ``combine(a, b)``
+    (a function such as ``operator.add`` or ``max``, or the name of a
+    method of the module).  Each broker handles messages from its own
+    children only.  The answer is ``{"value", "ranks", "missing",
+    "errors"}`` (see :class:`Reduction`): a subtree that does not answer
+    within *timeout* seconds (a number, or the name of an option), or has
+    no such module, is reported there by rank instead of failing the
+    request; so is a rank whose method raised.  ``await self.reduce(topic)``
+    runs one from a handler.
+
+    Ranks below the one asked wait less, so that each level's answer gets
+    back in time (see :class:`flux._tree.Reducer`).  The request goes down
+    on ``TOPIC-subtree``, which only the instance owner (the modules) may
+    send.  Only the owner's requests reach *topic* unless *allow_guest*.
+    """
+    _check_topic(topic, "reduce_handler")
+    if not callable(combine) and not (isinstance(combine, str) and combine.isidentifier()):
+        raise TypeError(f"@reduce_handler({topic!r}): combine must be a function of two values or the "
+                        f"name of a method, not {combine!r}")
+    if isinstance(timeout, str):
+        if not timeout.isidentifier():
+            raise TypeError(f"@reduce_handler({topic!r}): timeout must name an option, not {timeout!r}")
+    elif not _is_seconds(timeout) or timeout == 0:
+        raise TypeError(f"@reduce_handler({topic!r}): timeout must be a finite number of seconds > 0 "
+                        f"or the name of an option, not {timeout!r}")
+    spec = {
+        "msgtype": _MSGTYPE_REQUEST,
+        "topic": topic,
+        "prefix": prefix,
+        "allow_guest": allow_guest,
+        "reduce": {"combine": combine, "timeout": timeout},
+    }
+
+    def decorator(func: _F) -> _F:
+        _mark(func, spec, "reduce_handler")
+        return func
+
+    return decorator
+
+
 def timer_handler(after: Union[float, str], repeat: Union[float, str] = 0.0) -> Callable[[_F], _F]:
     """Mark a method to be called as ``method(self)`` on a timer.
 
@@ -332,7 +390,9 @@ class _Timer:
         self._name = name
 
     def start(self) -> Any:
-        """Arm the timer (it fires *after* seconds from now)."""
+        """Start the timer again.  As libev does, it resumes the time it had
+        left when stopped, and a one-shot timer that already fired fires at
+        once: :meth:`reset` re-arms it from now."""
         return self._watcher.start()
 
     def stop(self) -> Any:
@@ -486,6 +546,7 @@ class BrokerModule:
         self._watchers: List[Any] = []
         self._flux_timers: Dict[str, Any] = {}
         self._stopped_with_error = False
+        self._flux_place = TreePlace(h, int(h.get_rank()))
         self.log = BrokerLogger(h)
         try:
             declared = type(self)._flux_options
@@ -522,6 +583,29 @@ class BrokerModule:
     def size(self) -> int:
         """The number of brokers in the instance."""
         return int(self._h.attr_get("size"))
+
+    @functools.cached_property
+    def children(self) -> Tuple[int, ...]:
+        """The ranks of this broker's children in the tree of brokers (TBON),
+        lowest first; empty on a leaf.  Asked of the broker
+        (``overlay.topology``) on first use."""
+        return self._flux_place.children
+
+    @functools.cached_property
+    def parent(self) -> Optional[int]:
+        """The rank of this broker's parent in the tree (None on rank 0).
+        Asked of the parent (its ``rank`` attribute) on first use."""
+        return self._flux_place.parent
+
+    async def reduce(self, topic: str, payload: Any = None, rank: int = 0, prefix: bool = True) -> Reduction:
+        """Run the reduction of :func:`reduce_handler` *topic* over the subtree
+        of *rank* (0: the whole instance) and return its :class:`Reduction`.
+
+        *topic* is prefixed with the module name unless *prefix* is False, as
+        in the decorator.  Await it from an ``async def`` handler.
+        """
+        full = f"{self._name}.{topic}" if prefix else topic
+        return Reduction.from_answer(await self._h.rpc(full, payload, nodeid=rank))
 
     def timer(self, name: str) -> Any:
         """The timer of the ``@timer_handler`` method *name*.
@@ -621,11 +705,12 @@ class BrokerModule:
         self._watch(_MSGTYPE_REQUEST, f"{name}.stats-clear", dispatch.stats_clear_callback(), None)
         self._watch(_MSGTYPE_EVENT, f"{name}.stats-clear", dispatch.stats_clear_callback(), None)
         self._watch(_MSGTYPE_REQUEST, f"{name}.handlers", self._handlers_callback, everyone)
+        rank_sets = self._bind_rank_sets()
         for attr, spec in type(self)._flux_handlers.items():
             method = getattr(self, attr)
             kind = kind_of(method)
             if spec["msgtype"] == _TIMER:
-                after, repeat = (self._seconds(attr, spec[what], what) for what in ("after", "repeat"))
+                after, repeat = (self._seconds(f"timer {attr}", spec[what], what) for what in ("after", "repeat"))
                 timer = h.timer_watcher_create(after, dispatch.timer_callback(attr, method, kind), repeat=repeat)
                 timer.start()
                 self._watchers.append(timer)
@@ -641,15 +726,64 @@ class BrokerModule:
                     schema = schema_of(method, f"{type(self).__qualname__}.{attr}")
                 except TypeError as exc:
                     raise ValueError(str(exc)) from None
+                if "reduce" in spec:
+                    reducer = self._reducer(attr, topic, method, spec["reduce"])
+                    forward = forward_topic(topic)
+                    self._watch(_MSGTYPE_REQUEST, forward,
+                                dispatch.request_callback(forward, reducer.forwarded, schema, reducer.kind), None)
+                    method, kind = reducer.entry, reducer.kind
                 callback = dispatch.request_callback(topic, method, schema, kind)
                 if is_stream(kind):
                     streams.append((topic, rolemask))
             self._watch(spec["msgtype"], topic, callback, rolemask)
         for topic, rolemask in streams:
             self._watch(_MSGTYPE_REQUEST, f"{topic}-cancel", dispatch.cancel_callback(topic), rolemask)
-        if dispatch.has_tasks:
-            self._watch(_MSGTYPE_REQUEST, f"{self._name}.disconnect", dispatch.disconnect_callback(),
+        if dispatch.has_tasks or rank_sets:
+            self._watch(_MSGTYPE_REQUEST, f"{self._name}.disconnect", self._disconnect_callback(rank_sets),
                         _ROLE_OWNER | _ROLE_USER)
+        for sets in rank_sets:
+            sets.start()
+
+    def _bind_rank_sets(self) -> List[Any]:
+        """Give this instance its own :class:`RankSets` and watch their updates."""
+        bound = []
+        for klass in type(self).__mro__:
+            for attr, value in vars(klass).items():
+                if isinstance(value, RankSets) and attr not in self.__dict__:
+                    sets = self.__dict__[attr] = value.bind(self._h, self._name, self._flux_place,
+                                                            self._flux_dispatch.failed)
+                    topic = update_topic(self._name, attr)
+                    self._watch(_MSGTYPE_REQUEST, topic,
+                                self._flux_dispatch.request_callback(topic, sets.update, None, "plain"), None)
+                    bound.append(sets)
+        return bound
+
+    def _reducer(self, attr: str, topic: str, method: Callable[..., Any], spec: Dict[str, Any]) -> Reducer:
+        combine = spec["combine"]
+        if isinstance(combine, str):
+            combine = getattr(self, combine, None)
+            if not callable(combine):
+                raise ValueError(f"@reduce_handler({topic!r}) on {attr}: combine={spec['combine']!r} "
+                                 f"names no method of {type(self).__qualname__}")
+        timeout = self._seconds(f"reduction {attr}", spec["timeout"], "timeout")
+        return Reducer(self._h, self._flux_place, topic, method, combine, timeout, self._flux_dispatch.failed)
+
+    def _disconnect_callback(self, rank_sets: List[Any]) -> Callable[..., None]:
+        """``NAME.disconnect``: end the departed client's tasks, and leave the
+        rank sets it stood for."""
+        dispatch = self._flux_dispatch
+        tasks = dispatch.disconnect_callback() if dispatch.has_tasks else None
+
+        def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+            if tasks is not None:
+                tasks(h, watcher, msg, arg)
+            for sets in rank_sets:
+                try:
+                    sets.disconnected(msg)
+                except Exception as exc:  # noqa: BLE001 - logged, module survives
+                    dispatch.failed(f"request {msg.topic}", exc)
+
+        return callback
 
     def _watch(self, msgtype: int, topic: str, callback: Callable[..., None], rolemask: Optional[int]) -> None:
         watcher = watch(self._h, callback, msgtype, topic, rolemask)
@@ -676,14 +810,15 @@ class BrokerModule:
             return None
         return method()
 
-    def _seconds(self, timer: str, value: Union[float, str], what: str) -> float:
-        """A timer's *after* or *repeat*: a number, or the option or attribute it names."""
+    def _seconds(self, owner: str, value: Union[float, str], what: str) -> float:
+        """A timer's *after* or *repeat*, or a reduction's *timeout*: a number,
+        or the option or attribute it names (*owner* says whose, in errors)."""
         if not isinstance(value, str):
             return value
         seconds = getattr(self, value, None)
         if not _is_seconds(seconds):
             raise ValueError(
-                f"timer {timer}: {what}={value!r} must name an option or attribute holding "
+                f"{owner}: {what}={value!r} must name an option or attribute holding "
                 f"a finite number of seconds >= 0, not {seconds!r}"
             )
         return float(seconds)
@@ -720,7 +855,7 @@ def describe(cls: type, name: str, guest: bool = False) -> Dict[str, Any]:
             if spec["msgtype"] == _MSGTYPE_EVENT:
                 kind, fields = "event", None
             else:
-                kind = "stream" if is_stream(kind_of(method)) else "request"
+                kind = "reduction" if "reduce" in spec else "stream" if is_stream(kind_of(method)) else "request"
                 schema = schema_of(method, f"{cls.__qualname__}.{attr}")
                 fields = None if schema is None else [
                     {"name": field, "type": expected, "required": required}

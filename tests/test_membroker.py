@@ -974,6 +974,33 @@ def test_timer_stopped_and_restarted_at_once_fires_once(broker):
     assert fired == [1.0]
 
 
+def test_timer_start_resumes_the_time_left_as_libev_does(broker):
+    """Measured on flux-core 0.88 (tests/test_tree_real.py runs it there):
+    a one-shot timer started again after it fired fires at once; one stopped
+    at 0.6 s of 1.0 and started again fires at 1.0, not 1.6; reset() re-arms
+    from now."""
+    fired = []
+
+    def mod_main(h):
+        def once(h, watcher, revents, arg):
+            fired.append(("once", broker.now))
+            if len(fired) == 1:
+                watcher.start()
+
+        h.timer_watcher_create(0.5, once).start()
+        paused = h.timer_watcher_create(1.0, lambda *args: fired.append(("paused", broker.now)))
+        paused.start()
+        h.timer_watcher_create(0.6, lambda *args: (paused.stop(), paused.start())).start()
+        again = h.timer_watcher_create(1.0, lambda *args: fired.append(("reset", broker.now)))
+        again.start()
+        h.timer_watcher_create(0.8, lambda *args: again.reset()).start()
+        h.reactor_run()
+
+    broker.load(mod_main, name="resume")
+    broker.advance(5)
+    assert fired == [("once", 0.5), ("once", 0.5), ("paused", 1.0), ("reset", 1.8)]
+
+
 def test_repeating_timer_restarted_in_its_callback_fires_once_per_period(broker):
     fired = []
 

@@ -16,7 +16,7 @@ import traceback
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
-from flux import _layout, modloader
+from flux import _idset, _layout, modloader
 from flux.membroker._handle import Future, Handle
 from flux.membroker._message import (
     FLUX_MSGTYPE_EVENT,
@@ -38,6 +38,7 @@ from flux.membroker._builtins import BROKER_SERVICES, BrokerServices
 from flux.membroker._clock import VirtualClock
 from flux.membroker._methods import register_standard_methods
 from flux.membroker._strands import Strand, Strands
+from flux.membroker._topology import DEFAULT_TOPO, Topology
 
 #: How far :meth:`Future.get` lets the virtual clock run while it waits.
 MAX_WAIT = 3600.0
@@ -214,9 +215,9 @@ class BrokerLink:
         """The rank clients connect to unless told otherwise."""
         return self._broker.rank
 
-    def attr(self, name: str) -> str:
-        """Broker attribute *name* (KeyError if unset)."""
-        return self._broker.attrs[name]
+    def attr(self, name: str, rank: int) -> str:
+        """Broker attribute *name* of rank *rank*'s broker (KeyError if unset)."""
+        return self._broker._attr(name, rank)
 
     def handler_failed(self, record: Optional["LoadedModule"], what: str, exc: BaseException) -> None:
         """Keep a handler failure for the test (see :attr:`Broker.handler_errors`)."""
@@ -397,6 +398,11 @@ class Broker:
             "log-level": str(syslog.LOG_DEBUG),
         }
         self.attrs.update(attrs or {})
+        self.attrs.setdefault("tbon.topo", DEFAULT_TOPO)
+        #: The tree of brokers a real instance of this size builds (``tbon.topo``).
+        self.topology = Topology(size, self.attrs["tbon.topo"])
+        #: Ranks lost with :meth:`disconnect` (``flux overlay disconnect``).
+        self.lost: Set[int] = set()
         #: The virtual clock and its timers.
         self.clock = VirtualClock()
         # Each rank's ring buffer (what flux dmesg shows there).
@@ -538,6 +544,42 @@ class Broker:
         self._log("broker", syslog.LOG_DEBUG, f"rmmod {name}", on)
         self._owner_handle.rpc(f"{name}.shutdown", nodeid=on, flags=FLUX_RPC_NORESPONSE)
         self._run_until(lambda: record.state == EXITED, f"remove {name}")
+
+    def overlay_disconnect(self, rank: int) -> None:
+        """Cut *rank* and the ranks below it off the instance, as ``flux overlay
+        disconnect RANK`` does (measured on flux-core 0.88).
+
+        Their brokers exit, so their modules stop; a request to one of those
+        ranks, or one in flight to a module there, fails with EHOSTUNREACH;
+        the parent's ``overlay.monitor`` reports *rank* ``lost`` and each
+        broker above reports its child on the way ``degraded``.
+        """
+        rank = self._rank(rank)
+        self._check_alive()
+        parent = self.topology.parent(rank)
+        if parent is None:
+            raise ValueError("rank 0 is the root of the tree: it has no parent to disconnect it from")
+        if rank in self.lost:
+            raise ValueError(f"rank {rank} is already lost")
+        severed = self.topology.subtree(rank)
+        host = self.attrs["hostname"]
+        self._log("overlay", syslog.LOG_ERR, f"{host} (rank {rank}) disconnected by request and severed "
+                                              f"contact with {len(severed) - 1} other nodes", parent)
+        for lost in severed:
+            for name, record in list(self._modules[lost].items()):
+                record.unload_requested = True
+                self._owner_handle.rpc(f"{name}.shutdown", nodeid=lost, flags=FLUX_RPC_NORESPONSE)
+                self._run_until(lambda: record.state == EXITED, f"stop {name} on lost rank {lost}")
+        self.lost.update(severed)
+        self._broker_services(parent).set_child_status(rank, "lost")
+        child = parent
+        while child != 0:
+            above = self.topology.parent(child)
+            self._broker_services(above).set_child_status(child, "degraded")
+            child = above
+        self._log("broker", syslog.LOG_ERR, f"dead to Flux: {','.join([host] * len(severed))} "
+                                             f"(rank {_idset.encode(severed)})", 0)
+        self.run_until_idle()
 
     def run_until_idle(self) -> None:
         """Deliver every queued message and due timer, without moving the clock."""
@@ -744,10 +786,10 @@ class Broker:
             if origin == 0:
                 self._broker_error(msg, errno.EHOSTUNREACH, None)  # rank 0 has no upstream
                 return
-            ranks = _path_to_root(_parent(origin))
+            ranks = self.topology.path_to_root(origin)[1:2]  # one hop only (measured)
         elif nodeid == FLUX_NODEID_ANY:
-            ranks = _path_to_root(origin)  # the local broker first, then upstream
-        elif nodeid >= self.size:
+            ranks = self.topology.path_to_root(origin)  # the local broker first, then upstream
+        elif nodeid >= self.size or nodeid in self.lost:
             self._broker_error(msg, errno.EHOSTUNREACH, None)
             return
         else:
@@ -761,9 +803,19 @@ class Broker:
             record = self._services[rank].get(service)
             if record is not None:
                 break
+        if record is None and nodeid == FLUX_NODEID_UPSTREAM:
+            self.hung = self.hung or (
+                f"{msg.topic} was sent upstream from rank {origin}, and rank {ranks[0]} has no {service} "
+                f"service: a real instance sends such a request back and forth between rank {ranks[0]} "
+                f"and rank {origin} forever, never answering it (measured on flux-core 0.84 to master); "
+                f"send it to the parent's rank instead"
+            )
+            return  # the test's next call to the broker raises ModuleHang
         if record is None or record.state == EXITED:
             self._broker_error(msg, errno.ENOSYS, f"No service matching {msg.topic} is registered")
             return
+        if record.rank != origin and msg.rolemask & FLUX_ROLE_LOCAL:
+            msg.rolemask &= ~FLUX_ROLE_LOCAL  # the overlay clears it on the way to another broker
         if not msg._flags & FLUX_RPC_NORESPONSE:
             record.inflight[id(msg)] = msg
         self._strands.queue.append((record.ctx, _Delivery(record.handle, msg)))
@@ -829,7 +881,8 @@ class Broker:
         services = self._builtins.get(rank)
         if services is None:
             h = Handle(self.link, self.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, rank=rank)
-            services = self._builtins[rank] = BrokerServices(h, rank)
+            services = self._builtins[rank] = BrokerServices(
+                h, rank, functools.partial(self._attr, rank=rank), self.topology)
         return services
 
     def _add_service(self, name: str, record: LoadedModule) -> None:
@@ -861,6 +914,17 @@ class Broker:
         future._fulfill(response)
         return future
 
+    def _attr(self, name: str, rank: int) -> str:
+        if name == "rank":
+            return str(rank)
+        if name == "tbon.level":
+            return str(self.topology.level(rank))
+        if name == "tbon.maxlevel":
+            return str(self.topology.maxlevel)
+        if name == "tbon.descendants":
+            return str(self.topology.descendants(rank))
+        return self.attrs[name]
+
     def _rank(self, rank: Optional[int]) -> int:
         if rank is None:
             return self.rank
@@ -885,23 +949,6 @@ def _old_insmod() -> bool:
     """True when imitating flux-core before 0.86, whose broker logs
     ``insmod NAME exec pid=-1`` and no ``module-python-exec`` line."""
     return _surface.current().older_than("0.86")
-
-
-# A real instance's tree (tbon.topo kary:32): each rank's parent.
-_FANOUT = 32
-
-
-def _parent(rank: int) -> int:
-    return (rank - 1) // _FANOUT
-
-
-@functools.lru_cache(maxsize=None)
-def _path_to_root(rank: int) -> Tuple[int, ...]:
-    """*rank*, its parent, and so on up to rank 0: where a request looks for its service."""
-    path = [rank]
-    while path[-1] != 0:
-        path.append(_parent(path[-1]))
-    return tuple(path)
 
 
 _LINE_BREAKS = re.compile("[\r\n]+")

@@ -31,6 +31,13 @@ class VirtualClock:
         """Disarm *timer*; a disarmed timer never falls due."""
         self._armed.pop(id(timer), None)
 
+    def left(self, timer: Any) -> Optional[float]:
+        """How long until armed *timer* falls due (None if it is not armed)."""
+        seq = self._armed.get(id(timer))
+        if seq is None:
+            return None
+        return next(when for when, entry_seq, _ in self._heap if entry_seq == seq) - self.now
+
     def is_armed(self, timer: Any) -> bool:
         """True if *timer* is armed and has not fallen due yet."""
         return id(timer) in self._armed

@@ -244,20 +244,27 @@ class TimerWatcher:
         self.after = float(after)
         self.repeat = float(repeat)
         self.args = args
+        # libev keeps a stopped timer's time left, which start() resumes.
+        self._left = self.after
 
     def start(self) -> "TimerWatcher":
-        """Arm the timer: it fires *after* seconds from now on the broker clock.
-
-        Starting a timer that is already armed changes nothing, as in libev.
+        """Arm the timer for the time it has left, as libev does (measured on
+        flux-core 0.88): *after* seconds for a new or reset timer, what was
+        left when it was stopped, and none (it fires at once) for a one-shot
+        timer that already fired.  Starting an armed timer changes nothing.
         """
         clock = self.flux_handle._link.clock
         if not clock.is_armed(self):
-            clock.arm(self, self.after)
+            clock.arm(self, max(0.0, self._left))
         return self
 
     def stop(self) -> "TimerWatcher":
-        """Disarm the timer."""
-        self.flux_handle._link.clock.disarm(self)
+        """Disarm the timer, keeping the time it has left."""
+        clock = self.flux_handle._link.clock
+        left = clock.left(self)
+        if left is not None:
+            self._left = left
+            clock.disarm(self)
         return self
 
     def reset(self, after: Optional[float] = None, repeat: Optional[float] = None) -> None:
@@ -271,6 +278,7 @@ class TimerWatcher:
         if repeat is not None:
             self.repeat = float(repeat)
         self.stop()
+        self._left = self.after
         self.start()
 
     def destroy(self) -> None:
@@ -287,8 +295,10 @@ class TimerWatcher:
 
     def _fire(self) -> None:
         clock = self.flux_handle._link.clock
+        self._left = 0.0  # a one-shot timer started again fires at once
         if self.repeat > 0 and not clock.is_armed(self):
             clock.arm(self, self.repeat)
+            self._left = self.repeat
         self.flux_handle._run_callback(self.callback, self.flux_handle, self, 0, self.args)
 
     def __enter__(self) -> "TimerWatcher":
@@ -780,10 +790,8 @@ class Handle:
 
     def attr_get(self, attr_name: str) -> str:
         """The value of broker attribute *attr_name* (OSError ENOENT if unset)."""
-        if attr_name == "rank":
-            return str(self._rank)
         try:
-            return self._link.attr(attr_name)
+            return self._link.attr(attr_name, self._rank)
         except KeyError:
             raise OSError(errno.ENOENT, f"No such attribute: {attr_name}") from None
 

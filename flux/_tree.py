@@ -1,0 +1,526 @@
+"""Services that span the instance: the tree of brokers, seen from a module.
+
+A Flux instance is a tree of brokers (the TBON).  A module loaded on every
+rank builds a service over the whole instance the way flux-core's C
+services do: each broker handles messages from its own children only, so
+no broker handles O(size) messages.  Three things here, each used by
+:class:`flux.brokermod.BrokerModule`:
+
+* :class:`TreePlace`: a rank's children (from ``overlay.topology``, which
+  gives the subtree of this broker and its direct children) and parent
+  (``attr.get rank`` sent upstream), asked once, when first needed;
+* :class:`Reducer`, behind ``@reduce_handler``: a request sent to a rank
+  goes down to its children as ``TOPIC-subtree`` (owner only), each rank
+  adds its own value, and the values are combined on the way up; a
+  subtree that does not answer in time, or has no such module, is
+  reported by rank (:class:`Reduction`);
+* :class:`RankSets`: named sets of ranks, each rank adding or removing
+  itself; changes are batched for a moment and sent upstream as
+  flux-core's ``groups`` does, so rank 0 holds the instance's view and can
+  stream each change.  A client's disconnect, or a subtree lost from the
+  tree (``overlay.monitor``), removes what it stood for.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Set, Tuple
+
+from flux import _idset
+from flux._brief import BriefHelp
+from flux._constants import FLUX_NODEID_UPSTREAM, FLUX_RPC_NORESPONSE, FLUX_RPC_STREAMING
+from flux._dispatch import COROUTINE, RequestError, exception_text, kind_of
+from flux._libflux import request_facts
+
+__all__ = ["RankSets", "Reducer", "Reduction", "TreePlace", "forward_topic", "update_topic"]
+
+
+def forward_topic(topic: str) -> str:
+    """The topic a reduction of *topic* travels down the tree on."""
+    return f"{topic}-subtree"
+
+
+def update_topic(module: str, attr: str) -> str:
+    """The topic batched :class:`RankSets` changes travel up the tree on."""
+    return f"{module}.{attr}-update"
+
+
+class TreePlace:
+    """Where one broker sits in the tree, asked of the broker on first use."""
+
+    def __init__(self, h: Any, rank: int) -> None:
+        self._h = h
+        self.rank = rank
+        self._topology: Optional[Dict[str, Any]] = None
+        self._subtrees: Dict[int, Set[int]] = {}
+        self._parent: Any = self  # not asked yet
+
+    @property
+    def topology(self) -> Dict[str, Any]:
+        """``overlay.topology``'s answer for this rank: ``{"rank", "size", "children"}``."""
+        if self._topology is None:
+            self._topology = self._h.rpc("overlay.topology", {"rank": self.rank}).get()
+            for child in self._topology["children"]:
+                self._subtrees[child["rank"]] = _ranks_of(child)
+        return self._topology
+
+    @property
+    def children(self) -> Tuple[int, ...]:
+        """The ranks of this broker's children, lowest first."""
+        return tuple(child["rank"] for child in self.topology["children"])
+
+    def subtree(self, child: int) -> Set[int]:
+        """The ranks of the subtree rooted at child *child*."""
+        self.topology  # noqa: B018 - fills the subtrees
+        return self._subtrees[child]
+
+    @property
+    def size(self) -> int:
+        """How many ranks this broker's subtree holds (itself included)."""
+        return int(self.topology["size"])
+
+    @property
+    def parent(self) -> Optional[int]:
+        """The parent's rank (None on rank 0): its ``rank`` attribute, asked upstream."""
+        if self._parent is self:
+            self._parent = None if self.rank == 0 else int(
+                self._h.rpc("attr.get", {"name": "rank"}, nodeid=FLUX_NODEID_UPSTREAM).get()["value"])
+        return self._parent  # type: ignore[no-any-return]
+
+
+def _ranks_of(tree: Dict[str, Any]) -> Set[int]:
+    ranks, todo = set(), [tree]
+    while todo:
+        node = todo.pop()
+        ranks.add(node["rank"])
+        todo.extend(node["children"])
+    return ranks
+
+
+class Reduction(metaclass=BriefHelp):
+    """The answer to a reduction: the combined *value* and who is in it.
+
+    ``ranks`` and ``missing`` are idset strings (``"0-5,7"``): the ranks whose
+    values were combined, and those that are not in it; ``errors`` says why,
+    by rank: the rank whose own value failed, or the root of a subtree that
+    did not answer in time or has no such module (then all of that
+    subtree's ranks are missing).
+    """
+
+    __slots__ = ("value", "ranks", "missing", "errors")
+
+    def __init__(self, value: Any, ranks: str, missing: str, errors: Dict[int, str]) -> None:
+        self.value = value
+        self.ranks = ranks
+        self.missing = missing
+        self.errors = errors
+
+    @classmethod
+    def from_answer(cls, answer: Dict[str, Any]) -> "Reduction":
+        """The reduction a ``@reduce_handler`` topic answered with."""
+        return cls(answer["value"], answer["ranks"], answer["missing"],
+                   {int(rank): text for rank, text in answer["errors"].items()})
+
+    @property
+    def complete(self) -> bool:
+        """True when every rank's value is in it."""
+        return not self.missing
+
+    def __repr__(self) -> str:  # noqa: D105
+        return (f"Reduction(value={self.value!r}, ranks={self.ranks!r}, missing={self.missing!r}, "
+                f"errors={self.errors!r})")
+
+
+class Reducer:
+    """One ``@reduce_handler``: its request callbacks, for the topic a client
+    sends (:attr:`entry`) and the one its parent forwards (:attr:`forwarded`).
+
+    *method* gives this rank's value; *combine(a, b)* folds two values into
+    one.  The entry rank waits *timeout* seconds for its children; a rank
+    at tree level L below it waits ``timeout * (H + 1 - L) / (H + 1)``
+    (H: the deepest level), which leaves each hop back up its share of the
+    time.  *failed(what, exc)* logs a failure of the module's own code.
+    """
+
+    def __init__(self, h: Any, place: TreePlace, topic: str, method: Callable[..., Any],
+                 combine: Callable[[Any, Any], Any], timeout: float,
+                 failed: Callable[[str, BaseException], None]) -> None:
+        self._h = h
+        self._place = place
+        self._topic = topic
+        self._forward = forward_topic(topic)
+        self._method = method
+        self._combine = combine
+        self._timeout = timeout
+        self._failed = failed
+        self._forward_timeout: Optional[float] = None
+        #: Reductions still waiting for an answer from below, by id.
+        self.waiting: Dict[int, "_Gather"] = {}
+        if kind_of(method) == COROUTINE:
+            self.kind = COROUTINE
+            self.entry: Callable[..., Any] = self._entry_async
+            self.forwarded: Callable[..., Any] = self._forwarded_async
+        else:
+            self.kind = "plain"
+            self.entry = self._entry
+            self.forwarded = self._forwarded
+
+    def _budget(self, forwarded: bool) -> float:
+        if not forwarded:
+            return self._timeout
+        if self._forward_timeout is None:
+            h = self._h
+            level, deepest = int(h.attr_get("tbon.level")), int(h.attr_get("tbon.maxlevel"))
+            self._forward_timeout = self._timeout * (deepest + 1 - level) / (deepest + 1)
+        return self._forward_timeout
+
+    def _entry(self, msg: Any, **fields: Any) -> Any:
+        return self._serve(msg, fields, forwarded=False)
+
+    def _forwarded(self, msg: Any, **fields: Any) -> Any:
+        return self._serve(msg, fields, forwarded=True)
+
+    async def _entry_async(self, msg: Any, **fields: Any) -> Any:
+        return await self._serve_async(msg, fields, forwarded=False)
+
+    async def _forwarded_async(self, msg: Any, **fields: Any) -> Any:
+        return await self._serve_async(msg, fields, forwarded=True)
+
+    def _serve(self, msg: Any, fields: Dict[str, Any], forwarded: bool) -> Any:
+        gather = _Gather(self, msg, self._budget(forwarded))
+        try:
+            gather.own_value(self._method(msg, **fields))
+        except Exception as exc:  # noqa: BLE001 - this rank's part fails, not the reduction
+            gather.own_failed(exc)
+        return gather.answer_now()
+
+    async def _serve_async(self, msg: Any, fields: Dict[str, Any], forwarded: bool) -> Any:
+        import asyncio
+
+        budget = self._budget(forwarded)
+        gather = _Gather(self, msg, budget)
+        try:
+            gather.own_value(await asyncio.wait_for(self._method(msg, **fields), budget))
+        except asyncio.TimeoutError:
+            gather.own_failed(RequestError(errno.ETIMEDOUT, f"no value within {budget:g}s"))
+        except Exception as exc:  # noqa: BLE001 - this rank's part fails, not the reduction
+            gather.own_failed(exc)
+        return gather.answer_now()
+
+
+_UNSET: Any = object()
+
+
+class _Gather:
+    """One reduction at one rank: its children's answers and its own value."""
+
+    __slots__ = ("_reducer", "_msg", "_budget", "_own", "_own_error", "_answers", "_futures",
+                 "_timer", "_expired", "_answered", "_deferred")
+
+    def __init__(self, reducer: Reducer, msg: Any, budget: float) -> None:
+        self._reducer = reducer
+        self._msg = msg
+        self._budget = budget
+        self._own: Any = _UNSET
+        self._own_error = ""
+        self._answers: Dict[int, Any] = {}  # child: its answer (a dict) or an error text
+        self._futures: Dict[int, Any] = {}  # child: its RPC, until answered
+        self._timer: Any = None
+        self._expired = False
+        self._answered = False
+        self._deferred = False  # the handler returned: answer from a callback
+        children = reducer._place.children
+        if not children:
+            return
+        h = reducer._h
+        payload = msg.payload_str
+        for child in children:
+            future = h.rpc(reducer._forward, payload, nodeid=child)
+            self._futures[child] = future
+            future.then(self._child_answered, child)
+        reducer.waiting[id(self)] = self
+        self._timer = h.timer_watcher_create(budget, self._expire)
+        self._timer.start()
+
+    def own_value(self, value: Any) -> None:
+        self._own = value
+
+    def own_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, RequestError):
+            self._own_error = exc.strerror or str(exc)
+        else:
+            self._reducer._failed(f"request {self._msg.topic}", exc)
+            self._own_error = exception_text(exc)
+
+    def answer_now(self) -> Any:
+        """The answer if every child has answered (or the time is up); else
+        None, and the last child's answer (or the timer) sends it."""
+        if self._futures and not self._expired:
+            self._deferred = True
+            return None
+        return self._finish()
+
+    def _child_answered(self, future: Any, child: int) -> None:
+        reducer = self._reducer
+        del self._futures[child]
+        try:
+            answer = future.get()
+        except OSError as exc:
+            answer = exc.strerror or os.strerror(exc.errno or errno.EIO)
+        if not self._expired:
+            self._answers[child] = answer
+        if not self._futures:
+            reducer.waiting.pop(id(self), None)
+            if self._timer is not None:
+                self._timer.stop()
+            if self._deferred and not self._answered:
+                self._send()
+
+    def _expire(self, *args: Any) -> None:
+        self._expired = True
+        self._timer.stop()
+        if self._deferred and not self._answered:
+            self._send()
+
+    def _send(self) -> None:
+        h, msg = self._reducer._h, self._msg
+        try:
+            h.respond(msg, self._finish())
+        except Exception as exc:  # noqa: BLE001 - the module's combine, or its value, failed
+            self._reducer._failed(f"request {msg.topic}", exc)
+            h.respond_error(msg, errno.EIO, f"{msg.topic}: {exception_text(exc)}")
+
+    def _finish(self) -> Dict[str, Any]:
+        self._answered = True
+        reducer, place = self._reducer, self._reducer._place
+        ranks: Set[int] = set()
+        missing: Set[int] = set()
+        errors: Dict[str, str] = {}
+        value, have = None, False
+        if self._own_error:
+            missing.add(place.rank)
+            errors[str(place.rank)] = self._own_error
+        else:
+            value, have = self._own, True
+            ranks.add(place.rank)
+        for child in place.children:
+            answer = self._answers.get(child)
+            if not _is_answer(answer):
+                missing |= place.subtree(child)
+                errors[str(child)] = answer if isinstance(answer, str) and answer else (
+                    f"no answer within {self._budget:g}s" if answer is None else "malformed answer")
+                continue
+            if answer["ranks"]:  # some rank below has a value
+                value = reducer._combine(value, answer["value"]) if have else answer["value"]
+                have = True
+                ranks |= _idset.decode(answer["ranks"])
+            missing |= _idset.decode(answer["missing"])
+            errors.update(answer["errors"])
+        return {"value": value, "ranks": _idset.encode(ranks), "missing": _idset.encode(missing),
+                "errors": errors}
+
+
+def _is_answer(answer: Any) -> bool:
+    """True for a child's answer as :meth:`_Gather._finish` makes it."""
+    return (isinstance(answer, dict) and "value" in answer and isinstance(answer.get("ranks"), str)
+            and isinstance(answer.get("missing"), str) and isinstance(answer.get("errors"), dict))
+
+
+class RankSets(metaclass=BriefHelp):
+    """Named sets of ranks that span the instance, as flux-core's ``groups``.
+
+    Declare one on a :class:`~flux.brokermod.BrokerModule` subclass
+    (``members = RankSets()``) and load the module on every rank.  On each
+    rank, ``self.members.add(name)`` puts this rank in set *name* and
+    ``discard(name)`` takes it out.  Changes are batched for *batch*
+    seconds, then applied here and sent upstream, so each rank knows the
+    members within its subtree and rank 0 knows them all:
+    ``members(name)`` reads them (an idset string such as ``"0-3,7"``) and
+    ``async for ranks in self.members.watch(name)`` follows each change.
+
+    ``add(name, msg)`` ties the membership to the client that sent *msg*:
+    when that client disconnects, this rank leaves *name*.  When a subtree
+    of brokers is lost or goes offline, its ranks leave every set.
+    """
+
+    __slots__ = ("batch", "attr")
+
+    def __init__(self, batch: float = 0.1) -> None:
+        if isinstance(batch, bool) or not isinstance(batch, (int, float)) or not math.isfinite(batch) \
+                or batch < 0:
+            raise ValueError(f"RankSets(batch={batch!r}): a finite number of seconds >= 0")
+        self.batch = float(batch)
+        self.attr = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
+
+    def bind(self, h: Any, module: str, place: TreePlace,
+             failed: Callable[[str, BaseException], None]) -> "BoundRankSets":
+        """The sets of one module instance (the library calls this)."""
+        return BoundRankSets(h, module, self.attr, self.batch, place, failed)
+
+
+class BoundRankSets:
+    """A module instance's :class:`RankSets` (see there)."""
+
+    def __init__(self, h: Any, module: str, attr: str, batch: float, place: TreePlace,
+                 failed: Callable[[str, BaseException], None]) -> None:
+        self._h = h
+        self._place = place
+        self._failed = failed
+        self._topic = update_topic(module, attr)
+        self._rank = place.rank
+        self._self = _idset.encode([place.rank])
+        self._sets: Dict[str, Set[int]] = {}
+        self._joined: Dict[str, Optional[Tuple[str, int]]] = {}  # name: the client it stands for
+        self._batch: Dict[str, List[Dict[str, Any]]] = {}
+        self._watchers: Dict[str, List[Any]] = {}
+        self._timer = h.timer_watcher_create(batch, self._flush_timer)
+        self._monitor: Any = None
+        self._parent: Optional[int] = None
+
+    # what a module calls
+
+    def add(self, name: str, msg: Any = None) -> None:
+        """Put this rank in set *name*; with *msg*, until its sender disconnects."""
+        if name in self._joined:
+            return
+        self._joined[name] = None if msg is None else _client_of(msg)
+        self._append(name, {"ranks": self._self, "set": True})
+
+    def discard(self, name: str) -> None:
+        """Take this rank out of set *name* (nothing if it is not in it)."""
+        if self._joined.pop(name, _UNSET) is not _UNSET:
+            self._append(name, {"ranks": self._self, "set": False})
+
+    def joined(self, name: str) -> bool:
+        """True if this rank put itself in set *name*."""
+        return name in self._joined
+
+    def members(self, name: str) -> str:
+        """The members of *name* within this rank's subtree (on rank 0: all), as an idset."""
+        return _idset.encode(self._sets.get(name, ()))
+
+    def names(self) -> List[str]:
+        """The names of the sets known here."""
+        return sorted(self._sets)
+
+    async def watch(self, name: str) -> AsyncIterator[str]:
+        """The members of *name* now, then after each batch of changes to it."""
+        import asyncio
+
+        self._sets.setdefault(name, set())
+        queue: "asyncio.Queue[str]" = asyncio.Queue()
+        watchers = self._watchers.setdefault(name, [])
+        watchers.append(queue)
+        try:
+            yield self.members(name)
+            while True:
+                yield await queue.get()
+        finally:
+            watchers.remove(queue)
+
+    # what the library calls
+
+    def start(self) -> None:
+        """Find the parent, and follow the children's subtrees (``overlay.monitor``)
+        to drop lost ones."""
+        self._parent = self._place.parent
+        if self._place.children:
+            self._monitor = self._h.rpc("overlay.monitor", None, flags=FLUX_RPC_STREAMING)
+            self._monitor.then(self._subtree_status)
+
+    def update(self, msg: Any) -> None:
+        """A child's batch of changes (the ``update_topic`` request)."""
+        update = msg.payload.get("update") if isinstance(msg.payload, dict) else None
+        if not isinstance(update, dict) or not all(
+                isinstance(changes, list) and all(_is_change(c) for c in changes) for changes in update.values()):
+            raise RequestError(errno.EPROTO, f"{self._topic}: expected {{\"update\": {{NAME: [CHANGE...]}}}}")
+        for name, changes in update.items():
+            self._append(name, *changes)
+
+    def disconnected(self, msg: Any) -> None:
+        """A client disconnected: leave the sets it joined here."""
+        self.flush()  # its joins first, as groups does
+        gone = _client_of(msg)
+        for name, client in list(self._joined.items()):
+            if client == gone:
+                self.discard(name)
+
+    def flush(self) -> None:
+        """Apply the batch here and send it upstream."""
+        batch = self._batch
+        if not batch:
+            return
+        for name, changes in batch.items():
+            batch[name] = _merged(changes)
+        if self._parent is not None:
+            # To the parent by its rank, not FLUX_NODEID_UPSTREAM: a real broker
+            # bounces an upstream request forever if its module is not loaded there.
+            self._h.rpc(self._topic, {"update": batch}, nodeid=self._parent, flags=FLUX_RPC_NORESPONSE)
+        self._batch = {}
+        self._timer.stop()
+        for name, changes in batch.items():
+            members = self._sets.setdefault(name, set())
+            for change in changes:
+                ranks = _idset.decode(change["ranks"])
+                if change["set"]:
+                    members |= ranks
+                else:
+                    members -= ranks
+            watchers = self._watchers.get(name)
+            if watchers:
+                now = _idset.encode(members)
+                for queue in watchers:
+                    queue.put_nowait(now)
+
+    def _flush_timer(self, *args: Any) -> None:
+        try:
+            self.flush()
+        except Exception as exc:  # noqa: BLE001 - logged, module survives
+            self._failed("rank sets flush", exc)
+
+    def _append(self, name: str, *changes: Dict[str, Any]) -> None:
+        was_empty = not self._batch
+        self._batch.setdefault(name, []).extend(changes)
+        if was_empty:
+            self._timer.reset()  # not start(): a one-shot timer that fired would fire at once
+
+    def _subtree_status(self, future: Any) -> None:
+        try:
+            self.flush()
+            status = future.get()
+            if status["status"] in ("lost", "offline"):
+                lost = self._place.subtree(status["rank"])
+                for name, members in self._sets.items():
+                    gone = members & lost
+                    if gone:
+                        self._append(name, {"ranks": _idset.encode(gone), "set": False})
+        except Exception as exc:  # noqa: BLE001 - logged, module survives
+            self._failed("overlay.monitor", exc)
+        finally:
+            future.reset()
+
+
+def _client_of(msg: Any) -> Tuple[str, int]:
+    facts = request_facts(msg)
+    return facts.sender, facts.userid
+
+
+def _is_change(change: Any) -> bool:
+    return (isinstance(change, dict) and isinstance(change.get("ranks"), str)
+            and isinstance(change.get("set"), bool))
+
+
+def _merged(changes: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """*changes* as one, when they all add or all remove (as groups reduces a batch)."""
+    if len(changes) < 2 or any(change["set"] != changes[0]["set"] for change in changes):
+        return changes
+    ranks: Set[int] = set()
+    for change in changes:
+        ranks |= _idset.decode(change["ranks"])
+    return [{"ranks": _idset.encode(ranks), "set": changes[0]["set"]}]
+

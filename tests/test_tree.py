@@ -1,0 +1,596 @@
+"""Services that span the instance, in memory: the tree of brokers as a real
+instance builds it, reductions down and up it, rank sets aggregated to
+rank 0, the groups example, and 1,024 ranks.
+
+What each in-memory behaviour stands in for was measured on flux-core 0.88
+(docs/real-flux.md, "The tree of brokers"); tests/test_tree_real.py runs
+the same on a real eight-broker instance.
+"""
+
+import asyncio
+import errno
+import operator
+import os
+import syslog
+
+import pytest
+from _helpers import error_of
+
+from flux.brokermod import (
+    BrokerModule,
+    RankSets,
+    Reduction,
+    RequestError,
+    reduce_handler,
+    request_handler,
+    timer_handler,
+)
+from flux.membroker import Broker, ModuleHang
+from flux.membroker._topology import Topology
+
+FLUX_RPC_STREAMING = 2
+FLUX_RPC_NORESPONSE = 1
+FLUX_ROLE_USER = 2
+FLUX_NODEID_UPSTREAM = 0xFFFFFFFE
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def kary2(size=8):
+    """A broker of *size* ranks arranged as kary:2, the deep tree of the real tests."""
+    return Broker(size=size, attrs={"tbon.topo": "kary:2"})
+
+
+# The tree itself
+
+
+@pytest.mark.parametrize("spec, size, parents", [
+    ("kary:2", 8, [None, 0, 0, 1, 1, 2, 2, 3]),
+    ("kary:0", 4, [None, 0, 0, 0]),
+    ("kary:1", 4, [None, 0, 1, 2]),
+    ("binomial", 8, [None, 0, 0, 2, 0, 4, 4, 6]),
+    ("mincrit:2", 7, [None, 0, 0, 1, 2, 1, 2]),
+])
+def test_the_tree_is_the_one_flux_cores_topology_plugins_build(spec, size, parents):
+    """Parents as flux-core's overlay topology.c computes them for each scheme."""
+    topology = Topology(size, spec)
+    assert [topology.parent(rank) for rank in range(size)] == parents
+
+
+def test_the_default_tree_is_kary_32_and_a_bad_topology_is_refused():
+    with Broker(size=1024) as broker:
+        assert broker.attrs["tbon.topo"] == "kary:32"
+        assert broker.topology.children(0) == tuple(range(1, 33))
+        assert broker.topology.maxlevel == 2
+    with pytest.raises(ValueError, match="tbon.topo 'custom'"):
+        Broker(size=4, attrs={"tbon.topo": "custom"})
+    with pytest.raises(ValueError, match="k must be an integer"):
+        Broker(size=4, attrs={"tbon.topo": "kary:x"})
+
+
+def test_tbon_attributes_and_overlay_topology_as_measured():
+    """Measured on 0.88, size 8, kary:2: tbon.level 0/1/2/3 and
+    tbon.descendants 7/3/1/0 on ranks 0/1/3/7, tbon.maxlevel 3; overlay.topology
+    answers this broker's subtree or a direct child's, compact, ENOENT otherwise."""
+    with kary2() as broker:
+        facts = []
+        for rank in (0, 1, 3, 7):
+            h = broker.connect(rank=rank)
+            facts.append([h.attr_get(name) for name in ("tbon.level", "tbon.descendants", "tbon.maxlevel")])
+        assert facts == [["0", "7", "3"], ["1", "3", "3"], ["2", "1", "3"], ["3", "0", "3"]]
+        h = broker.connect(rank=1)
+        assert h.rpc("overlay.topology", {"rank": 1}).get_str() == (
+            '{"rank":1,"size":4,"children":[{"rank":3,"size":2,"children":[{"rank":7,"size":1,"children":[]}]},'
+            '{"rank":4,"size":1,"children":[]}]}'
+        )
+        assert h.rpc("overlay.topology", {"rank": 4}).get()["size"] == 1
+        assert error_of(h.rpc("overlay.topology", {"rank": 0})) == (
+            errno.ENOENT, "requested rank is not this broker or its direct child")
+        guest = broker.connect(userid=4242, rolemask=FLUX_ROLE_USER, rank=1)
+        assert guest.rpc("overlay.topology", {"rank": 1}).get()["rank"] == 1
+
+
+def test_attr_get_answers_value_and_flags_as_measured():
+    with kary2(4) as broker:
+        h = broker.connect(rank=1)
+        assert h.rpc("attr.get", {"name": "rank"}).get() == {"value": "1", "flags": 1}
+        assert h.rpc("attr.get", {"name": "tbon.level"}).get() == {"value": "1", "flags": 0}
+        assert h.rpc("attr.get", {"name": "rank"}, nodeid=FLUX_NODEID_UPSTREAM).get()["value"] == "0"
+        assert error_of(h.rpc("attr.get", {"name": "nosuch"}))[0] == errno.ENOENT
+
+
+def test_overlay_monitor_is_owner_only_streaming_and_reports_each_child():
+    with kary2() as broker:
+        owner = broker.connect(rank=1)
+        monitor = owner.rpc("overlay.monitor", None, flags=FLUX_RPC_STREAMING)
+        seen = _drain(broker, monitor)
+        assert seen == [{"rank": 3, "status": "full", "torpid": False}, {"rank": 4, "status": "full", "torpid": False}]
+        assert error_of(owner.rpc("overlay.monitor"))[0] == errno.EPROTO
+        guest = broker.connect(userid=4242, rolemask=FLUX_ROLE_USER, rank=1)
+        assert error_of(guest.rpc("overlay.monitor", None, flags=FLUX_RPC_STREAMING))[0] == errno.EPERM
+
+
+def test_a_request_sent_upstream_goes_one_hop_and_hangs_where_the_parent_lacks_the_service():
+    """Measured on 0.84 to master: FLUX_NODEID_UPSTREAM is forwarded one hop;
+    a parent without the service sends it back and forth forever."""
+    class Solo(BrokerModule):
+        @request_handler("where")
+        def where(self, msg):
+            return {"rank": self.rank}
+
+    with kary2() as broker:
+        broker.load(Solo, name="solo", rank=1)
+        assert broker.connect(rank=3).rpc("solo.where", nodeid=FLUX_NODEID_UPSTREAM).get() == {"rank": 1}
+        broker.connect(rank=7).rpc("solo.where", nodeid=FLUX_NODEID_UPSTREAM)
+        with pytest.raises(ModuleHang, match="back and forth between rank 3 and rank 7 forever"):
+            broker.run_until_idle()
+
+
+def test_a_request_to_another_broker_is_no_longer_local():
+    """The overlay clears FLUX_ROLE_LOCAL on the way (groups.join relies on it)."""
+    class Roles(BrokerModule):
+        @request_handler("mask")
+        def mask(self, msg):
+            return {"rolemask": msg.rolemask}
+
+    with kary2(4) as broker:
+        broker.load(Roles, name="roles", rank="all")
+        assert broker.rpc("roles.mask", nodeid=0).get()["rolemask"] & 4
+        assert not broker.rpc("roles.mask", nodeid=2).get()["rolemask"] & 4
+
+
+def test_overlay_disconnect_loses_the_subtree_as_measured():
+    """``flux overlay disconnect 3`` on kary:2: brokers 3 and 7 exit, requests
+    to them get EHOSTUNREACH, rank 1's monitor says 3 is lost and rank 0's
+    that 1 is degraded."""
+    with kary2() as broker:
+        broker.load(Census, name="census", rank="all")
+        monitors = {rank: broker.connect(rank=rank).rpc("overlay.monitor", None, flags=FLUX_RPC_STREAMING)
+                    for rank in (0, 1)}
+        for monitor in monitors.values():
+            _drain(broker, monitor)
+        broker.overlay_disconnect(3)
+        assert _drain(broker, monitors[1]) == [{"rank": 3, "status": "lost", "torpid": False}]
+        assert _drain(broker, monitors[0]) == [{"rank": 1, "status": "degraded", "torpid": False}]
+        assert error_of(broker.rpc("census.where", nodeid=3))[0] == errno.EHOSTUNREACH
+        assert error_of(broker.rpc("census.where", nodeid=7))[0] == errno.EHOSTUNREACH
+        assert broker.modules_on(3) == {} and broker.modules_on(7) == {}
+        assert any("(rank 3) disconnected by request and severed contact with 1 other nodes" in line
+                   for line in broker.dmesg(rank=1))
+        assert any(line.startswith("broker.err[0]: dead to Flux:") and line.endswith("(rank 3,7)")
+                   for line in broker.dmesg())
+        with pytest.raises(ValueError, match="already lost"):
+            broker.overlay_disconnect(7)
+        with pytest.raises(ValueError, match="no parent"):
+            broker.overlay_disconnect(0)
+
+
+# A module's place in the tree, and reductions
+
+
+class Census(BrokerModule):
+    """Counts ranks, in every way a reduction can be written."""
+
+    @reduce_handler("count", combine=operator.add, timeout=4)
+    def count(self, msg):
+        return 1
+
+    @reduce_handler("ranks", combine="merge", allow_guest=True)
+    async def ranks(self, msg, *, scale: int = 1):
+        await asyncio.sleep(0)
+        return {str(self.rank): scale}
+
+    def merge(self, a, b):
+        return {**a, **b}
+
+    @request_handler("where")
+    def where(self, msg):
+        return {"rank": self.rank, "parent": self.parent, "children": list(self.children)}
+
+    @request_handler("total")
+    async def total(self, msg, *, rank: int = 0):
+        reduction = await self.reduce("count", rank=rank)
+        return {"value": reduction.value, "complete": reduction.complete}
+
+
+def test_a_module_knows_its_parent_and_children():
+    with kary2() as broker:
+        broker.load(Census, name="census", rank="all")
+        assert [broker.rpc("census.where", nodeid=r).get() for r in (0, 1, 3, 7)] == [
+            {"rank": 0, "parent": None, "children": [1, 2]},
+            {"rank": 1, "parent": 0, "children": [3, 4]},
+            {"rank": 3, "parent": 1, "children": [7]},
+            {"rank": 7, "parent": 3, "children": []},
+        ]
+
+
+def test_a_reduction_combines_every_rank_of_the_instance_or_of_a_subtree():
+    with kary2() as broker:
+        broker.load(Census, name="census", rank="all")
+        assert broker.rpc("census.count").get() == {"value": 8, "ranks": "0-7", "missing": "", "errors": {}}
+        assert broker.rpc("census.count", nodeid=1).get() == {"value": 4, "ranks": "1,3-4,7", "missing": "",
+                                                              "errors": {}}
+        answer = broker.rpc("census.ranks", {"scale": 3}).get()
+        assert answer["value"] == {str(rank): 3 for rank in range(8)} and answer["ranks"] == "0-7"
+        assert broker.rpc("census.total", {"rank": 2}, nodeid=5).get() == {"value": 3, "complete": True}
+        assert Reduction.from_answer(broker.rpc("census.count").get()).complete
+
+
+def test_each_broker_handles_messages_from_its_own_children_only():
+    """Rank 0's module takes the client's request and one answer per child;
+    each other rank one request from its parent and one answer per child."""
+    with Broker(size=64) as broker:  # kary:32: rank 0 has 32 children, rank 1 has 31
+        broker.load(Census, name="census", rank="all")
+        broker.rpc("census.count").get()  # the first asks each broker for its children once
+        before = {r: _counters(broker, r) for r in (0, 1, 40)}
+        assert broker.rpc("census.count").get()["value"] == 64
+        after = {r: _counters(broker, r) for r in (0, 1, 40)}
+        delta = {r: {key: after[r][key] - before[r][key] for key in after[r]} for r in after}
+        # (the stats-get request itself adds one request and one response)
+        assert delta[0] == {"rx request": 1 + 1, "rx response": 32, "tx request": 32, "tx response": 1 + 1}
+        assert delta[1] == {"rx request": 1 + 1, "rx response": 31, "tx request": 31, "tx response": 1 + 1}
+        assert delta[40] == {"rx request": 1 + 1, "rx response": 0, "tx request": 0, "tx response": 1 + 1}
+
+
+def _counters(broker, rank):
+    stats = broker.rpc("census.stats-get", nodeid=rank).get()
+    return {f"{way} {kind}": stats[way][kind] for way in ("rx", "tx") for kind in ("request", "response")}
+
+
+def test_a_subtree_without_the_module_is_reported_by_rank_and_the_rest_combined():
+    with kary2() as broker:
+        broker.load(Census, name="census", rank="all")
+        broker.remove("census", rank=1)
+        answer = broker.rpc("census.count").get()
+        assert answer["value"] == 4 and answer["ranks"] == "0,2,5-6" and answer["missing"] == "1,3-4,7"
+        assert answer["errors"] == {"1": "No service matching census.count-subtree is registered"}
+
+
+class Slow(BrokerModule):
+    """Rank 3's own value never comes; rank 6 answers slowly."""
+
+    @reduce_handler("count", combine=operator.add, timeout=8)
+    async def count(self, msg):
+        if self.rank == 3:
+            await asyncio.Event().wait()
+        return 1
+
+
+def test_a_rank_or_subtree_that_does_not_answer_in_time_is_reported_and_nothing_hangs():
+    """kary:2, size 8: rank 3 (level 2) has 8 * 2/4 = 4 virtual seconds for
+    its own value; its child 7 answers, so only rank 3 is missing."""
+    with kary2() as broker:
+        broker.load(Slow, name="slow", rank="all")
+        start = broker.now
+        answer = broker.rpc("slow.count").get()
+        assert answer == {"value": 7, "ranks": "0-2,4-7", "missing": "3", "errors": {"3": "no value within 4s"}}
+        assert broker.now - start == pytest.approx(4)
+
+
+def test_a_child_that_answers_too_late_is_reported_with_its_whole_subtree():
+    class Stuck(BrokerModule):
+        @reduce_handler("count", combine=operator.add, timeout=2)
+        def count(self, msg):
+            return 1
+
+    with kary2() as broker:
+        broker.load(Stuck, name="stuck", rank="all")
+        broker.remove("stuck", rank=2)
+
+        def mute(h):  # takes requests, never answers
+            h.msg_watcher_create(lambda *args: None, 1, "stuck.count-subtree").start()
+            h.reactor_run()
+
+        broker.load(mute, name="stuck", rank=2)
+        answer = broker.rpc("stuck.count").get()
+        assert answer["missing"] == "2,5-6" and answer["errors"] == {"2": "no answer within 2s"}
+        assert answer["value"] == 5
+
+
+def test_a_rank_whose_method_fails_is_reported_and_the_others_combined():
+    class Picky(BrokerModule):
+        @reduce_handler("count", combine=operator.add)
+        def count(self, msg):
+            if self.rank == 2:
+                raise RequestError(errno.EBUSY, "rank 2 is busy")
+            if self.rank == 5:
+                raise ValueError("rank 5 is broken")
+            return 1
+
+    with kary2() as broker:
+        broker.load(Picky, name="picky", rank="all")
+        answer = broker.rpc("picky.count").get()
+        assert answer["value"] == 6 and answer["missing"] == "2,5"
+        assert answer["errors"]["2"] == "rank 2 is busy"
+        assert "ValueError: rank 5 is broken" in answer["errors"]["5"]
+        assert [str(e) for e in broker.handler_errors if "rank 5 is broken" in str(e.exception)]
+        assert any("rank 5 is broken" in line for line in broker.dmesg(rank=5))
+
+
+def test_a_failing_combine_answers_eio_with_one_line():
+    class Bad(BrokerModule):
+        @reduce_handler("count", combine=lambda a, b: a / 0)
+        def count(self, msg):
+            return 1
+
+    with kary2(4) as broker:
+        broker.load(Bad, name="bad", rank="all")
+        errnum, text = error_of(broker.rpc("bad.count", nodeid=1))
+        assert errnum == errno.EIO and "ZeroDivisionError" in text and "\n" not in text
+
+
+def test_guests_reach_a_reduction_only_where_allowed_and_never_the_subtree_topic():
+    with kary2(4) as broker:
+        broker.load(Census, name="census", rank="all")
+        guest = broker.connect(userid=4242, rolemask=FLUX_ROLE_USER)
+        assert guest.rpc("census.ranks").get()["ranks"] == "0-3"
+        assert error_of(guest.rpc("census.count"))[0] == errno.EPERM
+        assert error_of(guest.rpc("census.ranks-subtree"))[0] == errno.EPERM
+        assert error_of(guest.rpc("census.count-subtree", nodeid=1))[0] == errno.EPERM
+
+
+def test_a_reduction_checks_its_declared_fields_at_the_rank_asked():
+    with kary2(4) as broker:
+        broker.load(Census, name="census", rank="all")
+        errnum, text = error_of(broker.rpc("census.ranks", {"scale": "three"}))
+        assert errnum == errno.EPROTO and "scale" in text
+
+
+def test_reduce_handler_arguments_are_checked_where_written():
+    with pytest.raises(TypeError, match="combine must be a function"):
+        reduce_handler("x", combine=3)
+    with pytest.raises(TypeError, match="timeout must be a finite number of seconds > 0"):
+        reduce_handler("x", combine=max, timeout=float("nan"))
+    with pytest.raises(TypeError, match="timeout must be a finite number of seconds > 0"):
+        reduce_handler("x", combine=max, timeout=0)
+
+    class NoMerge(BrokerModule):
+        @reduce_handler("x", combine="nosuch")
+        def x(self, msg):
+            return 1
+
+    with Broker() as broker:
+        with pytest.raises(OSError, match="combine='nosuch' names no method of .*NoMerge"):
+            broker.load(NoMerge, name="nomerge")
+
+
+def test_handlers_lists_a_reduction_as_such():
+    with Broker() as broker:
+        broker.load(Census, name="census")
+        kinds = {h["topic"]: h["kind"] for h in broker.rpc("census.handlers").get()["handlers"]}
+        assert kinds["census.count"] == "reduction" and kinds["census.where"] == "request"
+
+
+# Rank sets
+
+
+class Members(BrokerModule):
+    members = RankSets()
+
+    @request_handler("add")
+    def add(self, msg, *, name: str, tied: bool = False):
+        self.members.add(name, msg if tied else None)
+        return {}
+
+    @request_handler("discard")
+    def discard(self, msg, *, name: str):
+        self.members.discard(name)
+        return {}
+
+    @request_handler("members")
+    def get_members(self, msg, *, name: str):
+        return {"members": self.members.members(name), "names": self.members.names()}
+
+    @request_handler("watch")
+    async def watch(self, msg, *, name: str):
+        async for members in self.members.watch(name):
+            self.handle.respond(msg, {"members": members})
+
+
+def test_rank_sets_are_batched_and_reach_rank_0_a_level_at_a_time():
+    """Each broker holds changes 0.1 s, then sends them up: rank 7 (level 3)
+    shows at rank 0 after 0.4 s (measured for groups: 0.40 s)."""
+    with kary2() as broker:
+        broker.load(Members, name="m", rank="all")
+        watch = broker.rpc("m.watch", {"name": "x"}, flags=FLUX_RPC_STREAMING)
+        assert _drain(broker, watch) == [{"members": ""}]
+        for rank in (7, 5):
+            broker.rpc("m.add", {"name": "x"}, nodeid=rank).get()
+        seen = []
+        for _ in range(5):
+            broker.advance(0.1)
+            seen.append([answer["members"] for answer in _drain(broker, watch)])
+        assert seen == [[], [], ["5"], ["5,7"], []]
+        assert broker.rpc("m.members", {"name": "x"}, nodeid=1).get() == {"members": "7", "names": ["x"]}
+        broker.rpc("m.discard", {"name": "x"}, nodeid=5).get()
+        broker.rpc("m.add", {"name": "x"}, nodeid=0).get()
+        broker.advance(1)
+        assert [a["members"] for a in _drain(broker, watch)] == ["0,5,7", "0,7"]
+
+
+def test_rank_sets_merge_a_batch_as_groups_does():
+    with kary2() as broker:
+        broker.load(Members, name="m", rank="all")
+        watch = broker.rpc("m.watch", {"name": "x"}, flags=FLUX_RPC_STREAMING)
+        _drain(broker, watch)
+        for rank in (1, 3, 4):
+            broker.rpc("m.add", {"name": "x"}, nodeid=rank).get()
+        broker.advance(1)
+        assert [a["members"] for a in _drain(broker, watch)] == ["1", "1,3-4"]
+
+
+def test_what_goes_upstream_is_one_merged_change_per_set_as_in_groups():
+    with kary2() as broker:
+        updates = []
+
+        def recorder(h):  # rank 0's "m": records what rank 1 sends up
+            h.msg_watcher_create(lambda h, w, msg, arg: updates.append(msg.payload), 1, "m.members-update").start()
+            h.reactor_run()
+
+        broker.load(recorder, name="m", rank=0)
+        for rank in (1, 3, 4):
+            broker.load(Members, name="m", rank=rank)
+        for rank in (1, 3, 4):
+            broker.rpc("m.add", {"name": "x"}, nodeid=rank).get()
+        broker.advance(1)
+        assert updates == [{"update": {"x": [{"ranks": "1", "set": True}]}},
+                           {"update": {"x": [{"ranks": "3-4", "set": True}]}}]
+
+
+def test_a_disconnecting_client_leaves_what_it_joined():
+    with kary2() as broker:
+        broker.load(Members, name="m", rank="all")
+        client = broker.connect(rank=4)
+        client.rpc("m.add", {"name": "x", "tied": True}).get()
+        broker.connect(rank=5).rpc("m.add", {"name": "x", "tied": True}).get()
+        broker.advance(1)
+        assert broker.rpc("m.members", {"name": "x"}).get()["members"] == "4-5"
+        client.close()
+        broker.advance(1)
+        assert broker.rpc("m.members", {"name": "x"}).get()["members"] == "5"
+
+
+def test_a_lost_subtree_leaves_every_set():
+    with kary2() as broker:
+        broker.load(Members, name="m", rank="all")
+        for rank in range(8):
+            broker.rpc("m.add", {"name": "x"}, nodeid=rank).get()
+            broker.rpc("m.add", {"name": "y"}, nodeid=rank).get()
+        broker.advance(1)
+        broker.overlay_disconnect(3)
+        broker.advance(1)
+        assert [broker.rpc("m.members", {"name": n}).get()["members"] for n in "xy"] == ["0-2,4-6"] * 2
+
+
+def test_a_malformed_update_is_refused_in_one_line_and_changes_nothing():
+    with kary2(4) as broker:
+        broker.load(Members, name="m", rank="all")
+        broker.rpc("m.members-update", {"update": {"x": [{"ranks": "1-2", "set": "yes"}]}}, nodeid=0,
+                   flags=FLUX_RPC_NORESPONSE)
+        broker.advance(1)
+        assert broker.rpc("m.members", {"name": "x"}).get()["members"] == ""
+        refusals = [line for line in broker.dmesg("m") if "m.members-update" in line]
+        assert len(refusals) == 1 and refusals[0].startswith("m.debug[0]")
+
+
+def test_a_parent_without_the_module_drops_updates_and_nothing_hangs():
+    with kary2(4) as broker:
+        broker.load(Members, name="m", rank=0)
+        broker.load(Members, name="m", rank=3)  # its parent, rank 1, has no m
+        broker.rpc("m.add", {"name": "x"}, nodeid=3).get()
+        broker.advance(1)
+        assert broker.rpc("m.members", {"name": "x"}, nodeid=3).get()["members"] == "3"
+        assert broker.rpc("m.members", {"name": "x"}).get()["members"] == ""
+
+
+def test_rank_sets_batch_must_be_seconds():
+    with pytest.raises(ValueError, match="RankSets"):
+        RankSets(batch=float("nan"))
+    with pytest.raises(ValueError, match="RankSets"):
+        RankSets(batch=-1)
+
+
+# The groups example, as clients of flux-core's groups see it
+
+
+def test_the_groups_example_answers_as_flux_cores_groups_does():
+    """The sequence tests/test_tree_real.py runs against the C groups service,
+    and what it measured there."""
+    with kary2() as broker:
+        broker.load(os.path.join(EXAMPLES, "groups.py"), rank="all")
+        watch = broker.rpc("groups.get", {"name": "test"}, flags=FLUX_RPC_STREAMING)
+        seen = [a["members"] for a in _drain(broker, watch)]
+        clients = {}
+        for rank in range(8):
+            clients[rank] = broker.connect(rank=rank)
+            assert clients[rank].rpc("groups.join", {"name": "test"}).get() is None
+            broker.advance(1)
+            seen += [a["members"] for a in _drain(broker, watch)]
+        clients[5].close()
+        broker.advance(1)
+        seen += [a["members"] for a in _drain(broker, watch)]
+        assert broker.connect(rank=6).rpc("groups.leave", {"name": "test"}).get() is None
+        broker.advance(1)
+        seen += [a["members"] for a in _drain(broker, watch)]
+        broker.overlay_disconnect(3)
+        broker.advance(1)
+        seen += [a["members"] for a in _drain(broker, watch)]
+        assert seen == ["", "0", "0-1", "0-2", "0-3", "0-4", "0-5", "0-6", "0-7", "0-4,6-7", "0-4,7", "0-2,4"]
+        assert error_of(broker.connect(rank=4).rpc("groups.join", {"name": "test"})) == (
+            errno.EEXIST, "rank 4 is already a member of test")
+        assert error_of(broker.connect(rank=5).rpc("groups.leave", {"name": "test"})) == (
+            errno.ENOENT, "rank 5 is not a member of test")
+        assert error_of(broker.rpc("groups.get", {"name": "test"}, nodeid=1)) == (
+            errno.EPROTO, "this RPC is only available on rank 0")
+        assert error_of(broker.rpc("groups.join", {"name": "test"}, nodeid=5)) == (
+            errno.EPROTO, "groups.join is restricted to the local broker")
+        assert broker.rpc("groups.get", {"name": "test"}).get() == {"members": "0-2,4"}
+        assert broker.rpc("groups.stats-get", nodeid=2).get()["subtree"] == {"test": "2"}
+
+
+# Scale
+
+
+class Everywhere(BrokerModule):
+    """A tree-aware module with async handlers and a timer, for 1,024 ranks."""
+
+    present = RankSets()
+
+    def setup(self):
+        self.ticks = 0
+
+    @timer_handler(0.5, repeat=0.5)
+    async def tick(self):
+        self.ticks += 1
+
+    @reduce_handler("ticks", combine=operator.add)
+    async def ticks_seen(self, msg):
+        return self.ticks
+
+    @request_handler("arrive")
+    async def arrive(self, msg):
+        self.present.add("here")
+        return {}
+
+    @request_handler("present")
+    def here(self, msg):
+        return {"members": self.present.members("here")}
+
+
+def test_1024_ranks_reduce_and_aggregate_with_async_handlers_and_timers():
+    """Past ~500 async modules, select() refused the descriptors of their
+    asyncio loops; this runs in the default suite (about 3 s here)."""
+    with Broker(size=1024) as broker:
+        broker.load(Everywhere, name="every", rank="all")
+        broker.advance(1.0)
+        answer = broker.rpc("every.ticks").get()
+        assert answer == {"value": 2 * 1024, "ranks": "0-1023", "missing": "", "errors": {}}
+        for rank in range(1024):
+            broker.rpc("every.arrive", nodeid=rank)
+        broker.advance(0.5)
+        assert broker.rpc("every.present").get() == {"members": "0-1023"}
+        assert broker.rpc("every.present", nodeid=1).get() == {"members": "1,33-64"}
+        broker.remove("every", rank="all")
+
+
+def _drain(broker, future):
+    """The responses a streaming *future* has now, in order."""
+    broker.run_until_idle()
+    seen = []
+    while future.is_ready():
+        seen.append(future.get())
+        future.reset()
+    return seen
+
+
+def test_log_lines_of_the_tree_are_at_debug_only():
+    """A whole reduction and aggregation leaves nothing above LOG_DEBUG in the log."""
+    with kary2() as broker:
+        broker.load(Members, name="m", rank="all")
+        broker.load(Census, name="census", rank="all")
+        broker.rpc("census.count").get()
+        broker.rpc("m.add", {"name": "x"}, nodeid=7).get()
+        broker.advance(1)
+        loud = [entry for rank in range(8) for entry in broker.dmesg(rank=rank)
+                if not any(f".{level}[" in entry for level in ("debug", "info"))]
+        assert loud == [], loud
+        assert syslog.LOG_DEBUG == 7
