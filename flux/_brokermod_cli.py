@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="module name (default: FILE's basename up to its first '.')")
     run.add_argument("--size", type=int, default=1, metavar="N",
                      help="ranks of the in-memory instance (the module is loaded on every rank)")
+    run.add_argument("--topo", metavar="SPEC", default=None,
+                     help="how the ranks form a tree, as `flux start -Stbon.topo=SPEC`: kary:K, "
+                          "binomial or mincrit[:K] (default kary:32)")
     for flag, metavar, help_text in (
         ("--rpc", "TOPIC[=JSON]", "send a request (the payload is sent as written, JSON or not)"),
         ("--stream", "TOPIC[=JSON]", "send a streaming request; print each response and how the stream ended"),
@@ -251,7 +254,12 @@ def run(options: argparse.Namespace, out: Any = None, err: Any = None) -> int:
     err = err or sys.stderr
     show = _Printer(out, getattr(options, "json", False))
     size = max(1, getattr(options, "size", 1) or 1)
-    broker = Broker(size=size)
+    topo = getattr(options, "topo", None)
+    try:
+        broker = Broker(size=size, attrs={"tbon.topo": topo} if topo else None)
+    except ValueError as exc:
+        print(f"flux-brokermod: --topo: {exc}", file=err)
+        return 2
     others: List[str] = []  # the names --load gave, in load order
     loading = options.file
     try:

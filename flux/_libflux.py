@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional
 from flux._brief import BriefHelp
 
 __all__ = [
-    "RequestFacts", "clear_msgcounters", "is_streaming", "matchtag_of", "module_name", "msgcounters",
+    "RequestFacts", "arm_rpcs", "clear_msgcounters", "is_streaming", "matchtag_of", "module_name", "msgcounters",
     "raw_message_class", "reactor_clock", "request_facts", "watch",
 ]
 
@@ -144,6 +144,51 @@ def watch(h: Any, callback: Callable[..., None], msgtype: int, topic: str, rolem
         return RawMessageWatcher(h, callback, msgtype, topic, rolemask)
     except MemoryError:  # cffi could not make the callback
         return h.msg_watcher_create(callback, msgtype, topic, rolemask=rolemask)
+
+
+def arm_rpcs(h: Any) -> None:
+    """Make every future ``h.rpc()`` returns take its response from the start.
+
+    libflux installs an RPC's response handler only when its future is
+    first used (``then()``, ``get()``, ``await``); a response that reaches
+    the reactor before then is taken for a late one: dropped, and its
+    matchtag reused, so the future never completes.  Sending several RPCs
+    and awaiting them one by one hits exactly that.  An armed future has
+    its handler from the start (a continuation that does nothing, which
+    ``then()`` replaces), so a response waits in it to be read.
+    """
+    rpc = h.rpc
+    if getattr(rpc, "_brokermod_armed", False):
+        return
+
+    def armed_rpc(*args: Any, **kwargs: Any) -> Any:
+        future = rpc(*args, **kwargs)
+        _arm(future)
+        return future
+
+    armed_rpc.__doc__ = rpc.__doc__
+    armed_rpc._brokermod_armed = True  # type: ignore[attr-defined]
+    h.rpc = armed_rpc
+
+
+_NOTHING: Any = None
+
+
+def _arm(future: Any) -> None:
+    hook = getattr(type(future), "_brokermod_arm", None)
+    if hook is not None:
+        hook(future)
+        return
+    global _NOTHING
+    lib = _libflux()
+    if _NOTHING is None:
+        _NOTHING = _FFI.callback("void(flux_future_t *, void *)", _do_nothing)
+    if lib.flux_future_then(future.pimpl.handle, -1.0, _NOTHING, _FFI.NULL) < 0:
+        raise OSError(_FFI.errno, "flux_future_then failed")
+
+
+def _do_nothing(f: Any, arg: Any) -> None:
+    pass
 
 
 def raw_message_class(h: Any) -> Optional[type]:

@@ -48,7 +48,7 @@ from flux._logtext import log_verbatim
 from flux._observe import module_created
 from flux._options import Option, OptionError, option_table, options_of, parse_options
 from flux._payloads import PayloadError, schema_of
-from flux._libflux import RequestFacts, module_name, request_facts, watch
+from flux._libflux import RequestFacts, arm_rpcs, module_name, request_facts, watch
 from flux._tree import RankSets, Reducer, Reduction, TreePlace, forward_topic, update_topic
 
 # Defined next to the code that uses them; public here, under this name.
@@ -547,6 +547,7 @@ class BrokerModule:
         self._flux_timers: Dict[str, Any] = {}
         self._stopped_with_error = False
         self._flux_place = TreePlace(h, int(h.get_rank()))
+        arm_rpcs(h)
         self.log = BrokerLogger(h)
         try:
             declared = type(self)._flux_options

@@ -39,6 +39,20 @@ class Worker(BrokerModule):
     async def relay(self, msg, *, key: str):
         return await self.handle.rpc("kvstore.get", {"key": key})
 
+    @request_handler("several")
+    async def several(self, msg, *, keys: list):
+        futures = [self.handle.rpc("kvstore.get", {"key": key}) for key in keys]
+        return [(await future)["value"] for future in futures]
+
+    @request_handler("keep")
+    def keep(self, msg, *, key: str):
+        self.kept = self.handle.rpc("kvstore.get", {"key": key})
+        return {}
+
+    @request_handler("kept")
+    async def kept_answer(self, msg):
+        return await self.kept
+
     @request_handler("gather")
     async def gather(self, msg):
         async def double(x):
@@ -204,6 +218,23 @@ def test_awaiting_a_flux_future_and_gather(worker):
     assert worker.rpc("worker.relay", {"key": "k"}).get() == {"value": [1]}
     assert error_of(worker.rpc("worker.relay", {"key": "nope"})) == (ENOENT, "no such key: nope")
     assert worker.rpc("worker.gather").get() == [0, 2, 4]
+
+
+def test_several_rpcs_sent_at_once_are_awaited_one_by_one(worker):
+    """Their answers come while the first is awaited: libflux would drop
+    them (no handler yet) but a BrokerModule's handle arms every RPC."""
+    for key in "abcd":
+        worker.rpc("kvstore.put", {"key": key, "value": key * 2}).get()
+    for _ in range(3):
+        assert worker.rpc("worker.several", {"keys": list("abcd")}).get() == ["aa", "bb", "cc", "dd"]
+
+
+def test_a_future_kept_for_a_later_handler_still_gets_its_answer(worker):
+    """Without arming, libflux would drop its answer (no handler yet)."""
+    worker.rpc("kvstore.put", {"key": "k", "value": 5}).get()
+    assert worker.rpc("worker.keep", {"key": "k"}).get() == {}
+    worker.wait(0.5)  # its answer reaches the module's reactor
+    assert worker.rpc("worker.kept").get() == {"value": 5}
 
 
 def test_a_failing_coroutine_answers_as_a_failing_handler_does(worker):

@@ -403,3 +403,16 @@ def test_check_inside_an_instance_asks_it(set_up):
     else:
         assert result.returncode == 1
         assert "flux-core's own loader" in result.stdout and "ImportError" in result.stdout
+
+
+def test_run_builds_the_tree_topo_names(example, capsys):
+    """--topo is tbon.topo: on kary:2 rank 3's join reaches rank 0's view
+    through rank 1; rank 5 is not rank 0."""
+    status, out, err = run(["run", "--size", "8", "--topo", "kary:2", "--rank", "3", "--rpc", 'join={"name": "x"}',
+                            "--advance", "1", "--rank", "0", "--rpc", 'get={"name": "x"}', "--rank", "5",
+                            "--rpc", 'get={"name": "x"}', example("groups.py")], capsys)
+    assert status == 1, err
+    assert 'groups.get: {"members": "3"}' in out
+    assert "groups.get: error EPROTO: this RPC is only available on rank 0" in out
+    status, out, err = run(["run", "--size", "4", "--topo", "kary:x", example("groups.py")], capsys)
+    assert status == 2 and err == "flux-brokermod: --topo: tbon.topo 'kary:x': k must be an integer >= 0\n"

@@ -25,6 +25,7 @@ from flux.membroker import (
     BrokerPanic,
     Message,
     ModuleError,
+    ModuleHang,
     StrayResponse,
 )
 
@@ -972,6 +973,76 @@ def test_timer_stopped_and_restarted_at_once_fires_once(broker):
     broker.load(mod_main, name="restart")
     broker.advance(5)
     assert fired == [1.0]
+
+
+EARLY_RESPONSES = """
+def echo(h):
+    def later(h, w, msg, arg):  # answers after a second, keeping the timer alive until then
+        timers.append(h.timer_watcher_create(1.0, lambda *a: h.respond(msg, {"n": msg.payload["n"]})).start())
+
+    timers = []
+    h.msg_watcher_create(lambda h, w, msg, arg: h.respond(msg, {"n": msg.payload["n"]}), 1, "echo.x").start()
+    h.msg_watcher_create(later, 1, "echo.later").start()
+    h.reactor_run()
+
+
+def two_gets(h):
+    def go(h, w, msg, arg):  # the second answer comes while the first get() waits
+        first, second = h.rpc("echo.later", {"n": 1}), h.rpc("echo.x", {"n": 2})
+        h.respond(msg, [first.get()["n"], second.get()["n"]])
+
+    h.msg_watcher_create(go, 1, "two.go").start()
+    h.reactor_run()
+
+
+def late_then(h):
+    def go(h, w, msg, arg):
+        first, second = h.rpc("echo.x", {"n": 1}), h.rpc("echo.x", {"n": 2})
+
+        def answered(f):
+            second.then(lambda f2: h.respond(msg, [f.get()["n"], f2.get()["n"]]))
+
+        first.then(answered)
+
+    h.msg_watcher_create(go, 1, "late.go").start()
+    h.reactor_run()
+
+
+def kept(h):
+    futures = []
+
+    def send(h, w, msg, arg):  # the future is kept, not used: its answer comes with no handler
+        futures.append(h.rpc("echo.x", {"n": 3}))
+        h.respond(msg, {})
+
+    def read(h, w, msg, arg):
+        futures[0].then(lambda f: h.respond(msg, f.get()))
+
+    h.msg_watcher_create(send, 1, "kept.send").start()
+    h.msg_watcher_create(read, 1, "kept.read").start()
+    h.reactor_run()
+"""
+
+
+def test_a_response_before_its_future_is_used_is_lost_as_libflux_loses_it(broker, write_module):
+    """libflux installs an RPC's response handler at the future's first use;
+    a response the module's reactor dispatches before that is dropped (a
+    sync get()'s handle clone requeues it instead, and a continuation due
+    runs before the next dispatch).  Real counterpart:
+    test_real_flux.py::test_a_response_before_its_future_is_used_is_lost."""
+    scope = {}
+    exec(EARLY_RESPONSES, scope)  # noqa: S102 - the test's own modules
+    broker.load(scope["echo"], name="echo")
+    broker.load(scope["two_gets"], name="two")
+    assert broker.rpc("two.go").get() == [1, 2]
+    broker.load(scope["late_then"], name="late")
+    assert broker.rpc("late.go").get() == [1, 2]  # a continuation runs before the next dispatch
+    broker.load(scope["kept"], name="kept")
+    assert broker.rpc("kept.send").get() == {}
+    broker.run_until_idle()  # its answer reaches the module's reactor
+    with pytest.raises(ModuleHang, match="libflux drops a response whose future has no handler yet"):
+        broker.rpc("kept.read").get()
+    broker.hung = None  # the test goes on to close the broker
 
 
 def test_timer_start_resumes_the_time_left_as_libev_does(broker):

@@ -539,3 +539,30 @@ def test_flux_cores_schedulers_annotate_and_cancel_pending_jobs_on_this_library(
         flux.flux("module", "remove", "-f", scheduler)
         flux.flux("module", "load", "sched-simple")
     assert "sched-simple" in module_names(flux)
+
+
+def test_a_response_before_its_future_is_used_is_lost(flux, tmp_path):
+    """What test_membroker.py's test of the same name models: two gets in
+    a row work (the handle clone requeues the second answer); a then() on
+    a future whose answer the reactor already had never completes."""
+    from test_membroker import EARLY_RESPONSES
+
+    for name in ("echo", "two_gets", "late_then", "kept"):
+        path = tmp_path / f"{name}.py"
+        path.write_text(EARLY_RESPONSES + f"\nmod_main = {name}\n")
+    flux.load(str(tmp_path / "echo.py"))
+    flux.load(str(tmp_path / "two_gets.py"), name="two")
+    flux.load(str(tmp_path / "late_then.py"), name="late")
+    flux.load(str(tmp_path / "kept.py"), name="kept")
+    try:
+        assert flux.rpc("two.go").get() == [1, 2]
+        assert flux.rpc("late.go").get() == [1, 2]
+        assert flux.rpc("kept.send").get() == {}
+        code = ("import flux\ntry:\n    flux.Flux().rpc('kept.read').wait_for(3).get()\n"
+                "except OSError as exc:\n    print(exc.errno)")
+        result = flux.flux("python", "-c", code)
+        assert result.stdout.strip() == str(errno.ETIMEDOUT), result.stderr
+    finally:
+        for name in ("echo", "two", "late", "kept"):
+            flux.remove(name)
+

@@ -239,6 +239,18 @@ class BrokerLink:
         """Stop: response *msg* reached *handle*, and no RPC of it waits for its matchtag."""
         self._broker._stray_response(handle, msg, "reached it, and no RPC of it waits for that matchtag")
 
+    def response_lost(self, handle: Handle, topic: str) -> None:
+        """Stop: *handle*'s RPC to *topic* is used after its response was dropped."""
+        broker = self._broker
+        if broker.hung is None:
+            broker.hung = (
+                f"{handle!r} used its future for {topic} (then(), get() or await) after the response had "
+                f"reached its reactor: libflux drops a response whose future has no handler yet, so on a "
+                f"real broker this future never completes (or fails with EEXIST once its matchtag is "
+                f"reused); use a future (then() or await) in the same callback that sends the RPC, or "
+                f"send it from a BrokerModule, whose handle arms every RPC"
+            )
+
     def publish(self, msg: Message) -> None:
         """Publish event *msg* to every subscriber on every rank."""
         self._broker._publish(msg)

@@ -62,6 +62,20 @@ class Future:
         self._callback_args: tuple = ()
         self._scheduled = False
         self._matchtag = FLUX_MATCHTAG_NONE
+        # libflux installs the response handler at first use (then, get,
+        # wait_for); a response a module's reactor gets before that is lost.
+        self._initialized = False
+        self._lost = False
+
+    def _init(self) -> None:
+        if not self._initialized:
+            self._initialized = True
+            if self._lost:
+                self._handle._link.response_lost(self._handle, self._topic)
+
+    def _brokermod_arm(self) -> None:
+        """Install the response handler now (see flux._libflux.arm_rpcs)."""
+        self._init()
 
     def __del__(self) -> None:
         # flux_future_destroy(): an answered RPC gives its matchtag back.
@@ -80,13 +94,15 @@ class Future:
 
     def wait_for(self, timeout: float = -1.0) -> "Future":
         """Wait until a response is there (timeout in virtual seconds, -1: none)."""
-        self._handle._link.wait_until(self.is_ready, self._topic, timeout)
+        self._init()
+        self._handle._sync_wait(self.is_ready, self._topic, timeout)
         return self
 
     def get_str(self) -> Optional[str]:
         """Wait for the response; return its payload text (None if none)."""
         if not self._responses:  # wait_for(), minus a frame per request
-            self._handle._link.wait_until(self.is_ready, self._topic)
+            self._init()
+            self._handle._sync_wait(self.is_ready, self._topic)
         msg = self._responses[0]
         if msg._errnum:
             raise OSError(msg._errnum, os.strerror(msg._errnum) if msg._errstr is None else msg._errstr)
@@ -108,6 +124,7 @@ class Future:
         """Call ``callback(future, *args)`` when a response is there."""
         if callback is None:
             raise ValueError("Callback cannot be None")
+        self._init()
         self._callback = callback
         self._callback_args = args
         if self._responses:
@@ -451,6 +468,8 @@ class Handle:
         #: What the broker calls on this handle (see HandleInbox).
         self._inbox = HandleInbox(self)
         self._matchtags = MatchtagPool()
+        self._sync_waits = 0  # synchronous get()s in progress on this handle
+        self._requeued: List[Message] = []  # responses a synchronous get() put back
         self._methods: Dict[str, List[MessageWatcher]] = {}
         self._handlers: List[MessageWatcher] = []
         self._subscriptions: List[str] = []
@@ -891,6 +910,10 @@ class Handle:
         self._rx["response"] += 1
         tag = msg._matchtag
         if tag != FLUX_MATCHTAG_NONE:
+            future = self._matchtags.peek(tag)
+            if future is not None and not future._initialized and self._record is not None:
+                self._early_response(future, msg)
+                return
             future = self._matchtags.take(tag, bool(msg._errnum or not msg._flags & FLUX_RPC_STREAMING))
             if future is not None:
                 future._fulfill(msg)
@@ -901,6 +924,60 @@ class Handle:
                 return
         if tag != FLUX_MATCHTAG_NONE:
             self._link.stray_response(self, msg)
+
+    def _early_response(self, future: Future, msg: Message) -> None:
+        """A response for an RPC whose future has no handler yet (not used
+        since rpc()), as libflux treats it.  While the module waits in a
+        synchronous get(), its handle clone requeues it for later.  Otherwise
+        the reactor dispatches it after the continuations already due (libev
+        runs the newest check watchers first): if its future has a handler by
+        then, it takes it; if not, it is dropped as a late response and its
+        matchtag reused, and the future never completes."""
+        if self._sync_waits:
+            if not self._requeued:
+                self._post(self._dispatch_requeued)
+            self._requeued.append(msg)
+            return
+        self._post(lambda: self._dispatch_late(msg))
+
+    def _dispatch_late(self, msg: Message) -> None:
+        tag = msg._matchtag
+        future = self._matchtags.peek(tag)
+        if future is None:
+            return
+        final = bool(msg._errnum or not msg._flags & FLUX_RPC_STREAMING)
+        if future._initialized:
+            self._matchtags.take(tag, final)
+            future._fulfill(msg)
+            return
+        if final:
+            self._matchtags.reclaim(tag)
+            future._matchtag = FLUX_MATCHTAG_NONE
+        future._lost = True
+
+    def _dispatch_requeued(self) -> None:
+        """The main reactor takes the responses a synchronous get() requeued."""
+        requeued, self._requeued = self._requeued, []
+        for msg in requeued:
+            self._dispatch_late(msg)
+
+    def _take_requeued(self) -> None:
+        """A synchronous get() reads the requeued responses its future now takes."""
+        for msg in list(self._requeued):
+            future = self._matchtags.peek(msg._matchtag)
+            if future is not None and future._initialized:
+                self._requeued.remove(msg)
+                self._matchtags.take(msg._matchtag, bool(msg._errnum or not msg._flags & FLUX_RPC_STREAMING))
+                future._fulfill(msg)
+
+    def _sync_wait(self, done: Callable[[], bool], what: str, timeout: float = -1.0) -> None:
+        if self._requeued:
+            self._take_requeued()
+        self._sync_waits += 1
+        try:
+            self._link.wait_until(done, what, timeout)
+        finally:
+            self._sync_waits -= 1
 
     def _require_module(self, method: str) -> "LoadedModule":
         if self._record is None:

@@ -45,6 +45,16 @@ class MatchtagPool:
             self._answered.add(tag)
         return future
 
+    def peek(self, tag: int) -> Optional[Any]:
+        """The future waiting for a response with *tag*, left waiting."""
+        return self._open.get(tag)
+
+    def reclaim(self, tag: int) -> None:
+        """Free *tag* now, as libflux does for a response no handler took."""
+        self._open.pop(tag, None)
+        self._answered.discard(tag)
+        heapq.heappush(self._free, tag)
+
     def release(self, tag: int) -> None:
         """The future of *tag*'s answered RPC is destroyed: free the tag."""
         if tag in self._answered:
