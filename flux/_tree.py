@@ -260,7 +260,11 @@ class _Gather:
         if self._futures and not self._expired:
             self._deferred = True
             return None
-        return self._finish()
+        try:
+            return self._finish()
+        except Exception as exc:  # noqa: BLE001 - the module's combine failed
+            self._reducer._failed(f"request {self._msg.topic}", exc)
+            raise RequestError(errno.EIO, f"{self._msg.topic}: {exception_text(exc)}") from None
 
     def _child_answered(self, future: Any, child: int) -> None:
         reducer = self._reducer

@@ -45,3 +45,14 @@ def test_readme_module_and_test_snippets_work(tmp_path, monkeypatch):
     namespace = {}
     exec(compile(test_src, "README-test", "exec"), namespace)
     namespace["test_info"]()
+
+
+def test_readme_census_answers_as_it_says(tmp_path):
+    """The README's reduction module, on a kary:2 tree of 64 ranks."""
+    from flux.membroker import Broker
+
+    source = next(b for b in python_blocks() if "class Census" in b)
+    (tmp_path / "census.py").write_text(source)
+    with Broker(size=64, attrs={"tbon.topo": "kary:2"}) as broker:
+        broker.load(str(tmp_path / "census.py"), rank="all")
+        assert broker.rpc("census.count").get() == {"value": 64, "ranks": "0-63", "missing": "", "errors": {}}

@@ -594,3 +594,23 @@ def test_log_lines_of_the_tree_are_at_debug_only():
                 if not any(f".{level}[" in entry for level in ("debug", "info"))]
         assert loud == [], loud
         assert syslog.LOG_DEBUG == 7
+
+
+def test_a_failing_combine_answers_the_same_when_it_runs_in_the_handler():
+    """Rank 0's own value times out after its children answered, so the
+    combine runs when the handler returns, not in a continuation: the same
+    EIO answer as test_a_failing_combine_answers_eio_with_one_line."""
+    class LateOwn(BrokerModule):
+        @reduce_handler("count", combine="divide", timeout=2)
+        async def count(self, msg):
+            if self.rank == 0:
+                await asyncio.sleep(3)
+            return 1
+
+        def divide(self, a, b):
+            return a / 0
+
+    with kary2(3) as broker:
+        broker.load(LateOwn, name="late", rank="all")
+        errnum, text = error_of(broker.rpc("late.count"))
+        assert errnum == errno.EIO and text.startswith("late.count: ZeroDivisionError"), text
