@@ -33,6 +33,7 @@ from flux._brief import BriefHelp
 from flux._constants import FLUX_NODEID_UPSTREAM, FLUX_RPC_NORESPONSE, FLUX_RPC_STREAMING
 from flux._dispatch import COROUTINE, RequestError, exception_text, kind_of
 from flux._libflux import request_facts
+from flux._payloads import PayloadError
 
 __all__ = ["RankSets", "Reducer", "Reduction", "TreePlace", "forward_topic", "update_topic"]
 
@@ -389,7 +390,12 @@ class BoundRankSets:
     # what a module calls
 
     def add(self, name: str, msg: Any = None) -> None:
-        """Put this rank in set *name*; with *msg*, until its sender disconnects."""
+        """Put this rank in set *name*; with *msg*, until its sender disconnects.
+
+        :raises PayloadError: (a ValueError; in a handler, the caller gets
+            EPROTO) if *name* is not a string UTF-8 can carry.
+        """
+        _check_name(name)
         if name in self._joined:
             return
         self._joined[name] = None if msg is None else _client_of(msg)
@@ -461,12 +467,15 @@ class BoundRankSets:
             return
         for name, changes in batch.items():
             batch[name] = _merged(changes)
+        self._batch = {}
+        self._timer.stop()
         if self._parent is not None:
             # To the parent by its rank, not FLUX_NODEID_UPSTREAM: a real broker
             # bounces an upstream request forever if its module is not loaded there.
-            self._h.rpc(self._topic, {"update": batch}, nodeid=self._parent, flags=FLUX_RPC_NORESPONSE)
-        self._batch = {}
-        self._timer.stop()
+            try:
+                self._h.rpc(self._topic, {"update": batch}, nodeid=self._parent, flags=FLUX_RPC_NORESPONSE)
+            except Exception as exc:  # noqa: BLE001 - logged; this rank's view still changes
+                self._failed("rank sets update", exc)
         for name, changes in batch.items():
             members = self._sets.setdefault(name, set())
             for change in changes:
@@ -507,6 +516,15 @@ class BoundRankSets:
             self._failed("overlay.monitor", exc)
         finally:
             future.reset()
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"a rank set's name is a string, not {type(name).__name__}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"set name {name!r} is not text UTF-8 can carry") from None
 
 
 def _client_of(msg: Any) -> Tuple[str, int]:

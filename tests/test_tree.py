@@ -167,9 +167,16 @@ def test_overlay_disconnect_loses_the_subtree_as_measured():
 # A module's place in the tree, and reductions
 
 
-class Census(BrokerModule):
-    """Counts ranks, in every way a reduction can be written."""
+#: Counts ranks in every way a reduction can be written (also loaded from a
+#: file on a real instance by test_tree_real.py).
+CENSUS = """
+import asyncio
+import operator
 
+from flux.brokermod import BrokerModule, reduce_handler, request_handler
+
+
+class Census(BrokerModule):
     @reduce_handler("count", combine=operator.add, timeout=4)
     def count(self, msg):
         return 1
@@ -190,6 +197,10 @@ class Census(BrokerModule):
     async def total(self, msg, *, rank: int = 0):
         reduction = await self.reduce("count", rank=rank)
         return {"value": reduction.value, "complete": reduction.complete}
+"""
+_census: dict = {"__name__": "census"}
+exec(CENSUS, _census)  # noqa: S102 - the test's own module
+Census = _census["Census"]
 
 
 def test_a_module_knows_its_parent_and_children():
@@ -614,3 +625,16 @@ def test_a_failing_combine_answers_the_same_when_it_runs_in_the_handler():
         broker.load(LateOwn, name="late", rank="all")
         errnum, text = error_of(broker.rpc("late.count"))
         assert errnum == errno.EIO and text.startswith("late.count: ZeroDivisionError"), text
+
+
+def test_a_set_name_utf8_cannot_carry_is_the_callers_error_and_nothing_sticks():
+    """A lone surrogate from a JSON payload: EPROTO, one line at LOG_DEBUG;
+    the rank's later changes still go up."""
+    with kary2() as broker:
+        broker.load(Members, name="m", rank="all")
+        assert error_of(broker.rpc("m.add", '{"name": "\\ud800"}', nodeid=3)) == (
+            errno.EPROTO, "set name '\\ud800' is not text UTF-8 can carry")
+        assert broker.rpc("m.add", {"name": "ok"}, nodeid=3).get() == {}
+        broker.advance(1)
+        assert broker.rpc("m.members", {"name": "ok"}).get()["members"] == "3"
+        assert not [line for line in broker.dmesg(rank=3) if ".err[" in line]

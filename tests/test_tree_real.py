@@ -20,6 +20,7 @@ import pytest
 
 from flux.brokermod_testing import skip_reason, start_instance, wait_for
 from flux.membroker import Broker
+from test_tree import CENSUS
 
 pytestmark = [
     pytest.mark.real_flux,
@@ -29,27 +30,6 @@ pytestmark = [
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = os.path.join(ROOT, "examples", "groups.py")
 KARY2 = {"tbon.topo": "kary:2", "broker.module-nopanic": "1"}
-
-CENSUS = '''
-import operator
-from flux.brokermod import BrokerModule, reduce_handler, request_handler
-
-class Census(BrokerModule):
-    @reduce_handler("count", combine=operator.add, timeout=5)
-    def count(self, msg):
-        return 1
-
-    @reduce_handler("ranks", combine="merge", allow_guest=True)
-    async def ranks(self, msg, *, scale: int = 1):
-        return {str(self.rank): scale}
-
-    def merge(self, a, b):
-        return {**a, **b}
-
-    @request_handler("where")
-    def where(self, msg):
-        return {"rank": self.rank, "parent": self.parent, "children": list(self.children)}
-'''
 
 # A client's view of the tree, the same script on both brokers.
 TREE_FACTS = '''
