@@ -1,6 +1,6 @@
 """Benchmark: one reduction over the whole instance, against its size.
 
-    python benchmarks/tree.py [--reductions N] [--sizes 16,256,1024] [--brokers 1,2,4,8,16]
+    python benchmarks/tree.py [--reductions N] [--sizes 16,256,1024] [--brokers 1,2,4,8,16] [--topo kary:2]
 
 Two modules count the ranks of the instance, asked on rank 0:
 
@@ -118,8 +118,8 @@ def memory_rows(sizes, reductions):
     return rows
 
 
-def real_rows(brokers, reductions):
-    """(brokers, module, latency ms, rank 0 module CPU us) per reduction, kary:2."""
+def real_rows(brokers, reductions, topo="kary:2"):
+    """(brokers, module, latency ms, rank 0 module CPU us) per reduction, on *topo*."""
     from flux.brokermod_testing import skip_reason, start_instance
 
     reason = skip_reason()
@@ -128,7 +128,7 @@ def real_rows(brokers, reductions):
     paths = _write(tempfile.mkdtemp(prefix="brokermod-tree-"))
     rows = []
     for size in brokers:
-        instance = start_instance(size=size, attrs={"tbon.topo": "kary:2", "broker.module-nopanic": "1"})
+        instance = start_instance(size=size, attrs={"tbon.topo": topo, "broker.module-nopanic": "1"})
         try:
             for name, path in paths.items():
                 instance.load(path, rank="all")
@@ -147,12 +147,14 @@ def real_rows(brokers, reductions):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reductions", type=int, default=200)
-    parser.add_argument("--sizes", default="16,256,1024", help="in-memory sizes")
+    parser.add_argument("--sizes", default="16,256,1024", help="in-memory sizes (none: skip)")
     parser.add_argument("--brokers", default="1,2,4,8,16", help="real instance sizes")
+    parser.add_argument("--topo", default="kary:2", help="the real instance's tbon.topo")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     options = parser.parse_args()
-    memory = memory_rows([int(s) for s in options.sizes.split(",")], max(1, options.reductions // 10))
-    real, reason = real_rows([int(s) for s in options.brokers.split(",")], options.reductions)
+    sizes = [int(s) for s in options.sizes.split(",") if s.strip() and s != "none"]
+    memory = memory_rows(sizes, max(1, options.reductions // 10))
+    real, reason = real_rows([int(s) for s in options.brokers.split(",")], options.reductions, options.topo)
     if options.json:
         print(json.dumps({"memory": memory, "real": real, "skipped": reason}))
         return 0
@@ -163,7 +165,7 @@ def main() -> int:
     if real is None:
         print(f"real instance: skipped ({reason})")
         return 0
-    print(f"real instance, kary:2: per reduction (median of {options.reductions})")
+    print(f"real instance, {options.topo}: per reduction (median of {options.reductions})")
     print(f"  {'brokers':>7} {'module':6} {'latency ms':>10} {'rank 0 CPU us':>13}")
     for size, name, ms, cpu in real:
         print(f"  {size:7} {name:6} {ms:10.2f} {cpu:13.0f}")

@@ -150,14 +150,14 @@ class Reducer:
                  failed: Callable[[str, BaseException], None]) -> None:
         self._h = h
         self._place = place
-        self._topic = topic
         self._forward = forward_topic(topic)
         self._method = method
         self._combine = combine
         self._timeout = timeout
         self._failed = failed
         self._forward_timeout: Optional[float] = None
-        #: Reductions still waiting for an answer from below, by id.
+        #: Reductions still waiting for an answer from below, by id: held
+        #: here so that they, and their timers, live until those answers come.
         self.waiting: Dict[int, "_Gather"] = {}
         if kind_of(method) == COROUTINE:
             self.kind = COROUTINE
