@@ -4,6 +4,10 @@ Load it on every rank (``flux exec -r all flux module load
 /path/to/ranks.py``).  Each rank's module reports to rank 0 on a timer;
 rank 0 keeps the latest report of every rank and answers ``ranks.status``
 with them.  ``self.rank`` and ``self.size`` tell a module where it runs.
+Every rank talking to rank 0 is fine for a few brokers; rank 0 then
+handles a message per rank each round, so a service over a large
+instance gives each broker its parent and children only instead:
+``@reduce_handler`` and ``RankSets`` (see ``examples/groups.py``).
 
     flux-brokermod run --size 3 --advance 1.5 --rpc status examples/ranks.py
 """
