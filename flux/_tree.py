@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Set, Tupl
 from flux import _idset
 from flux._brief import BriefHelp
 from flux._constants import FLUX_NODEID_UPSTREAM, FLUX_RPC_NORESPONSE, FLUX_RPC_STREAMING
-from flux._dispatch import COROUTINE, RequestError, exception_text, kind_of
+from flux._dispatch import COROUTINE, PLAIN, RequestError, exception_text, kind_of
 from flux._libflux import request_facts
 from flux._payloads import PayloadError
 
@@ -164,7 +164,7 @@ class Reducer:
             self.entry: Callable[..., Any] = self._entry_async
             self.forwarded: Callable[..., Any] = self._forwarded_async
         else:
-            self.kind = "plain"
+            self.kind = PLAIN
             self.entry = self._entry
             self.forwarded = self._forwarded
 
@@ -377,14 +377,13 @@ class BoundRankSets:
         self._place = place
         self._failed = failed
         self._topic = update_topic(module, attr)
-        self._rank = place.rank
         self._self = _idset.encode([place.rank])
         self._sets: Dict[str, Set[int]] = {}
         self._joined: Dict[str, Optional[Tuple[str, int]]] = {}  # name: the client it stands for
         self._batch: Dict[str, List[Dict[str, Any]]] = {}
         self._watchers: Dict[str, List[Any]] = {}
         self._timer = h.timer_watcher_create(batch, self._flush_timer)
-        self._monitor: Any = None
+        self._monitor: Any = None  # overlay.monitor's stream, kept while the module runs
         self._parent: Optional[int] = None
 
     # what a module calls

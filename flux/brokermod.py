@@ -35,6 +35,7 @@ from flux._constants import (
     FLUX_RPC_NORESPONSE,
 )
 from flux._dispatch import (
+    PLAIN,
     AnswerError,
     Dispatcher,
     RequestError,
@@ -536,8 +537,11 @@ class BrokerModule:
         super().__init_subclass__(**kwargs)
         cls._flux_handlers = _collect_handlers(cls)
         cls._flux_options = options_of(cls)
+        cls._flux_rank_sets = {attr: value for klass in reversed(cls.__mro__)
+                               for attr, value in vars(klass).items() if isinstance(value, RankSets)}
 
     _flux_options: Dict[str, Option] = {}
+    _flux_rank_sets: Dict[str, RankSets] = {}
 
     def __init__(self, h: Any, *args: str) -> None:
         self._h = h
@@ -748,15 +752,13 @@ class BrokerModule:
     def _bind_rank_sets(self) -> List[Any]:
         """Give this instance its own :class:`RankSets` and watch their updates."""
         bound = []
-        for klass in type(self).__mro__:
-            for attr, value in vars(klass).items():
-                if isinstance(value, RankSets) and attr not in self.__dict__:
-                    sets = self.__dict__[attr] = value.bind(self._h, self._name, self._flux_place,
-                                                            self._flux_dispatch.failed)
-                    topic = update_topic(self._name, attr)
-                    self._watch(_MSGTYPE_REQUEST, topic,
-                                self._flux_dispatch.request_callback(topic, sets.update, None, "plain"), None)
-                    bound.append(sets)
+        for attr, declared in type(self)._flux_rank_sets.items():
+            sets = self.__dict__[attr] = declared.bind(self._h, self._name, self._flux_place,
+                                                       self._flux_dispatch.failed)
+            topic = update_topic(self._name, attr)
+            self._watch(_MSGTYPE_REQUEST, topic,
+                        self._flux_dispatch.request_callback(topic, sets.update, None, PLAIN), None)
+            bound.append(sets)
         return bound
 
     def _reducer(self, attr: str, topic: str, method: Callable[..., Any], spec: Dict[str, Any]) -> Reducer:

@@ -413,7 +413,7 @@ class Broker:
         self.attrs.setdefault("tbon.topo", DEFAULT_TOPO)
         #: The tree of brokers a real instance of this size builds (``tbon.topo``).
         self.topology = Topology(size, self.attrs["tbon.topo"])
-        #: Ranks lost with :meth:`disconnect` (``flux overlay disconnect``).
+        #: Ranks lost with :meth:`overlay_disconnect` (``flux overlay disconnect``).
         self.lost: Set[int] = set()
         #: The virtual clock and its timers.
         self.clock = VirtualClock()

@@ -17,15 +17,16 @@ class VirtualClock:
         self.now = 0.0
         self._heap: List[Tuple[float, int, Any]] = []
         self._seq = 0
-        # The arming each timer currently has (its latest sequence number);
-        # heap entries of earlier armings are stale and skipped.
-        self._armed: "dict[int, int]" = {}
+        # The arming each timer currently has (its latest sequence number and
+        # due time); heap entries of earlier armings are stale and skipped.
+        self._armed: "dict[int, Tuple[int, float]]" = {}
 
     def arm(self, timer: Any, after: float) -> None:
         """Arm *timer* to fall due *after* seconds from now (re-arming it)."""
         self._seq += 1
-        self._armed[id(timer)] = self._seq
-        heapq.heappush(self._heap, (self.now + after, self._seq, timer))
+        when = self.now + after
+        self._armed[id(timer)] = (self._seq, when)
+        heapq.heappush(self._heap, (when, self._seq, timer))
 
     def disarm(self, timer: Any) -> None:
         """Disarm *timer*; a disarmed timer never falls due."""
@@ -33,10 +34,8 @@ class VirtualClock:
 
     def left(self, timer: Any) -> Optional[float]:
         """How long until armed *timer* falls due (None if it is not armed)."""
-        seq = self._armed.get(id(timer))
-        if seq is None:
-            return None
-        return next(when for when, entry_seq, _ in self._heap if entry_seq == seq) - self.now
+        armed = self._armed.get(id(timer))
+        return None if armed is None else armed[1] - self.now
 
     def is_armed(self, timer: Any) -> bool:
         """True if *timer* is armed and has not fallen due yet."""
@@ -45,7 +44,7 @@ class VirtualClock:
     def next_due(self) -> Optional[float]:
         """When the next armed timer falls due, or None."""
         heap = self._heap
-        while heap and self._armed.get(id(heap[0][2])) != heap[0][1]:
+        while heap and self._armed.get(id(heap[0][2]), (None,))[0] != heap[0][1]:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 

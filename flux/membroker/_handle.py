@@ -914,7 +914,7 @@ class Handle:
             if future is not None and not future._initialized and self._record is not None:
                 self._early_response(future, msg)
                 return
-            future = self._matchtags.take(tag, bool(msg._errnum or not msg._flags & FLUX_RPC_STREAMING))
+            future = self._matchtags.take(tag, _ends_rpc(msg))
             if future is not None:
                 future._fulfill(msg)
                 return
@@ -945,12 +945,11 @@ class Handle:
         future = self._matchtags.peek(tag)
         if future is None:
             return
-        final = bool(msg._errnum or not msg._flags & FLUX_RPC_STREAMING)
         if future._initialized:
-            self._matchtags.take(tag, final)
+            self._matchtags.take(tag, _ends_rpc(msg))
             future._fulfill(msg)
             return
-        if final:
+        if _ends_rpc(msg):
             self._matchtags.reclaim(tag)
             future._matchtag = FLUX_MATCHTAG_NONE
         future._lost = True
@@ -967,8 +966,7 @@ class Handle:
             future = self._matchtags.peek(msg._matchtag)
             if future is not None and future._initialized:
                 self._requeued.remove(msg)
-                self._matchtags.take(msg._matchtag, bool(msg._errnum or not msg._flags & FLUX_RPC_STREAMING))
-                future._fulfill(msg)
+                self._dispatch_late(msg)
 
     def _sync_wait(self, done: Callable[[], bool], what: str, timeout: float = -1.0) -> None:
         if self._requeued:
@@ -1012,6 +1010,12 @@ def _printf_without_arguments(fmt: str) -> str:
         )
 
     return _PERCENT.sub(percent, fmt)
+
+
+def _ends_rpc(msg: Message) -> bool:
+    """True for a response that is its RPC's last: an error, or any response
+    to a request that is not streaming."""
+    return bool(msg._errnum or not msg._flags & FLUX_RPC_STREAMING)
 
 
 def _ready_events(fd: int, events: int) -> int:
