@@ -28,6 +28,7 @@ from flux.membroker._broker import (
     ModuleHang,
     StrayResponse,
 )
+from flux.membroker._strands import HandoffLost
 from flux.membroker._handle import Future, Handle, MessageWatcher, TimerWatcher
 from flux.membroker._message import (
     FLUX_MSGTYPE_ANY,
@@ -62,6 +63,7 @@ __all__ = [
     "BrokerPanic",
     "EventCollector",
     "HandlerError",
+    "HandoffLost",
     "FLUX_MSGTYPE_ANY",
     "FLUX_MSGTYPE_CONTROL",
     "FLUX_MSGTYPE_EVENT",

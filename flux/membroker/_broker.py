@@ -37,7 +37,7 @@ from flux.membroker import _surface
 from flux.membroker._builtins import BROKER_SERVICES, BrokerServices
 from flux.membroker._clock import VirtualClock
 from flux.membroker._methods import register_standard_methods
-from flux.membroker._strands import Strand, Strands
+from flux.membroker._strands import HandoffLost, Strand, Strands
 from flux.membroker._topology import DEFAULT_TOPO, Topology
 
 #: How far :meth:`Future.get` lets the virtual clock run while it waits.
@@ -636,7 +636,8 @@ class Broker:
         """Close every client handle (each service it used gets
         ``NAME.disconnect``), then remove every module still loaded."""
         try:
-            if self.panicked is not None or self.hung is not None or self.stray is not None:
+            if (self.panicked is not None or self.hung is not None or self.stray is not None
+                    or self._strands.lost is not None):
                 return  # down, or stuck: nothing more can run
             for client in self._clients:
                 client.close()
@@ -658,6 +659,8 @@ class Broker:
     # Running things
 
     def _check_alive(self) -> None:
+        if self._strands.lost is not None:
+            raise HandoffLost(self._strands.lost)
         if self.stray is not None:
             raise StrayResponse(self.stray)
         if self.hung is not None:

@@ -17,6 +17,48 @@ prepare watchers), and the test's own thread runs that turn itself,
 with the module's stderr, logging and asyncio loop, while the module's
 thread stays parked.  Only when the reactor must go on past the turn
 (it was stopped, or something escaped it) is the module's thread woken.
+
+Hand-offs, and the invariant each keeps
+---------------------------------------
+Control passes by releasing a strand's *wake* lock; the thread that
+releases it may go on running for a moment (the GIL changes hands at any
+bytecode), so each hand-off is written so that nothing either side reads
+after the release can still change:
+
+1. ``_switch_to`` (A wakes B's own thread, then waits): A writes all that
+   B reads on waking (``item``, ``resumer``, states, ``current``) *before*
+   it releases B's lock.  After the release A reads only its own ``wake``,
+   which nobody swaps while A is DRIVING (only an IDLE strand with a
+   ``turn`` has its lock lent, rule 4).
+2. ``_give_back`` (B hands control back to its resumer, then parks): B
+   reads its own lock *before* it releases the resumer's.  Once released,
+   the resumer may at once take B's turn, which lends ``B.wake`` to the
+   turn's thread; had B read ``B.wake`` after the release, it would park
+   on the resumer's lock, and the resumer's own wake-up would be lost
+   (every thread waiting, none to wake another: issue 25).
+3. A strand's thread ends (``spawn``): ``DONE`` is written, and its
+   ``resumer`` read, before it releases the resumer; it touches nothing
+   shared afterwards.
+4. ``_take_turn`` (no thread changes hands): while another thread runs
+   ctx's turn, ``ctx.wake`` is that thread's lock, so whoever hands
+   control "back to ctx" wakes the thread really running it.  The parked
+   lock is put back, on the same thread, before anything wakes ctx's own
+   thread.
+5. A new strand's thread parks on its own lock before its first turn:
+   no turn can be lent before its reactor first goes idle.
+
+Every wait for a hand-off is bounded: a thread blocked longer than
+``HANDOFF_CHECK`` real seconds records what it waits for, and the test's
+thread, if it finds every strand's thread blocked on a lock nobody holds
+for it through two checks in a row, raises :class:`HandoffLost` naming
+each strand, its state and what it waits for, instead of hanging.
+
+The protocol relies on the GIL only to keep the moment after a release
+(rules 1-3) short and free of shared writes; Python 3.13's free-threaded
+build runs those moments truly in parallel with code that reads the same
+structures (the work queue, ``sys.stderr``, the logging outputs), and
+nothing here has been verified there, so :class:`Strands` refuses to
+start on it unless the GIL is enabled (``PYTHON_GIL=1``).
 """
 
 import _signal  # signal's own functions, without the enum conversions of signal.py
@@ -24,7 +66,7 @@ import logging
 import sys
 import threading
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, TextIO
+from typing import Any, Callable, Deque, Dict, List, Optional, TextIO, Tuple
 
 NEW = "new"
 RUNNABLE = "runnable"
@@ -32,6 +74,17 @@ ACTIVE = "active"
 IDLE = "idle"
 DRIVING = "driving"
 DONE = "done"
+
+#: Real seconds a thread waits for a hand-off before it records what it
+#: waits for and (on the test's thread) checks whether every strand waits.
+HANDOFF_CHECK = 1.0
+
+
+class HandoffLost(RuntimeError):
+    """Every strand's thread waits for another to hand it control, and
+    none ever will: the in-memory broker lost a hand-off (a bug in it).
+    ``str()`` names each strand, its state and what it waits for.  The
+    broker is unusable afterwards; every later call raises this again."""
 
 
 class Strand:
@@ -44,6 +97,8 @@ class Strand:
         # another thread, is the cheapest one-shot wake-up Python has.
         self.wake = threading.Lock()
         self.wake.acquire()
+        #: The strand's own lock; ``wake`` is another's while a turn is lent (rule 4).
+        self.own_wake = self.wake
         self.resumer: Optional["Strand"] = None
         self.item: Optional[Callable[[], None]] = None
         self.thread: Optional[threading.Thread] = None
@@ -179,6 +234,11 @@ class Strands:
     """Pass control between strands, and queue work for them."""
 
     def __init__(self) -> None:
+        if not getattr(sys, "_is_gil_enabled", lambda: True)():
+            raise RuntimeError(
+                "the in-memory broker needs the GIL, and this free-threaded Python runs without one: "
+                "run it with PYTHON_GIL=1 (or python -X gil=1)"
+            )
         self.driver = Strand("driver")
         self.driver.state = ACTIVE
         self.driver.thread = self.driver.runner = threading.current_thread()
@@ -188,6 +248,14 @@ class Strands:
         # Work items in arrival order: (target context or None, callable).
         # None means "run in whichever context is driving" (client handles).
         self.queue: Deque[tuple] = deque()
+        #: Why the strands are stuck for good, once a hand-off was lost.
+        self.lost: Optional[str] = None
+        self._strands: List[Strand] = [self.driver]
+        # Threads blocked past HANDOFF_CHECK, by ident: (strand, what, lock).
+        # Each ``blocks`` change counts, so that a check sees whether
+        # anyone woke since the one before.
+        self._blocked: Dict[int, Tuple[Strand, str, Any]] = {}
+        self._blocks = 0
 
     def close(self) -> None:
         """Stop routing Ctrl-C (see _InterruptsAfterTurns); idempotent."""
@@ -196,7 +264,10 @@ class Strands:
             interrupts.uninstall()
 
     def check_thread(self) -> None:
-        """Refuse calls from a thread that is not the active context's."""
+        """Refuse calls from a thread that is not the active context's,
+        and every call once a hand-off was lost."""
+        if self.lost is not None:
+            raise HandoffLost(self.lost)
         if threading.current_thread() is not self.current.runner:
             raise RuntimeError(
                 "the in-memory broker is single-threaded: call it from the "
@@ -210,12 +281,12 @@ class Strands:
             ident = threading.get_ident()
             if ctx.output is not None:
                 _MODULE_LOGGING.outputs[ident] = ctx.output
-            ctx.wake.acquire()
+            self._wait(ctx, ctx.own_wake, "its first turn")  # rule 5
             try:
                 target()
             finally:
                 _MODULE_LOGGING.outputs.pop(ident, None)
-                ctx.state = DONE
+                ctx.state = DONE  # rule 3
                 resumer = ctx.resumer
                 assert resumer is not None
                 resumer.wake.release()
@@ -225,6 +296,8 @@ class Strands:
             root = logging.getLogger()
             if _MODULE_LOGGING not in root.handlers:
                 root.addHandler(_MODULE_LOGGING)
+        self._strands = [strand for strand in self._strands if strand.state != DONE]
+        self._strands.append(ctx)
         ctx.thread.start()
         self.make_runnable(ctx)
 
@@ -235,6 +308,8 @@ class Strands:
 
     def resume(self, ctx: Strand, item: Optional[Callable[[], None]] = None) -> None:
         """Run *ctx* (with a work *item* if it is idle) until it gives control back."""
+        if self.lost is not None:
+            raise HandoffLost(self.lost)
         if ctx is self.current:  # waiting in wait_in_turn: take the item there
             ctx.item = item
             return
@@ -247,6 +322,7 @@ class Strands:
         """Wake *ctx*'s own thread (with *item*) and wait until it gives control back."""
         me = self.current
         my_state = me.state
+        # Rule 1: everything ctx reads on waking is written before the release.
         ctx.item = item
         ctx.resumer = me
         ctx.state = ACTIVE
@@ -257,7 +333,7 @@ class Strands:
             sys.stderr = ctx.output
         try:
             ctx.wake.release()
-            me.wake.acquire()
+            self._wait(me, me.wake, f"{ctx.name} to hand control back")
         finally:
             sys.stderr = saved
         self.current = me
@@ -307,6 +383,8 @@ class Strands:
             ctx.wake, ctx.runner = parked, ctx.thread
             self.current, me.state = me, ACTIVE
             ctx.state = IDLE
+        if self.lost is not None:
+            raise HandoffLost(self.lost)
         if rest is not None:
             self._switch_to(ctx, rest)
         if interrupts is not None:
@@ -329,7 +407,7 @@ class Strands:
         ctx.turn = turn
         events = sys.modules.get("asyncio.events")
         ctx.running_loop = None if events is None else events._get_running_loop()
-        self._give_back(ctx)
+        self._give_back(ctx, "work in its reactor")
         ctx.turn = None
         item = ctx.item
         ctx.item = None
@@ -353,16 +431,70 @@ class Strands:
         """Called by *ctx*: give control back now, continue later in turn."""
         assert not self.in_turn(ctx), "a strand pauses only on its own thread"
         self.make_runnable(ctx)
-        self._give_back(ctx)
+        self._give_back(ctx, "its turn to go on")
 
-    def _give_back(self, ctx: Strand) -> None:
+    def _give_back(self, ctx: Strand, what: str) -> None:
+        """Hand control back to *ctx*'s resumer and park until handed *what*."""
         resumer = ctx.resumer
         assert resumer is not None
+        wake = ctx.wake  # rule 2: read before the release lets anyone lend it
         resumer.wake.release()
-        ctx.wake.acquire()
+        self._wait(ctx, wake, what)
+
+    def _wait(self, me: Strand, lock: Any, what: str) -> None:
+        """Block until *lock* is released, as strand *me*, waiting for *what*.
+
+        Past HANDOFF_CHECK seconds the wait is recorded.  The test's thread
+        then checks every such period for a lost hand-off (HandoffLost); a
+        module's thread waits on (idle, a module may wait for work forever),
+        since only the test's thread can report to the test.
+        """
+        if lock.acquire(timeout=HANDOFF_CHECK):
+            return
+        ident = threading.get_ident()
+        self._blocked[ident] = (me, what, lock)
+        self._blocks += 1
+        seen = -1
+        try:
+            if threading.current_thread() is not self.driver.thread:
+                lock.acquire()
+                return
+            while not lock.acquire(timeout=HANDOFF_CHECK):
+                if not self._all_blocked():
+                    seen = -1
+                elif seen == self._blocks:  # nobody woke through a whole period
+                    self.lost = self._describe_blocked()
+                    raise HandoffLost(self.lost)
+                else:
+                    seen = self._blocks
+        finally:
+            del self._blocked[ident]
+            self._blocks += 1
+
+    def _all_blocked(self) -> bool:
+        """True if every live strand's thread waits on a lock still held."""
+        blocked = self._blocked
+        threads = {ctx.thread.ident for ctx in self._strands
+                   if ctx.thread is not None and ctx.state != DONE and ctx.thread.is_alive()}
+        return all(ident in blocked and blocked[ident][2].locked() for ident in threads)
+
+    def _describe_blocked(self) -> str:
+        """One line: each strand, its state, and what its thread waits for."""
+        owners = {id(ctx.own_wake): ctx.name for ctx in self._strands}
+        parts = []
+        for strand, what, lock in list(self._blocked.values()):
+            owner = owners.get(id(lock), "an unknown strand")
+            parts.append(f"{strand.name} ({strand.state}) waits on {owner}'s wake-up for {what}")
+        return (
+            "the in-memory broker lost a hand-off between its strands: every thread waits for "
+            f"another and none will ever wake one ({'; '.join(parts)}); this is a bug in "
+            "flux-brokermod: please report it with this line"
+        )
 
     def step(self) -> bool:
         """Do one unit of work; return False if nothing could be done."""
+        if self.lost is not None:
+            raise HandoffLost(self.lost)
         while self._runnable:
             ctx = self._runnable.popleft()
             if ctx.state == RUNNABLE:
