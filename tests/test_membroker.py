@@ -1361,7 +1361,22 @@ class Interrupted(BrokerModule):
         return {}
 
 
-def test_ctrl_c_during_a_handler_stops_the_test_not_the_handler():
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, as in an interactive session, even
+    where the suite was started with it ignored (a shell's background job)."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    if callable(before):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_during_a_handler_stops_the_test_not_the_handler(ctrl_c_raises):
     """The test's thread runs the handler; Ctrl-C there must still reach the
     test (as KeyboardInterrupt), not fail the module's request."""
     import signal
@@ -1379,7 +1394,7 @@ def test_ctrl_c_during_a_handler_stops_the_test_not_the_handler():
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_ctrl_c_outside_handlers_interrupts_at_once():
+def test_ctrl_c_outside_handlers_interrupts_at_once(ctrl_c_raises):
     import signal
 
     with Broker() as broker:
