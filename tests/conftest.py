@@ -116,7 +116,18 @@ def pytest_addoption(parser):
         _plugin_addoption(parser)
     except ValueError:  # the installed plugin (its entry point) added --flux already
         pass
+    parser.addoption(
+        "--switch-interval",
+        type=float,
+        metavar="SECONDS",
+        help="sys.setswitchinterval() for the whole run: 1e-6 lets the GIL change hands "
+        "as often as on a loaded machine, to shake out races between the in-memory "
+        "broker's threads (tests/tools/stress.py runs the suite so, many times)",
+    )
 
 
 def pytest_configure(config):
     _plugin_configure(config)
+    interval = config.getoption("--switch-interval")
+    if interval is not None:
+        sys.setswitchinterval(interval)
