@@ -56,3 +56,45 @@ def test_readme_census_answers_as_it_says(tmp_path):
     with Broker(size=64, attrs={"tbon.topo": "kary:2"}) as broker:
         broker.load(str(tmp_path / "census.py"), rank="all")
         assert broker.rpc("census.count").get() == {"value": 64, "ranks": "0-63", "missing": "", "errors": {}}
+
+
+def _ci_pythons(env=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, os.path.join(ROOT, ".ci", "pythons.py")],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_ci_runs_the_test_command_on_the_oldest_and_newest_python_too():
+    """.ci/run takes its Pythons from .ci/pythons.py: the default python3
+    and the oldest and newest this machine has within requires-python."""
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = f.read()
+    assert "python3 .ci/pythons.py" in ci and '"$python" -m venv' in ci
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        floor = int(re.search(r'requires-python = ">=3\.(\d+)"', f.read()).group(1))
+    found = _ci_pythons()
+    assert found.returncode == 0, found.stderr
+    rows = [line.split(" ", 1) for line in found.stdout.splitlines()]
+    assert rows and all(re.fullmatch(r"3\.\d+", version) and os.path.isabs(path) for version, path in rows)
+    minors = [int(version.split(".")[1]) for version, _ in rows]
+    assert minors == sorted(set(minors)) and min(minors) >= floor
+
+
+def test_ci_says_in_one_line_which_python_the_machine_lacks(tmp_path):
+    """With no other Python to be found (a PATH with python3 alone, an
+    empty pyenv), the floor's absence is one line and the default runs."""
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    env = {"PATH": str(bin_dir), "PYENV_ROOT": str(tmp_path / "no-pyenv"), "HOME": str(tmp_path)}
+    found = _ci_pythons(env)
+    assert found.returncode == 0, found.stderr
+    mine = "%d.%d" % sys.version_info[:2]
+    assert found.stdout == f"{mine} {bin_dir / 'python3'}\n"
+    if mine != "3.9":
+        assert found.stderr == ("CI: Python 3.9 (requires-python's floor) is not on this machine: "
+                                "not run on it\n")
