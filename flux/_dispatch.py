@@ -22,13 +22,13 @@ import syslog
 import time
 import traceback
 import weakref
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Set
 
 from flux import _json
-from flux._constants import FLUX_MSGTYPE_REQUEST
+from flux._constants import FLUX_MSGTYPE_REQUEST, FLUX_ROLE_OWNER
 from flux._brief import BriefHelp
 from flux._decoding import undecodable
-from flux._logtext import log_verbatim
+from flux._logtext import excerpt, log_verbatim
 from flux._observe import handler_failed
 from flux._payloads import PayloadError, PayloadSchema
 from flux._libflux import clear_msgcounters, is_streaming, matchtag_of, msgcounters, raw_message_class
@@ -179,17 +179,28 @@ class Dispatcher:
             except OSError as respond_exc:
                 log_verbatim(self._h, syslog.LOG_ERR, f"could not answer {msg.topic}: {respond_exc}")
 
-    def stats_get_callback(self, extra: Callable[[], Dict[str, Any]]) -> Callable[..., None]:
-        """``NAME.stats-get``: the standard counters, each handler's, and *extra*'s."""
+    def stats_get_callback(self, extra: Callable[[], Dict[str, Any]],
+                           guest_topics: Set[str]) -> Callable[..., None]:
+        """``NAME.stats-get``: the standard counters, each handler's, and *extra*'s.
+
+        Open to everyone, as libflux's (which answers with the message
+        counters alone).  A guest gets no more than ``NAME.handlers`` shows
+        a guest: the counters, and those of the handlers in *guest_topics*;
+        *extra* (``module_stats``) and the owner-only handlers' counters go
+        to the owner only.
+        """
 
         def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
             answer: Dict[str, Any] = {}
-            try:
-                answer.update(extra())
-            except BaseException as exc:  # noqa: BLE001 - the standard part still answers
-                self.failed("module_stats", exc, stop=False)
+            owner = msg.rolemask & FLUX_ROLE_OWNER
+            if owner:
+                try:
+                    answer.update(extra())
+                except BaseException as exc:  # noqa: BLE001 - the standard part still answers
+                    self.failed("module_stats", exc, stop=False)
             answer.update(msgcounters(h))
-            answer["handlers"] = {topic: stats.as_dict() for topic, stats in self.stats.items()}
+            answer["handlers"] = {topic: stats.as_dict() for topic, stats in self.stats.items()
+                                  if owner or topic in guest_topics}
             h.respond(msg, answer)
 
         return callback
@@ -210,7 +221,10 @@ class Dispatcher:
         """Log *what*'s failure with its traceback (the module's own frames) at
         LOG_ERR; then, if *stop*, call the module's on_failure."""
         lines = traceback.format_exception(type(exc), exc, user_frames(exc.__traceback__))
-        log_verbatim(self._h, syslog.LOG_ERR, f"{what} handler failed: {''.join(lines).rstrip()}")
+        # Frames are the module's code; the rest (exception messages) may
+        # repeat what a caller sent.
+        text = "".join(line if line.startswith("  File ") else excerpt(line) for line in lines)
+        log_verbatim(self._h, syslog.LOG_ERR, f"{excerpt(what)} handler failed: {text.rstrip()}")
         handler_failed(self._h, what, exc)
         if stop:
             self._on_failure()
@@ -241,7 +255,13 @@ def exit_text(exc: SystemExit) -> str:
 
 
 def exception_text(exc: BaseException) -> str:
-    """One line for the caller: the OSError's message, or ``Type: text``."""
+    """One line for the caller: the OSError's message, or ``Type: text``;
+    at most TEXT_LIMIT characters (:func:`flux._logtext.excerpt`), since it
+    may repeat what the caller sent."""
+    return excerpt(_exception_line(exc))
+
+
+def _exception_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and str(exc.strerror or "").strip():
         return str(exc.strerror).strip().splitlines()[0]
     if isinstance(exc, SystemExit):

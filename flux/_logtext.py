@@ -1,6 +1,25 @@
-"""How a module's text reaches the broker log unchanged."""
+"""How a module's text reaches the broker log unchanged, and how much of a
+caller's text it repeats."""
 
 from typing import Any
+
+#: The most characters of caller-supplied text (an exception's message, a
+#: field name, a payload excerpt) that the library repeats in one log line
+#: or error text: the first 300 and the last 100, with how many were cut.
+#: Without a bound, one request naming a 20 MiB field put 20 MiB in the
+#: broker's log ring (and a real broker keeps 1,024 such entries).
+TEXT_LIMIT = 400
+_HEAD = 300
+
+
+def excerpt(text: str, limit: int = TEXT_LIMIT) -> str:
+    """*text* if it has at most *limit* characters; else its start and end
+    with ``[... N characters cut ...]`` between them."""
+    if len(text) <= limit:
+        return text
+    head = limit * _HEAD // TEXT_LIMIT
+    tail = limit - head
+    return f"{text[:head]}[... {len(text) - limit} characters cut ...]{text[len(text) - tail:]}"
 
 
 def log_verbatim(h: Any, level: int, text: Any) -> None:
