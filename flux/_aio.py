@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from flux._awaitable import make_flux_futures_awaitable
 from flux._libflux import reactor_clock
@@ -118,6 +118,7 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         # by call_soon/call_at and fd events, stopped when all is done.
         self._prepare_started = False
         self._first_step: Optional[List[Tuple[Any, Any, Any]]] = None
+        self._live_tasks: Set["asyncio.Task[Any]"] = set()
         try:
             super().__init__(self._reactor_selector)
         except OSError:  # EMFILE making asyncio's self-pipe: nothing to close later
@@ -195,7 +196,7 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         it, while another task is running (a nested reactor callback).
         """
         if asyncio.current_task(self) is not None:  # a task's step cannot nest
-            return self.create_task(coro)
+            return self._keep(self.create_task(coro))
         # The Task asks call_soon() for its first step: take it, run it now.
         first_step: List[Tuple[Any, Any, Any]] = []
         self._first_step = first_step
@@ -207,12 +208,21 @@ class ReactorLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         previous = asyncio.events._get_running_loop()
         if previous is self:  # within the module's reactor_run()
             context.run(callback, *args)
-            return task
+            return self._keep(task)
         asyncio.events._set_running_loop(self)
         try:
             context.run(callback, *args)
         finally:
             asyncio.events._set_running_loop(previous)
+        return self._keep(task)
+
+    def _keep(self, task: "asyncio.Task[Any]") -> "asyncio.Task[Any]":
+        """Hold *task* until it is done: asyncio keeps only weak references,
+        and a task awaiting something nothing else holds (an Event, a
+        future) would be collected part-way, its ``finally`` run at random."""
+        if not task.done():
+            self._live_tasks.add(task)
+            task.add_done_callback(self._live_tasks.discard)
         return task
 
     def step(self) -> None:

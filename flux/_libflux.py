@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict, NamedTuple, Optional
 from flux._brief import BriefHelp
 
 __all__ = [
-    "RequestFacts", "arm_rpcs", "clear_msgcounters", "is_streaming", "matchtag_of", "module_name", "msgcounters",
-    "raw_message_class", "reactor_clock", "request_facts", "watch",
+    "RequestFacts", "arm_rpcs", "clear_msgcounters", "is_noresponse", "is_streaming", "matchtag_of", "module_name", "msgcounters",
+    "raw_message_class", "reactor_clock", "request_facts", "rpc_on_behalf", "watch",
 ]
 
 
@@ -63,6 +63,14 @@ def is_streaming(msg: Any) -> bool:
     if streaming is not None:
         return bool(streaming(msg))
     return bool(_libflux().flux_msg_is_streaming(msg.handle))
+
+
+def is_noresponse(msg: Any) -> bool:
+    """True if request *msg* was sent with FLUX_RPC_NORESPONSE: no response reaches anyone."""
+    noresponse = getattr(type(msg), "_brokermod_noresponse", None)
+    if noresponse is not None:
+        return bool(noresponse(msg))
+    return bool(_libflux().flux_msg_is_noresponse(msg.handle))
 
 
 def matchtag_of(msg: Any) -> int:
@@ -169,6 +177,41 @@ def arm_rpcs(h: Any) -> None:
     armed_rpc.__doc__ = rpc.__doc__
     armed_rpc._brokermod_armed = True  # type: ignore[attr-defined]
     h.rpc = armed_rpc
+
+
+def rpc_on_behalf(h: Any, topic: str, payload: Optional[str], nodeid: int, userid: int, rolemask: int) -> Any:
+    """``h.rpc(topic, payload, nodeid)``, the request carrying *userid* and
+    *rolemask* instead of the handle's: a future for its answer.
+
+    A broker keeps the credentials an instance owner's connection (a
+    module's) sets on a request, so that owner components can route
+    requests on behalf of others (flux-core's ``librouter/auth.c``); a
+    guest's are always overwritten with the guest's own.  A reduction
+    forwards a caller's request down the tree this way, so that every rank
+    sees who asked.
+    """
+    hook = getattr(type(h), "_brokermod_rpc_on_behalf", None)
+    if hook is not None:
+        return hook(h, topic, payload, nodeid, userid, rolemask)
+    from flux.rpc import RPC
+
+    lib = _libflux()
+    text = _FFI.NULL if payload is None else payload.encode("utf-8", "surrogateescape")
+    msg = lib.flux_request_encode(topic.encode("utf-8"), text)
+    if msg == _FFI.NULL:
+        raise OSError(_FFI.errno, f"flux_request_encode {topic}")
+    try:
+        if lib.flux_msg_set_userid(msg, userid) < 0 or lib.flux_msg_set_rolemask(msg, rolemask) < 0:
+            raise OSError(_FFI.errno, f"setting the credentials of {topic}")
+        handle = lib.flux_rpc_message(h.handle, msg, nodeid, 0)
+        if handle == _FFI.NULL:
+            raise OSError(_FFI.errno, f"flux_rpc_message {topic}")
+    finally:
+        lib.flux_msg_decref(msg)
+    future = RPC.__new__(RPC)
+    future.flux_handle = h  # kept alive as long as the future, as RPC() keeps it
+    super(RPC, future).__init__(handle, prefixes=["flux_rpc_", "flux_future_"], pimpl_t=RPC.RPCInnerWrapper)
+    return future
 
 
 _NOTHING: Any = None

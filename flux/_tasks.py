@@ -16,11 +16,11 @@ import errno
 import inspect
 import json
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 from flux._aio import ReactorLoop
 from flux._dispatch import COROUTINE, RequestError, encoded
-from flux._libflux import is_streaming, request_facts
+from flux._libflux import is_noresponse, is_streaming, request_facts
 from flux._payloads import PayloadSchema
 
 __all__ = ["TaskRunner"]
@@ -40,8 +40,11 @@ class TaskRunner:
         self._dispatcher = dispatcher
         self._h = h
         self._loop = ReactorLoop(h)
-        # Requests being served, by (sender, matchtag).
-        self._pending: Dict[Tuple[str, int], _PendingRequest] = {}
+        # Requests being served, by sender, then by matchtag (0: sent
+        # without one): every one a disconnect must end, with or without
+        # a matchtag, and the ones a cancel names.
+        # (An insertion-ordered dict is the set: one removal is O(1).)
+        self._pending: Dict[str, Dict[int, Dict[_PendingRequest, None]]] = {}
 
     def run_reactor(self) -> int:
         """Run the reactor with the loop running; then end the tasks still open
@@ -89,6 +92,8 @@ class TaskRunner:
             try:
                 if stream and not is_streaming(msg):
                     raise _stream_error(msg)
+                if stream and is_noresponse(msg):
+                    raise _unread_stream_error(msg)
                 body = method(msg) if schema is None else method(msg, **schema.fields_of(msg))
             except BaseException as exc:  # noqa: BLE001 - reported to the caller
                 stats.count(_clock() - started, True)
@@ -107,11 +112,9 @@ class TaskRunner:
             if request is None:
                 request = _PendingRequest(msg, started)
             request.task = task
-            request.sender, request.userid = facts.sender, facts.userid
-            if facts.matchtag:
-                key = (facts.sender, facts.matchtag)
-                pending[key] = request
-                task.add_done_callback(lambda task: _forget(pending, key, request))
+            request.sender, request.userid, request.matchtag = facts.sender, facts.userid, facts.matchtag
+            pending.setdefault(facts.sender, {}).setdefault(facts.matchtag, {})[request] = None
+            task.add_done_callback(lambda task: _forget(pending, request))
 
         return callback
 
@@ -153,7 +156,8 @@ class TaskRunner:
             stats.count(_clock() - request.started, request.failed)
 
     def cancel_callback(self, topic: str) -> Callable[..., None]:
-        """``TOPIC-cancel`` with ``{"matchtag": N}``: end the sender's own stream N."""
+        """``TOPIC-cancel`` with ``{"matchtag": N}``: end the sender's own
+        streams N (every one, if the sender reused the matchtag)."""
         pending = self._pending
 
         def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
@@ -162,30 +166,39 @@ class TaskRunner:
                 facts = request_facts(msg)
             except Exception:  # noqa: BLE001 - anything from anyone (RecursionError too)
                 return  # a cancel gets no response, even a malformed one
-            if isinstance(matchtag, bool) or not isinstance(matchtag, int):
+            if isinstance(matchtag, bool) or not isinstance(matchtag, int) or not matchtag:
                 return
-            request = pending.get((facts.sender, matchtag))
-            if request is not None and request.userid == facts.userid and request.msg.topic == topic:
-                request.cancelled = True
-                request.task.cancel()
+            for request in list(pending.get(facts.sender, {}).get(matchtag, ())):
+                if request.userid == facts.userid and request.msg.topic == topic:
+                    request.cancelled = True
+                    request.task.cancel()
 
         return callback
 
     def disconnect_callback(self) -> Callable[..., None]:
-        """``NAME.disconnect``: the sender closed its handle; drop its requests."""
+        """``NAME.disconnect``: the sender closed its handle; end all of its
+        requests, with a matchtag or without."""
         pending = self._pending
 
         def callback(h: Any, watcher: Any, msg: Any, arg: Any) -> None:
             facts = request_facts(msg)
-            for request in list(pending.values()):
-                if request.sender == facts.sender and request.userid == facts.userid:
-                    request.task.cancel()
+            for requests in list(pending.get(facts.sender, {}).values()):
+                for request in list(requests):
+                    if request.userid == facts.userid:
+                        request.task.cancel()
 
         return callback
 
 
 def _stream_error(msg: Any) -> OSError:
     return RequestError(errno.EPROTO, f"{msg.topic} is a stream: send the request with FLUX_RPC_STREAMING")
+
+
+def _unread_stream_error(msg: Any) -> OSError:
+    # No response reaches the sender (libflux sends none), so the stream
+    # would run with nobody to read or cancel it: it is not started.
+    return RequestError(errno.EPROTO, f"{msg.topic} is a stream, and FLUX_RPC_NORESPONSE would leave nobody "
+                                      f"to read it: send it without FLUX_RPC_NORESPONSE")
 
 
 class _PendingRequest:
@@ -195,18 +208,28 @@ class _PendingRequest:
     can a cancel or a disconnect reach it).
     """
 
-    __slots__ = ("msg", "sender", "userid", "task", "cancelled", "failed", "started")
+    __slots__ = ("msg", "sender", "userid", "matchtag", "task", "cancelled", "failed", "started")
 
     def __init__(self, msg: Any, started: float) -> None:
         self.msg = msg
         self.sender = ""
         self.userid = -1
+        self.matchtag = 0
         self.task: Any = None
         self.cancelled = False
         self.failed = False
         self.started = started
 
 
-def _forget(pending: Dict[Tuple[str, int], _PendingRequest], key: Tuple[str, int], request: _PendingRequest) -> None:
-    if pending.get(key) is request:
-        del pending[key]
+_GONE = object()
+
+
+def _forget(pending: Dict[str, Dict[int, Dict[_PendingRequest, None]]], request: _PendingRequest) -> None:
+    by_matchtag = pending.get(request.sender)
+    requests = None if by_matchtag is None else by_matchtag.get(request.matchtag)
+    if requests is None or requests.pop(request, _GONE) is _GONE:
+        return
+    if not requests:
+        del by_matchtag[request.matchtag]
+        if not by_matchtag:
+            del pending[request.sender]

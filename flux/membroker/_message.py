@@ -166,6 +166,10 @@ class Message:
         """flux_msg_is_streaming() of this request (see flux._libflux)."""
         return bool(self._flags & FLUX_RPC_STREAMING)
 
+    def _brokermod_noresponse(self) -> bool:
+        """flux_msg_is_noresponse() of this request (see flux._libflux)."""
+        return bool(self._flags & FLUX_RPC_NORESPONSE)
+
     def decode(self) -> Any:
         """Return ``(type, topic, payload_str)``; OSError for an error response."""
         if self.type == FLUX_MSGTYPE_RESPONSE and self._errnum:
