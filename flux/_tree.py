@@ -10,8 +10,9 @@ no broker handles O(size) messages.  Three things here, each used by
   gives the subtree of this broker and its direct children) and parent
   (``attr.get rank`` sent upstream), asked once, when first needed;
 * :class:`Reducer`, behind ``@reduce_handler``: a request sent to a rank
-  goes down to its children as ``TOPIC-subtree`` (owner only), each rank
-  adds its own value, and the values are combined on the way up; a
+  goes down to its children as ``TOPIC-subtree``, carrying the caller's
+  credentials (so each rank's method sees who asked), each rank adds its
+  own value, and the values are combined on the way up; a
   subtree that does not answer in time, or has no such module, is
   reported by rank (:class:`Reduction`);
 * :class:`RankSets`: named sets of ranks, each rank adding or removing
@@ -32,7 +33,7 @@ from flux import _idset
 from flux._brief import BriefHelp
 from flux._constants import FLUX_NODEID_UPSTREAM, FLUX_RPC_NORESPONSE, FLUX_RPC_STREAMING
 from flux._dispatch import COROUTINE, PLAIN, RequestError, exception_text, kind_of
-from flux._libflux import request_facts
+from flux._libflux import request_facts, rpc_on_behalf
 from flux._payloads import PayloadError
 
 __all__ = ["RankSets", "Reducer", "Reduction", "TreePlace", "forward_topic", "update_topic"]
@@ -237,8 +238,10 @@ class _Gather:
             return
         h = reducer._h
         payload = msg.payload_str
+        userid, rolemask = int(msg.userid), int(msg.rolemask)
         for child in children:
-            future = h.rpc(reducer._forward, payload, nodeid=child)
+            # As the caller, not as the module: every rank sees who asked.
+            future = rpc_on_behalf(h, reducer._forward, payload, child, userid, rolemask)
             self._futures[child] = future
             future.then(self._child_answered, child)
         reducer.waiting[id(self)] = self
@@ -414,14 +417,18 @@ class BoundRankSets:
         return _idset.encode(self._sets.get(name, ()))
 
     def names(self) -> List[str]:
-        """The names of the sets known here."""
+        """The names of the sets with members here."""
         return sorted(self._sets)
 
     async def watch(self, name: str) -> AsyncIterator[str]:
-        """The members of *name* now, then after each batch of changes to it."""
+        """The members of *name* now, then after each batch of changes to it.
+
+        Watching a name holds nothing past the watch: what a name no rank
+        is in costs ends with its last watcher (a guest asking about any
+        number of names leaves nothing behind).
+        """
         import asyncio
 
-        self._sets.setdefault(name, set())
         queue: "asyncio.Queue[str]" = asyncio.Queue()
         watchers = self._watchers.setdefault(name, [])
         watchers.append(queue)
@@ -431,6 +438,8 @@ class BoundRankSets:
                 yield await queue.get()
         finally:
             watchers.remove(queue)
+            if not watchers and self._watchers.get(name) is watchers:
+                del self._watchers[name]
 
     # what the library calls
 
@@ -483,6 +492,8 @@ class BoundRankSets:
                     members |= ranks
                 else:
                     members -= ranks
+            if not members:
+                del self._sets[name]  # an empty set is no set: nothing kept for it
             watchers = self._watchers.get(name)
             if watchers:
                 now = _idset.encode(members)

@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import syslog
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union
 
 from flux._constants import (
     FLUX_MSGTYPE_EVENT,
@@ -304,8 +304,12 @@ def reduce_handler(
 
     Ranks below the one asked wait less, so that each level's answer gets
     back in time (see :class:`flux._tree.Reducer`).  The request goes down
-    on ``TOPIC-subtree``, which only the instance owner (the modules) may
-    send.  Only the owner's requests reach *topic* unless *allow_guest*.
+    on ``TOPIC-subtree`` with the caller's credentials, so on every rank
+    ``msg.userid`` and ``msg.rolemask`` are the caller's, never the
+    module's: a guest's reduction never runs with the owner's rights.
+    Only the owner's requests reach *topic* and ``TOPIC-subtree`` unless
+    *allow_guest*; a guest sending ``TOPIC-subtree`` to rank R gets what
+    *topic* sent to R gives it (R's subtree, as itself).
     """
     _check_topic(topic, "reduce_handler")
     if not callable(combine) and not (isinstance(combine, str) and combine.isidentifier()):
@@ -706,7 +710,9 @@ class BrokerModule:
         # The library's standard methods come first: a handler of the
         # module for the same topic replaces them.
         name, everyone = self._name, _ROLE_OWNER | _ROLE_USER
-        self._watch(_MSGTYPE_REQUEST, f"{name}.stats-get", dispatch.stats_get_callback(self._module_stats), everyone)
+        guest_topics: Set[str] = set()  # what stats-get shows a guest: filled below
+        self._watch(_MSGTYPE_REQUEST, f"{name}.stats-get",
+                    dispatch.stats_get_callback(self._module_stats, guest_topics), everyone)
         self._watch(_MSGTYPE_REQUEST, f"{name}.stats-clear", dispatch.stats_clear_callback(), None)
         self._watch(_MSGTYPE_EVENT, f"{name}.stats-clear", dispatch.stats_clear_callback(), None)
         self._watch(_MSGTYPE_REQUEST, f"{name}.handlers", self._handlers_callback, everyone)
@@ -723,6 +729,8 @@ class BrokerModule:
                 continue
             topic = f"{self._name}.{spec['topic']}" if spec["prefix"] else spec["topic"]
             rolemask = _ROLE_OWNER | _ROLE_USER if spec.get("allow_guest") else None
+            if rolemask is not None and spec["msgtype"] == _MSGTYPE_REQUEST:
+                guest_topics.add(topic)
             if spec["msgtype"] == _MSGTYPE_EVENT:
                 h.event_subscribe(topic)
                 callback = dispatch.event_callback(method, kind)
@@ -734,8 +742,9 @@ class BrokerModule:
                 if "reduce" in spec:
                     reducer = self._reducer(attr, topic, method, spec["reduce"])
                     forward = forward_topic(topic)
+                    # Forwarded with the caller's credentials: it admits whom the topic admits.
                     self._watch(_MSGTYPE_REQUEST, forward,
-                                dispatch.request_callback(forward, reducer.forwarded, schema, reducer.kind), None)
+                                dispatch.request_callback(forward, reducer.forwarded, schema, reducer.kind), rolemask)
                     method, kind = reducer.entry, reducer.kind
                 callback = dispatch.request_callback(topic, method, schema, kind)
                 if is_stream(kind):

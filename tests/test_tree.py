@@ -173,7 +173,7 @@ CENSUS = """
 import asyncio
 import operator
 
-from flux.brokermod import BrokerModule, reduce_handler, request_handler
+from flux.brokermod import BrokerModule, reduce_handler, request_facts, request_handler
 
 
 class Census(BrokerModule):
@@ -188,6 +188,10 @@ class Census(BrokerModule):
 
     def merge(self, a, b):
         return {**a, **b}
+
+    @reduce_handler("askers", combine="merge", allow_guest=True)
+    def askers(self, msg):  # who each rank's method sees asking
+        return {str(self.rank): [msg.userid, bool(msg.rolemask & 1), request_facts(msg).userid]}
 
     @request_handler("where")
     def where(self, msg):
@@ -329,14 +333,31 @@ def test_a_failing_combine_answers_eio_with_one_line():
         assert errnum == errno.EIO and "ZeroDivisionError" in text and "\n" not in text
 
 
-def test_guests_reach_a_reduction_only_where_allowed_and_never_the_subtree_topic():
+def test_guests_reach_a_reduction_only_where_allowed():
+    """An owner-only reduction refuses a guest at its topic and at its
+    subtree topic; an open one admits the guest at both, as the guest."""
     with kary2(4) as broker:
         broker.load(Census, name="census", rank="all")
         guest = broker.connect(userid=4242, rolemask=FLUX_ROLE_USER)
         assert guest.rpc("census.ranks").get()["ranks"] == "0-3"
         assert error_of(guest.rpc("census.count"))[0] == errno.EPERM
-        assert error_of(guest.rpc("census.ranks-subtree"))[0] == errno.EPERM
         assert error_of(guest.rpc("census.count-subtree", nodeid=1))[0] == errno.EPERM
+        assert guest.rpc("census.ranks-subtree", nodeid=1).get()["ranks"] == "1,3"
+        assert guest.rpc("census.askers-subtree", nodeid=1).get()["value"] == {
+            "1": [4242, False, 4242], "3": [4242, False, 4242]}
+
+
+def test_every_rank_of_a_reduction_sees_the_caller_not_the_module():
+    """A guest's reduction reaches every rank with the guest's credentials
+    (issue 26: it used to run as the owner below the rank asked)."""
+    with kary2(8) as broker:
+        broker.load(Census, name="census", rank="all")
+        guest = broker.connect(userid=4242, rolemask=FLUX_ROLE_USER)
+        seen = guest.rpc("census.askers").get()
+        assert seen["ranks"] == "0-7"
+        assert seen["value"] == {str(rank): [4242, False, 4242] for rank in range(8)}
+        owner = broker.rpc("census.askers").get()["value"]
+        assert owner == {str(rank): [broker.owner, True, broker.owner] for rank in range(8)}
 
 
 def test_a_reduction_checks_its_declared_fields_at_the_rank_asked():

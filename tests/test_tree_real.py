@@ -98,6 +98,11 @@ def test_reductions_and_tree_places_answer_as_in_memory(kary2, tmp_path):
         assert _in_memory(CENSUS_CALLS, [(str(path), "census")]) == real
         guest = kary2.rpc("census.count-subtree", nodeid=1, guest=True)
         assert guest.answers[0]["errno"] == errno.EPERM
+        # A guest's reduction reaches every rank as the guest (issue 26).
+        seen = kary2.rpc("census.askers", guest=True).get()
+        assert seen["value"] == {str(rank): [1234, False, 1234] for rank in range(8)}
+        owner = kary2.rpc("census.askers").get()["value"]
+        assert owner == {str(rank): [os.getuid(), True, os.getuid()] for rank in range(8)}
         kary2.remove("census", rank="1")
         answer = kary2.rpc("census.count").get()
         assert answer == {"value": 4, "ranks": "0,2,5-6", "missing": "1,3-4,7",

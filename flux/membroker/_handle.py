@@ -497,10 +497,21 @@ class Handle:
         """Send a request; return a :class:`Future` for its response(s)."""
         if type(topic) is not str:  # per request: skip the call for the usual str
             topic = _topic(topic)
-        msg = Message(
-            FLUX_MSGTYPE_REQUEST, topic, encode_payload(payload), self._userid, self._rolemask, flags,
-            FLUX_MATCHTAG_NONE, nodeid,
-        )
+        return self._request(topic, encode_payload(payload), nodeid, flags, self._userid, self._rolemask)
+
+    def _brokermod_rpc_on_behalf(
+        self, topic: str, payload: Optional[str], nodeid: int, userid: int, rolemask: int
+    ) -> Future:
+        """See flux._libflux.rpc_on_behalf: the broker keeps an owner's
+        credentials on a request as set, and stamps a guest's with its own."""
+        if not self._rolemask & FLUX_ROLE_OWNER:
+            userid, rolemask = self._userid, self._rolemask
+        data = None if payload is None else payload.encode("utf-8", "surrogateescape")
+        return self._request(topic, data, nodeid, 0, userid, rolemask)
+
+    def _request(self, topic: str, payload: Optional[bytes], nodeid: int, flags: int,
+                 userid: int, rolemask: int) -> Future:
+        msg = Message(FLUX_MSGTYPE_REQUEST, topic, payload, userid, rolemask, flags, FLUX_MATCHTAG_NONE, nodeid)
         future = Future(self, topic)
         if self._record is None:
             service = topic.split(".", 1)[0]
