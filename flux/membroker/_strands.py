@@ -62,6 +62,7 @@ start on it unless the GIL is enabled (``PYTHON_GIL=1``).
 """
 
 import _signal  # signal's own functions, without the enum conversions of signal.py
+import itertools
 import logging
 import sys
 import threading
@@ -252,10 +253,12 @@ class Strands:
         self.lost: Optional[str] = None
         self._strands: List[Strand] = [self.driver]
         # Threads blocked past HANDOFF_CHECK, by ident: (strand, what, lock).
-        # Each ``blocks`` change counts, so that a check sees whether
-        # anyone woke since the one before.
+        # ``_blocks`` changes whenever a thread starts or stops such a wait,
+        # so that a check sees whether anyone woke since the one before
+        # (next() on a count is atomic: two threads may do it at once).
         self._blocked: Dict[int, Tuple[Strand, str, Any]] = {}
-        self._blocks = 0
+        self._block_count = itertools.count()
+        self._blocks = next(self._block_count)
 
     def close(self) -> None:
         """Stop routing Ctrl-C (see _InterruptsAfterTurns); idempotent."""
@@ -453,7 +456,7 @@ class Strands:
             return
         ident = threading.get_ident()
         self._blocked[ident] = (me, what, lock)
-        self._blocks += 1
+        self._blocks = next(self._block_count)
         seen = -1
         try:
             if threading.current_thread() is not self.driver.thread:
@@ -469,7 +472,7 @@ class Strands:
                     seen = self._blocks
         finally:
             del self._blocked[ident]
-            self._blocks += 1
+            self._blocks = next(self._block_count)
 
     def _all_blocked(self) -> bool:
         """True if every live strand's thread waits on a lock still held."""
