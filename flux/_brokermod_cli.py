@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("--name", help="module name (default: FILE's basename up to its first '.')")
-    run.add_argument("--size", type=int, default=1, metavar="N",
+    run.add_argument("--size", type=_rank_count, default=1, metavar="N",
                      help="ranks of the in-memory instance (the module is loaded on every rank)")
     run.add_argument("--topo", metavar="SPEC", default=None,
                      help="how the ranks form a tree, as `flux start -Stbon.topo=SPEC`: kary:K, "
@@ -246,6 +246,17 @@ def _drain(streams: List[Tuple[str, Any]], show: _Printer) -> int:
     return failed_any
 
 
+def _rank_count(text: str) -> int:
+    """``--size``: a whole number of ranks, at least 1 (argparse says which option)."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of ranks, not {text!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"an instance has at least 1 rank, not {size}")
+    return size
+
+
 def run(options: argparse.Namespace, out: Any = None, err: Any = None) -> int:
     """Carry out ``flux-brokermod run``; return the exit status (see its --help)."""
     from flux.membroker import FLUX_ROLE_USER, FLUX_RPC_STREAMING, Broker, BrokerPanic, ModuleError
@@ -253,7 +264,7 @@ def run(options: argparse.Namespace, out: Any = None, err: Any = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     show = _Printer(out, getattr(options, "json", False))
-    size = max(1, getattr(options, "size", 1) or 1)
+    size = getattr(options, "size", 1)
     topo = getattr(options, "topo", None)
     try:
         broker = Broker(size=size, attrs={"tbon.topo": topo} if topo else None)

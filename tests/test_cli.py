@@ -416,3 +416,14 @@ def test_run_builds_the_tree_topo_names(example, capsys):
     assert "groups.get: error EPROTO: this RPC is only available on rank 0" in out
     status, out, err = run(["run", "--size", "4", "--topo", "kary:x", example("groups.py")], capsys)
     assert status == 2 and err == "flux-brokermod: --topo: tbon.topo 'kary:x': k must be an integer >= 0\n"
+
+
+@pytest.mark.parametrize("size, why", [("0", "an instance has at least 1 rank, not 0"),
+                                       ("-3", "an instance has at least 1 rank, not -3"),
+                                       ("two", "expected a number of ranks, not 'two'")])
+def test_run_refuses_a_size_below_one_in_one_line(example, capsys, size, why):
+    """--size 0 and --size -3 used to run silently as one rank and exit 0."""
+    with pytest.raises(SystemExit) as exited:
+        run(["run", f"--size={size}", "--rpc", "info", example("mymod.py")], capsys)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"flux-brokermod run: error: argument --size: {why}"
