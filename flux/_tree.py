@@ -32,7 +32,7 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Set, Tupl
 from flux import _idset
 from flux._brief import BriefHelp
 from flux._constants import FLUX_NODEID_UPSTREAM, FLUX_RPC_NORESPONSE, FLUX_RPC_STREAMING
-from flux._dispatch import COROUTINE, PLAIN, RequestError, exception_text, kind_of
+from flux._dispatch import COROUTINE, PLAIN, RequestError, encoded, exception_text, kind_of
 from flux._libflux import request_facts, rpc_on_behalf
 from flux._payloads import PayloadError
 
@@ -191,7 +191,7 @@ class Reducer:
         return await self._serve_async(msg, fields, forwarded=True)
 
     def _serve(self, msg: Any, fields: Dict[str, Any], forwarded: bool) -> Any:
-        gather = _Gather(self, msg, self._budget(forwarded))
+        gather = _Gather(self, msg, self._budget(forwarded), forwarded)
         try:
             gather.own_value(self._method(msg, **fields))
         except Exception as exc:  # noqa: BLE001 - this rank's part fails, not the reduction
@@ -202,7 +202,7 @@ class Reducer:
         import asyncio
 
         budget = self._budget(forwarded)
-        gather = _Gather(self, msg, budget)
+        gather = _Gather(self, msg, budget, forwarded)
         try:
             gather.own_value(await asyncio.wait_for(self._method(msg, **fields), budget))
         except asyncio.TimeoutError:
@@ -218,13 +218,14 @@ _UNSET: Any = object()
 class _Gather:
     """One reduction at one rank: its children's answers and its own value."""
 
-    __slots__ = ("_reducer", "_msg", "_budget", "_own", "_own_error", "_answers", "_futures",
+    __slots__ = ("_reducer", "_msg", "_budget", "_forwarded", "_own", "_own_error", "_answers", "_futures",
                  "_timer", "_expired", "_answered", "_deferred")
 
-    def __init__(self, reducer: Reducer, msg: Any, budget: float) -> None:
+    def __init__(self, reducer: Reducer, msg: Any, budget: float, forwarded: bool) -> None:
         self._reducer = reducer
         self._msg = msg
         self._budget = budget
+        self._forwarded = forwarded
         self._own: Any = _UNSET
         self._own_error = ""
         self._answers: Dict[int, Any] = {}  # child: its answer (a dict) or an error text
@@ -249,6 +250,7 @@ class _Gather:
         self._timer.start()
 
     def own_value(self, value: Any) -> None:
+        encoded(value)  # NaN, a set...: this rank's part fails here, saying what the method gave
         self._own = value
 
     def own_failed(self, exc: BaseException) -> None:
@@ -267,8 +269,7 @@ class _Gather:
         try:
             return self._finish()
         except Exception as exc:  # noqa: BLE001 - the module's combine failed
-            self._reducer._failed(f"request {self._msg.topic}", exc)
-            raise RequestError(errno.EIO, f"{self._msg.topic}: {exception_text(exc)}") from None
+            return self._combine_failed(exc)
 
     def _child_answered(self, future: Any, child: int) -> None:
         reducer = self._reducer
@@ -295,10 +296,29 @@ class _Gather:
     def _send(self) -> None:
         h, msg = self._reducer._h, self._msg
         try:
-            h.respond(msg, self._finish())
-        except Exception as exc:  # noqa: BLE001 - the module's combine, or its value, failed
-            self._reducer._failed(f"request {msg.topic}", exc)
-            h.respond_error(msg, errno.EIO, f"{msg.topic}: {exception_text(exc)}")
+            answer = self._finish()
+        except Exception as exc:  # noqa: BLE001 - the module's combine failed
+            try:
+                answer = self._combine_failed(exc)
+            except RequestError as error:
+                h.respond_error(msg, error.errno, error.strerror)
+                return
+        h.respond(msg, encoded(answer))
+
+    def _combine_failed(self, exc: BaseException) -> Dict[str, Any]:
+        """A combine failed here or below: the whole reduction fails with EIO
+        at the rank asked, whatever the tree's shape.  A rank below says so
+        in its answer (``failed``), and its parent passes that on."""
+        if isinstance(exc, _FailedBelow):
+            text = str(exc)
+        else:
+            reducer = self._reducer
+            reducer._failed(f"request {self._msg.topic}", exc)
+            topic = self._msg.topic[:-len("-subtree")] if self._forwarded else self._msg.topic
+            text = f"{topic}: combine failed on rank {reducer._place.rank}: {exception_text(exc)}"
+        if self._forwarded:
+            return {"value": None, "ranks": "", "missing": "", "errors": {}, "failed": text}
+        raise RequestError(errno.EIO, text)
 
     def _finish(self) -> Dict[str, Any]:
         self._answered = True
@@ -320,14 +340,25 @@ class _Gather:
                 errors[str(child)] = answer if isinstance(answer, str) and answer else (
                     f"no answer within {self._budget:g}s" if answer is None else "malformed answer")
                 continue
+            if isinstance(answer.get("failed"), str):  # a combine failed below
+                raise _FailedBelow(answer["failed"])
             if answer["ranks"]:  # some rank below has a value
                 value = reducer._combine(value, answer["value"]) if have else answer["value"]
                 have = True
                 ranks |= _idset.decode(answer["ranks"])
             missing |= _idset.decode(answer["missing"])
             errors.update(answer["errors"])
+        if have:
+            try:
+                encoded(value)
+            except Exception:  # noqa: BLE001 - not JSON: NaN, a set...
+                raise ValueError(f"combine gave {type(value).__name__} {value!r:.40}, which is not JSON") from None
         return {"value": value, "ranks": _idset.encode(ranks), "missing": _idset.encode(missing),
                 "errors": errors}
+
+
+class _FailedBelow(Exception):
+    """A combine failed on a rank below (its text says where and how)."""
 
 
 def _is_answer(answer: Any) -> bool:

@@ -778,6 +778,9 @@ class BrokerModule:
                 raise ValueError(f"@reduce_handler({topic!r}) on {attr}: combine={spec['combine']!r} "
                                  f"names no method of {type(self).__qualname__}")
         timeout = self._seconds(f"reduction {attr}", spec["timeout"], "timeout")
+        if timeout <= 0:  # a literal 0 is refused where it is written; an option's 0 here
+            raise ValueError(f"reduction {attr}: timeout={spec['timeout']!r} must name an option or attribute "
+                             f"holding a finite number of seconds > 0, not {timeout!r}")
         return Reducer(self._h, self._flux_place, topic, method, combine, timeout, self._flux_dispatch.failed)
 
     def _disconnect_callback(self, rank_sets: List[Any]) -> Callable[..., None]:

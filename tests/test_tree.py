@@ -9,8 +9,10 @@ the same on a real eight-broker instance.
 
 import asyncio
 import errno
+import json
 import operator
 import os
+import re
 import syslog
 
 import pytest
@@ -628,6 +630,68 @@ def test_log_lines_of_the_tree_are_at_debug_only():
         assert syslog.LOG_DEBUG == 7
 
 
+#: Combines that fail, and values that are not JSON (also loaded from a file
+#: on a real instance by test_tree_real.py).
+BAD_COMBINES = """
+import operator
+
+from flux.brokermod import BrokerModule, reduce_handler
+
+
+class BadCombines(BrokerModule):
+    @reduce_handler("divide", combine=lambda a, b: a / 0)
+    def divide(self, msg):
+        return 1
+
+    @reduce_handler("nan", combine=lambda a, b: float("nan"))
+    def nan(self, msg):
+        return 1.0
+
+    @reduce_handler("leafnan", combine=operator.add)
+    def leafnan(self, msg):
+        return float("nan") if self.rank == 3 else 1.0
+"""
+
+
+def _bad_combines(size, topo):
+    namespace = {}
+    exec(BAD_COMBINES, namespace)  # noqa: S102 - the test's own module
+    with Broker(size=size, attrs={"tbon.topo": topo} if topo else None) as broker:
+        broker.load(namespace["BadCombines"], name="bad", rank="all")
+        answers = {}
+        for topic in ("divide", "nan", "leafnan"):
+            future = broker.rpc(f"bad.{topic}")
+            try:
+                answers[topic] = json.loads(future.get_str())
+            except OSError as exc:
+                answers[topic] = [exc.errno, exc.strerror]
+        broker.handler_errors.clear()  # the failures are the point
+        return answers
+
+
+@pytest.mark.parametrize("size, topo", [(2, None), (3, None), (8, None), (8, "kary:2"), (16, "kary:2"),
+                                        (64, "binomial")])
+def test_a_failing_combine_is_eio_whatever_the_trees_shape(size, topo):
+    """Issue 27: at size 8 on kary:2 a combine that raised on rank 1 left
+    its parent answering ``missing "1-7"`` as if those ranks were down;
+    now a combine that fails anywhere fails the reduction with EIO,
+    naming the rank.  A NaN from a combine is the same failure, never the
+    invalid JSON ``{"value": NaN}``; a NaN from one rank's method is that
+    rank's error, saying it was a float."""
+    answers = _bad_combines(size, topo)
+    errnum, text = answers["divide"]
+    assert errnum == errno.EIO and "\n" not in text
+    assert re.fullmatch(r"bad\.divide: combine failed on rank \d+: ZeroDivisionError: division by zero", text)
+    errnum, text = answers["nan"]
+    assert errnum == errno.EIO and text.endswith("ValueError: combine gave float nan, which is not JSON")
+    leafnan = answers["leafnan"]
+    if size > 3:
+        assert leafnan["missing"] == "3" and leafnan["value"] == size - 1
+        assert leafnan["errors"]["3"].startswith("the handler gave float, which is not JSON")
+    else:
+        assert leafnan == {"value": float(size), "ranks": f"0-{size - 1}", "missing": "", "errors": {}}
+
+
 def test_a_failing_combine_answers_the_same_when_it_runs_in_the_handler():
     """Rank 0's own value times out after its children answered, so the
     combine runs when the handler returns, not in a continuation: the same
@@ -645,7 +709,7 @@ def test_a_failing_combine_answers_the_same_when_it_runs_in_the_handler():
     with kary2(3) as broker:
         broker.load(LateOwn, name="late", rank="all")
         errnum, text = error_of(broker.rpc("late.count"))
-        assert errnum == errno.EIO and text.startswith("late.count: ZeroDivisionError"), text
+        assert errnum == errno.EIO and text.startswith("late.count: combine failed on rank 0: ZeroDivisionError"), text
 
 
 def test_a_set_name_utf8_cannot_carry_is_the_callers_error_and_nothing_sticks():
@@ -659,3 +723,32 @@ def test_a_set_name_utf8_cannot_carry_is_the_callers_error_and_nothing_sticks():
         broker.advance(1)
         assert broker.rpc("m.members", {"name": "ok"}).get()["members"] == "3"
         assert not [line for line in broker.dmesg(rank=3) if ".err[" in line]
+
+
+TIMEOUT_OPTION = """
+from flux.brokermod import BrokerModule, Option, reduce_handler
+
+
+class Timed(BrokerModule):
+    t = Option(float, 2.0, "seconds a reduction waits")
+
+    @reduce_handler("count", combine=max, timeout="t")
+    def count(self, msg):
+        return 1
+"""
+
+
+@pytest.mark.parametrize("value, why", [
+    ("0", "timeout='t' must name an option or attribute holding a finite number of seconds > 0, not 0.0"),
+    ("-1", "timeout='t' must name an option or attribute holding a finite number of seconds >= 0, not -1.0"),
+    ("nan", "option 't': 'nan' is not a finite number"),
+])
+def test_a_reduction_timeout_option_of_zero_fails_the_load_as_a_literal_does(target, write, value, why):
+    """Issue 27, item 3: ``timeout=0`` was refused where written but an
+    option holding 0 loaded, and then the brokers disagreed; now both fail
+    the load, on both brokers, with one line naming the reduction."""
+    errnum, text = target.load_error(write("timed.py", TIMEOUT_OPTION), f"t={value}")
+    assert errnum == errno.EINVAL and why in text
+    assert target.load(write("timed.py", TIMEOUT_OPTION), "t=0.5") is None
+    assert target.rpc("timed.count", {}).get()["value"] == 1
+    target.remove("timed")

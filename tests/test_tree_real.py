@@ -20,7 +20,7 @@ import pytest
 
 from flux.brokermod_testing import skip_reason, start_instance, wait_for
 from flux.membroker import Broker
-from test_tree import CENSUS
+from test_tree import BAD_COMBINES, CENSUS, _bad_combines
 
 pytestmark = [
     pytest.mark.real_flux,
@@ -109,6 +109,30 @@ def test_reductions_and_tree_places_answer_as_in_memory(kary2, tmp_path):
                           "errors": {"1": "No service matching census.count-subtree is registered"}}
     finally:
         kary2.flux("exec", "-r", "all", "flux", "module", "remove", "-f", "census")
+
+
+BAD_CALLS = '''
+out = {}
+for topic in ("divide", "nan", "leafnan"):
+    try:
+        out[topic] = json.loads(h.rpc("bad." + topic).get_str())
+    except OSError as exc:
+        out[topic] = [exc.errno, exc.strerror]
+'''
+
+
+def test_failing_combines_and_nan_answer_as_in_memory(kary2, tmp_path):
+    """Issue 27, items 1 and 2, on 8 brokers in kary:2 (the shape where a
+    combine failing on rank 1 used to look like ranks 1-7 missing)."""
+    path = tmp_path / "bad.py"
+    path.write_text(BAD_COMBINES)
+    kary2.load(str(path), rank="all")
+    try:
+        real = _real(kary2, BAD_CALLS)
+        assert real["divide"][0] == errno.EIO and real["nan"][0] == errno.EIO
+        assert real == _bad_combines(8, "kary:2")
+    finally:
+        kary2.flux("exec", "-r", "all", "flux", "module", "remove", "-f", "bad")
 
 
 TIMERS = '''
