@@ -441,6 +441,27 @@ def test_rank_sets_are_batched_and_reach_rank_0_a_level_at_a_time():
         assert [a["members"] for a in _drain(broker, watch)] == ["0,5,7", "0,7"]
 
 
+def test_rank_sets_forget_a_name_once_no_rank_is_in_it():
+    """Issue 27, item 4: names whose members all left stayed in names() on
+    every rank of the path (10,000 adds and a disconnect left 10,000 names
+    on ranks 0, 3 and 7).  Memory now holds only names that have members."""
+    with kary2() as broker:
+        broker.load(Members, name="m", rank="all")
+        client = broker.connect(rank=7)
+        for i in range(2000):
+            client.rpc("m.add", {"name": f"job-{i}", "tied": True}, nodeid=7).get()
+        broker.rpc("m.add", {"name": "kept"}, nodeid=7).get()
+        broker.advance(1)
+        assert len(broker.rpc("m.members", {"name": "kept"}, nodeid=0).get()["names"]) == 2001
+        client.close()  # its disconnect ends the 2,000 tied memberships
+        broker.advance(1)
+        for rank in (0, 1, 3, 7):
+            assert broker.rpc("m.members", {"name": "kept"}, nodeid=rank).get() == {
+                "members": "7", "names": ["kept"]}, rank
+            sets = broker.modules_on(rank)["m"].instance.members
+            assert set(vars(sets)["_sets"]) == {"kept"} and not vars(sets)["_batch"]
+
+
 def test_rank_sets_merge_a_batch_as_groups_does():
     with kary2() as broker:
         broker.load(Members, name="m", rank="all")
