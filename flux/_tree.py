@@ -34,6 +34,7 @@ from flux._brief import BriefHelp
 from flux._constants import FLUX_NODEID_UPSTREAM, FLUX_RPC_NORESPONSE, FLUX_RPC_STREAMING
 from flux._dispatch import COROUTINE, PLAIN, RequestError, encoded, exception_text, kind_of
 from flux._libflux import request_facts, rpc_on_behalf
+from flux._logtext import excerpt
 from flux._payloads import PayloadError
 
 __all__ = ["RankSets", "Reducer", "Reduction", "TreePlace", "forward_topic", "update_topic"]
@@ -425,12 +426,20 @@ class BoundRankSets:
     def add(self, name: str, msg: Any = None) -> None:
         """Put this rank in set *name*; with *msg*, until its sender disconnects.
 
+        A rank is in a set once, on behalf of one client (or of itself), as
+        with flux-core's ``groups``: a second ``add`` of a name this rank is
+        already in is refused, so a second client never believes it holds
+        a membership that the first one's disconnect would end.  Check
+        :meth:`joined` first to add only when needed.
+
+        :raises RequestError: EEXIST (in a handler, the caller gets it) if
+            this rank is already in set *name*.
         :raises PayloadError: (a ValueError; in a handler, the caller gets
             EPROTO) if *name* is not a string UTF-8 can carry.
         """
         _check_name(name)
         if name in self._joined:
-            return
+            raise RequestError(errno.EEXIST, f"rank {self._place.rank} is already in set {excerpt(name)!r}")
         self._joined[name] = None if msg is None else _client_of(msg)
         self._append(name, {"ranks": self._self, "set": True})
 

@@ -462,6 +462,65 @@ def test_rank_sets_forget_a_name_once_no_rank_is_in_it():
             assert set(vars(sets)["_sets"]) == {"kept"} and not vars(sets)["_batch"]
 
 
+#: A module that adds for any client without checking joined() first
+#: (also loaded from a file on a real instance by test_tree_real.py).
+HOLDERS = """
+from flux.brokermod import BrokerModule, RankSets, request_handler
+
+
+class Holders(BrokerModule):
+    items = RankSets()
+
+    @request_handler("add")
+    def add(self, msg, *, name: str):
+        self.items.add(name, msg)
+        return {}
+
+    @request_handler("names")
+    def names(self, msg):
+        self.items.flush()
+        return {"names": self.items.names()}
+"""
+
+# A client on rank 3 adds "x"; a second adds it too and is refused, as
+# flux-core's groups refuses a second join; once the first leaves, "x" is
+# gone and the second can add it.
+HOLDERS_CALLS = """
+first, second = CONNECT(3), CONNECT(3)
+out = [first.rpc("holders.add", {"name": "x"}, nodeid=3).get()]
+try:
+    second.rpc("holders.add", {"name": "x"}, nodeid=3).get()
+except OSError as exc:
+    out.append([exc.errno, exc.strerror])
+out.append(h.rpc("holders.names", nodeid=3).get())
+CLOSE(first)
+del first
+SETTLE()
+out.append(h.rpc("holders.names", nodeid=3).get())
+out.append(second.rpc("holders.add", {"name": "x"}, nodeid=3).get())
+out.append(h.rpc("holders.names", nodeid=3).get())
+"""
+
+
+def _holders_in_memory():
+    namespace = {}
+    exec(HOLDERS, namespace)  # noqa: S102 - the test's own module
+    with kary2() as broker:
+        broker.load(namespace["Holders"], name="holders", rank="all")
+
+        scope = {"h": broker.connect(), "CONNECT": lambda rank: broker.connect(rank=rank),
+                 "CLOSE": lambda client: client.close(), "SETTLE": broker.run_until_idle}
+        exec(HOLDERS_CALLS, scope)  # noqa: S102 - the test's own script
+        return json.loads(json.dumps(scope["out"]))
+
+
+def test_a_second_client_adding_a_name_its_rank_is_in_is_refused_as_groups_does():
+    """Issue 27, item 6: the second add changed nothing, and the first
+    client's disconnect then took the name away from the second."""
+    assert _holders_in_memory() == [
+        {}, [errno.EEXIST, "rank 3 is already in set 'x'"], {"names": ["x"]}, {"names": []}, {}, {"names": ["x"]}]
+
+
 def test_rank_sets_merge_a_batch_as_groups_does():
     with kary2() as broker:
         broker.load(Members, name="m", rank="all")

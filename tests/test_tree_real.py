@@ -20,7 +20,7 @@ import pytest
 
 from flux.brokermod_testing import skip_reason, start_instance, wait_for
 from flux.membroker import Broker
-from test_tree import BAD_COMBINES, CENSUS, _bad_combines
+from test_tree import BAD_COMBINES, CENSUS, HOLDERS, HOLDERS_CALLS, _bad_combines, _holders_in_memory
 
 pytestmark = [
     pytest.mark.real_flux,
@@ -133,6 +133,33 @@ def test_failing_combines_and_nan_answer_as_in_memory(kary2, tmp_path):
         assert real == _bad_combines(8, "kary:2")
     finally:
         kary2.flux("exec", "-r", "all", "flux", "module", "remove", "-f", "bad")
+
+
+# Clients connected to rank 3's broker itself: a broker sends NAME.disconnect
+# to the services its own clients used.
+HOLDERS_REAL = '''
+import time
+def CONNECT(rank):
+    return flux.Flux(h.rpc("attr.get", {"name": "local-uri"}, nodeid=rank).get()["value"])
+def CLOSE(client):
+    pass  # flux-core closes a handle when it is deleted
+def SETTLE():
+    time.sleep(1)  # the broker's disconnect reaches the module
+''' + HOLDERS_CALLS
+
+
+def test_a_second_client_adding_a_name_its_rank_is_in_is_refused_as_in_memory(kary2, tmp_path):
+    """Issue 27, item 6, on 8 brokers: refused with EEXIST as flux-core's
+    groups refuses a second join; the first client's leaving ends it."""
+    path = tmp_path / "holders.py"
+    path.write_text(HOLDERS)
+    kary2.load(str(path), rank="all")
+    try:
+        real = _real(kary2, HOLDERS_REAL)
+        assert real[1][0] == errno.EEXIST
+        assert real == _holders_in_memory()
+    finally:
+        kary2.flux("exec", "-r", "all", "flux", "module", "remove", "-f", "holders")
 
 
 TIMERS = '''
