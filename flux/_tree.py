@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import syslog
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Set, Tuple
 
 from flux import _idset
@@ -34,10 +35,10 @@ from flux._brief import BriefHelp
 from flux._constants import FLUX_NODEID_UPSTREAM, FLUX_RPC_NORESPONSE, FLUX_RPC_STREAMING
 from flux._dispatch import COROUTINE, PLAIN, RequestError, encoded, exception_text, kind_of
 from flux._libflux import request_facts, rpc_on_behalf
-from flux._logtext import excerpt
+from flux._logtext import excerpt, log_verbatim
 from flux._payloads import PayloadError
 
-__all__ = ["RankSets", "Reducer", "Reduction", "TreePlace", "forward_topic", "update_topic"]
+__all__ = ["RankSets", "Reducer", "Reduction", "TreePlace", "forward_topic", "resync_topic", "update_topic"]
 
 
 def forward_topic(topic: str) -> str:
@@ -48,6 +49,12 @@ def forward_topic(topic: str) -> str:
 def update_topic(module: str, attr: str) -> str:
     """The topic batched :class:`RankSets` changes travel up the tree on."""
     return f"{module}.{attr}-update"
+
+
+def resync_topic(module: str, attr: str) -> str:
+    """The topic a rank whose module just started asks its children on to
+    send it all they hold (:class:`RankSets`)."""
+    return f"{module}.{attr}-resync"
 
 
 class TreePlace:
@@ -412,6 +419,8 @@ class BoundRankSets:
         self._place = place
         self._failed = failed
         self._topic = update_topic(module, attr)
+        self._resync = resync_topic(module, attr)
+        self._upstream_lost = False  # the parent refused the last update (logged once)
         self._self = _idset.encode([place.rank])
         self._sets: Dict[str, Set[int]] = {}
         self._joined: Dict[str, Optional[Tuple[str, int]]] = {}  # name: the client it stands for
@@ -490,15 +499,27 @@ class BoundRankSets:
         if self._place.children:
             self._monitor = self._h.rpc("overlay.monitor", None, flags=FLUX_RPC_STREAMING)
             self._monitor.then(self._subtree_status)
+            # Children whose module ran before this one's sent their changes
+            # to a rank without it (logged there, lost): ask them again.
+            for child in self._place.children:
+                self._h.rpc(self._resync, None, nodeid=child, flags=FLUX_RPC_NORESPONSE)
 
-    def update(self, msg: Any) -> None:
-        """A child's batch of changes (the ``update_topic`` request)."""
+    def resync(self, msg: Any) -> None:
+        """The parent's module started: send it everything this subtree holds."""
+        for name, members in self._sets.items():
+            self._batch.setdefault(name, []).append({"ranks": _idset.encode(members), "set": True})
+        self.flush()
+
+    def update(self, msg: Any) -> Dict[str, Any]:
+        """A child's batch of changes (the ``update_topic`` request); answered
+        with ``{}`` so the child learns whether they arrived."""
         update = msg.payload.get("update") if isinstance(msg.payload, dict) else None
         if not isinstance(update, dict) or not all(
                 isinstance(changes, list) and all(_is_change(c) for c in changes) for changes in update.values()):
             raise RequestError(errno.EPROTO, f"{self._topic}: expected {{\"update\": {{NAME: [CHANGE...]}}}}")
         for name, changes in update.items():
             self._append(name, *changes)
+        return {}
 
     def disconnected(self, msg: Any) -> None:
         """A client disconnected: leave the sets it joined here."""
@@ -521,7 +542,7 @@ class BoundRankSets:
             # To the parent by its rank, not FLUX_NODEID_UPSTREAM: a real broker
             # bounces an upstream request forever if its module is not loaded there.
             try:
-                self._h.rpc(self._topic, {"update": batch}, nodeid=self._parent, flags=FLUX_RPC_NORESPONSE)
+                self._h.rpc(self._topic, {"update": batch}, nodeid=self._parent).then(self._update_answered)
             except Exception as exc:  # noqa: BLE001 - logged; this rank's view still changes
                 self._failed("rank sets update", exc)
         for name, changes in batch.items():
@@ -539,6 +560,24 @@ class BoundRankSets:
                 now = _idset.encode(members)
                 for queue in watchers:
                     queue.put_nowait(now)
+
+    def _update_answered(self, future: Any) -> None:
+        """The parent took an update, or refused it (no such module there):
+        say so once, in the log, and again when it takes one; the parent
+        asks for everything when its module starts (:meth:`resync`)."""
+        try:
+            future.get()
+        except OSError as exc:
+            if not self._upstream_lost:
+                self._upstream_lost = True
+                log_verbatim(self._h, syslog.LOG_ERR,
+                             f"{self._topic}: rank {self._parent} did not take this subtree's changes "
+                             f"({exc.strerror}); they reach it once its module starts there")
+            return
+        if self._upstream_lost:
+            self._upstream_lost = False
+            log_verbatim(self._h, syslog.LOG_INFO, f"{self._topic}: rank {self._parent} takes this subtree's "
+                                                   f"changes again")
 
     def _flush_timer(self, *args: Any) -> None:
         try:

@@ -50,7 +50,7 @@ from flux._observe import module_created
 from flux._options import Option, OptionError, option_table, options_of, parse_options
 from flux._payloads import PayloadError, schema_of
 from flux._libflux import RequestFacts, arm_rpcs, module_name, request_facts, watch
-from flux._tree import RankSets, Reducer, Reduction, TreePlace, forward_topic, update_topic
+from flux._tree import RankSets, Reducer, Reduction, TreePlace, forward_topic, resync_topic, update_topic
 
 # Defined next to the code that uses them; public here, under this name.
 for _public in (AnswerError, RequestError, PayloadError, RequestFacts, Option, OptionError, RankSets, Reduction):
@@ -764,9 +764,10 @@ class BrokerModule:
         for attr, declared in type(self)._flux_rank_sets.items():
             sets = self.__dict__[attr] = declared.bind(self._h, self._name, self._flux_place,
                                                        self._flux_dispatch.failed)
-            topic = update_topic(self._name, attr)
-            self._watch(_MSGTYPE_REQUEST, topic,
-                        self._flux_dispatch.request_callback(topic, sets.update, None, PLAIN), None)
+            for topic, method in ((update_topic(self._name, attr), sets.update),
+                                  (resync_topic(self._name, attr), sets.resync)):
+                self._watch(_MSGTYPE_REQUEST, topic,
+                            self._flux_dispatch.request_callback(topic, method, None, PLAIN), None)
             bound.append(sets)
         return bound
 

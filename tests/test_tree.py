@@ -472,8 +472,8 @@ class Holders(BrokerModule):
     items = RankSets()
 
     @request_handler("add")
-    def add(self, msg, *, name: str):
-        self.items.add(name, msg)
+    def add(self, msg, *, name: str, tied: bool = True):
+        self.items.add(name, msg if tied else None)
         return {}
 
     @request_handler("names")
@@ -519,6 +519,53 @@ def test_a_second_client_adding_a_name_its_rank_is_in_is_refused_as_groups_does(
     client's disconnect then took the name away from the second."""
     assert _holders_in_memory() == [
         {}, [errno.EEXIST, "rank 3 is already in set 'x'"], {"names": ["x"]}, {"names": []}, {}, {"names": ["x"]}]
+
+
+# Rank 7's parent (3) and grandparent (1) start without the module; rank 7
+# adds "x" for itself (not for the client, which exits on a real instance);
+# then the module starts on ranks 1-6.  (The same on both brokers.)
+PARTIAL_STEPS = ["load 0,7", "add 7 x", "wait", "names 0", "load 1-6", "wait", "names 0"]
+
+
+def _partial_load_in_memory():
+    namespace = {}
+    exec(HOLDERS, namespace)  # noqa: S102 - the test's own module
+    out = []
+    with kary2() as broker:
+        for step in PARTIAL_STEPS:
+            verb, *args = step.split()
+            if verb == "load":
+                for rank in _idset_ranks(args[0]):
+                    broker.load(namespace["Holders"], name="holders", rank=rank)
+            elif verb == "add":
+                out.append(broker.rpc("holders.add", {"name": args[1], "tied": False}, nodeid=int(args[0])).get())
+            elif verb == "wait":
+                broker.advance(1)
+            else:
+                out.append(broker.rpc("holders.names", nodeid=int(args[0])).get())
+        lines = [line for line in broker.dmesg(rank=7) if line.startswith("holders.")]
+        return out, lines
+
+
+def _idset_ranks(spec):
+    first, _, last = spec.partition("-")
+    return range(int(first), int(last or first) + 1) if "," not in spec else [int(r) for r in spec.split(",")]
+
+
+def test_a_change_that_cannot_go_upstream_is_logged_and_sent_again_when_the_parent_starts():
+    """Issue 27, item 5: an add on rank 7 under a parent without the module
+    answered success, rank 0 never learned of it, nothing was logged, and
+    loading the module on ranks 1-6 never repaired it.  Now the refusal is
+    one line at LOG_ERR on rank 7, and a parent whose module starts asks its
+    children for all they hold (as a broker's children resend their state
+    to groups when they connect)."""
+    out, lines = _partial_load_in_memory()
+    assert out == [{}, {"names": []}, {"names": ["x"]}]
+    refused = [line for line in lines if line.startswith("holders.err")]
+    assert refused == ["holders.err[7]: holders.items-update: rank 3 did not take this subtree's changes "
+                       "(No service matching holders.items-update is registered); they reach it once its "
+                       "module starts there"]
+    assert "holders.info[7]: holders.items-update: rank 3 takes this subtree's changes again" in lines
 
 
 def test_rank_sets_merge_a_batch_as_groups_does():

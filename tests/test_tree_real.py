@@ -20,7 +20,16 @@ import pytest
 
 from flux.brokermod_testing import skip_reason, start_instance, wait_for
 from flux.membroker import Broker
-from test_tree import BAD_COMBINES, CENSUS, HOLDERS, HOLDERS_CALLS, _bad_combines, _holders_in_memory
+from test_tree import (
+    BAD_COMBINES,
+    CENSUS,
+    HOLDERS,
+    HOLDERS_CALLS,
+    PARTIAL_STEPS,
+    _bad_combines,
+    _holders_in_memory,
+    _partial_load_in_memory,
+)
 
 pytestmark = [
     pytest.mark.real_flux,
@@ -158,6 +167,31 @@ def test_a_second_client_adding_a_name_its_rank_is_in_is_refused_as_in_memory(ka
         real = _real(kary2, HOLDERS_REAL)
         assert real[1][0] == errno.EEXIST
         assert real == _holders_in_memory()
+    finally:
+        kary2.flux("exec", "-r", "all", "flux", "module", "remove", "-f", "holders")
+
+
+def test_a_change_that_cannot_go_upstream_is_repaired_as_in_memory(kary2, tmp_path):
+    """Issue 27, item 5, on 8 brokers: rank 7's add under ranks without the
+    module is logged there, and reaches rank 0 once the module starts on
+    ranks 1-6."""
+    path = tmp_path / "holders.py"
+    path.write_text(HOLDERS)
+    out = []
+    try:
+        for step in PARTIAL_STEPS:
+            verb, *args = step.split()
+            if verb == "load":
+                kary2.load(str(path), rank=args[0])
+            elif verb == "add":
+                out.append(_real(kary2, f'out = h.rpc("holders.add", {{"name": "{args[1]}", "tied": False}}, nodeid={args[0]}).get()'))
+            elif verb == "wait":
+                time.sleep(1)
+            else:
+                out.append(_real(kary2, f'out = h.rpc("holders.names", nodeid={args[0]}).get()'))
+        dmesg = kary2.flux("exec", "-r", "7", "flux", "dmesg").stdout.splitlines()
+        lines = [line.split(" ", 1)[1] for line in dmesg if " holders." in line]
+        assert (out, lines) == _partial_load_in_memory()
     finally:
         kary2.flux("exec", "-r", "all", "flux", "module", "remove", "-f", "holders")
 
