@@ -462,7 +462,12 @@ class BoundRankSets:
         return name in self._joined
 
     def members(self, name: str) -> str:
-        """The members of *name* within this rank's subtree (on rank 0: all), as an idset."""
+        """The members of *name* within this rank's subtree (on rank 0: all), as an idset.
+
+        Like :meth:`names`, it shows changes once their batch is applied
+        (``batch`` seconds after the first, or at :meth:`flush`), on this
+        rank too; :meth:`joined` tells at once whether this rank added itself.
+        """
         return _idset.encode(self._sets.get(name, ()))
 
     def names(self) -> List[str]:

@@ -196,6 +196,8 @@ class FluxInstance:
         self.setup = setup
         self.timeout = timeout
         self.env = dict(env or {})
+        #: The instance's ``FLUX_URI`` once started (None before): give it to
+        #: ``flux.Flux(uri)`` in a test, or set it as ``FLUX_URI`` for a command.
         self.uri: Optional[str] = None
         self._proc: Optional["subprocess.Popen[str]"] = None
         self._stderr = tempfile.NamedTemporaryFile(prefix="flux-instance-", suffix=".err")
