@@ -17,7 +17,8 @@ gets these fixtures:
 
 ``flux_broker``
     Each test twice, on the in-memory broker and on a real instance shared
-    by the session (``flux_session_instance``), with the same calls.
+    by the session, with the same calls; several ranks with
+    ``@pytest.mark.flux_broker(size=8, topo="kary:2")``.
 
 This file holds fixtures only; the helpers behind them are in
 :mod:`flux.brokermod_testing`.  It lives outside the ``flux`` package on
@@ -33,7 +34,7 @@ and ``flux.constants`` and ``flux.message`` import even without flux-core.
 import os
 import sys
 import types
-from typing import Any, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -105,6 +106,11 @@ def pytest_configure(config: Any) -> None:
         "flux_handler_errors: the test expects module handlers to raise; "
         "the membroker fixture does not fail it for that",
     )
+    config.addinivalue_line(
+        "markers",
+        "flux_broker(size=1, topo=None): the instance the flux_broker fixture gives "
+        "this test: SIZE ranks in the tree tbon.topo=TOPO builds (e.g. kary:2)",
+    )
     flux = config.getoption("--flux", default=None)
     if flux:
         os.environ["FLUX_BROKERMOD_FLUX"] = os.path.abspath(flux)
@@ -159,18 +165,69 @@ def flux_instance() -> Iterator[Any]:
         instance.stop()
 
 
-@pytest.fixture(scope="session")
-def flux_session_instance() -> Iterator[Any]:
-    """One real instance for the whole test session (``broker.module-nopanic=1``,
-    so a crashing module cannot take it down for the tests after it);
-    skipped, with the reason, without flux-core 0.84+."""
-    from flux.brokermod_testing import start_instance
+class _SessionInstances:
+    """The real instances tests share during a session, one per (size, topo),
+    each started when a test first asks for it and stopped at the end."""
 
-    instance = start_instance(attrs={"broker.module-nopanic": "1"})
+    def __init__(self) -> None:
+        self._instances: Dict[Tuple[int, Optional[str]], Any] = {}
+
+    def get(self, size: int = 1, topo: Optional[str] = None) -> Any:
+        """The shared instance of *size* brokers in tree *topo*; skips the
+        test, with the reason, without flux-core 0.84+."""
+        key = (size, topo)
+        if key not in self._instances:
+            from flux.brokermod_testing import start_instance
+
+            # broker.module-nopanic: a crashing module cannot take the
+            # instance down for the tests after it.
+            attrs = {"broker.module-nopanic": "1"}
+            if topo is not None:
+                attrs["tbon.topo"] = topo
+            self._instances[key] = start_instance(size=size, attrs=attrs)
+        return self._instances[key]
+
+    def stop(self) -> None:
+        """Stop every instance started."""
+        for instance in self._instances.values():
+            instance.stop()
+        self._instances.clear()
+
+
+@pytest.fixture(scope="session")
+def flux_session_instances() -> Iterator[_SessionInstances]:
+    """The real instances shared by the session: ``.get(size, topo)``."""
+    instances = _SessionInstances()
     try:
-        yield instance
+        yield instances
     finally:
-        instance.stop()
+        instances.stop()
+
+
+@pytest.fixture(scope="session")
+def flux_session_instance(flux_session_instances: _SessionInstances) -> Any:
+    """One real one-broker instance for the whole test session
+    (``broker.module-nopanic=1``, so a crashing module cannot take it down
+    for the tests after it); skipped, with the reason, without flux-core 0.84+."""
+    return flux_session_instances.get()
+
+
+def _instance_shape(request: Any) -> Tuple[int, Optional[str]]:
+    """(size, topo) of the ``flux_broker`` marker on the test, else (1, None)."""
+    marker = request.node.get_closest_marker("flux_broker")
+    if marker is None:
+        return 1, None
+    if marker.args:
+        raise pytest.UsageError(f"{request.node.nodeid}: use @pytest.mark.flux_broker(size=N, topo=SPEC)")
+    options = dict(marker.kwargs)
+    size, topo = options.pop("size", 1), options.pop("topo", None)
+    if options:
+        raise pytest.UsageError(f"{request.node.nodeid}: flux_broker marker: unknown option {sorted(options)[0]!r} "
+                                f"(it takes size= and topo=)")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise pytest.UsageError(f"{request.node.nodeid}: flux_broker marker: size={size!r} is not a number of "
+                                f"brokers >= 1")
+    return size, topo
 
 
 @pytest.fixture(params=["memory", "real"])
@@ -178,26 +235,29 @@ def flux_broker(request: Any) -> Iterator[Any]:
     """Each test twice, with the same calls: on the in-memory broker
     (:class:`~flux.brokermod_testing.MemoryBroker`) and on a real instance
     (:class:`~flux.brokermod_testing.RealBroker`, skipped without
-    flux-core).  ``load``, ``remove``, ``rpc(topic, payload, guest=,
-    streaming=)``, ``event``, ``dmesg``, ``modules``, ``settle``...
+    flux-core).  ``load(path, rank=)``, ``remove``, ``rpc(topic, payload,
+    guest=, streaming=, nodeid=)``, ``event``, ``dmesg``, ``modules``,
+    ``settle``...
 
-    The real instance is shared by the session; the modules a test loaded
-    are removed after it.  In memory, a handler exception fails the test
-    as with ``membroker``.
+    One rank by default; mark the test ``@pytest.mark.flux_broker(size=8,
+    topo="kary:2")`` for several ranks in the tree ``tbon.topo`` builds.
+    The real instance of each shape is shared by the session; the modules
+    a test loaded are removed after it, on every rank.  In memory, a
+    handler exception fails the test as with ``membroker``.
     """
     from flux.brokermod_testing import MemoryBroker, RealBroker
 
+    size, topo = _instance_shape(request)
     if request.param == "memory":
-        broker = MemoryBroker()
+        broker = MemoryBroker(size=size, topo=topo)
     else:
-        broker = RealBroker(request.getfixturevalue("flux_session_instance"))
+        broker = RealBroker(request.getfixturevalue("flux_session_instances").get(size, topo))
     before = set(broker.modules())
     broker.clear_log()
     try:
         yield broker
     finally:
-        for name in set(broker.modules()) - before:
-            broker.remove(name)
+        broker.cleanup(before)
         _report_log(request, request.param, broker.dmesg())
         broker.close()
     _fail_on_handler_errors(request, [] if broker.real else broker.broker.handler_errors)

@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pytest
 
+from flux import _idset
 from flux._brokermod_cli import loader_dir
 
 __all__ = [
@@ -420,26 +421,99 @@ def collect_answers(future: Any, streaming: bool, cancel: Optional[Callable[[], 
     return answers
 
 
-class MemoryBroker:
+class _BothBrokers:
+    """What :class:`MemoryBroker` and :class:`RealBroker` share: loading on
+    ranks, and removing after a test what it loaded.
+
+    *rank* arguments are a rank, an RFC 22 idset string (``"1-6"``) or
+    ``"all"``; None is the rank clients connect to (0).
+    """
+
+    #: The number of ranks (brokers) of the instance.
+    size = 1
+
+    def __init__(self) -> None:
+        # (name, rank) of each load through this object, for cleanup().
+        self._loaded: List[tuple] = []
+
+    def _ranks(self, rank: Any) -> Optional[List[int]]:
+        """*rank* as a sorted list of ranks (None for the default rank)."""
+        if rank is None:
+            return None
+        if rank == "all":
+            return list(range(self.size))
+        ranks = sorted(_idset.decode(rank) if isinstance(rank, str) else {int(rank)})
+        outside = [r for r in ranks if not 0 <= r < self.size]
+        if outside:
+            raise ValueError(f"rank {outside[0]} is not in an instance of size {self.size}")
+        return ranks
+
+    def load(self, path, *args, name=None, rank=None):
+        """``flux module load [--name NAME] PATH ARGS`` on *rank* (default:
+        rank 0; ``"all"`` or an idset: each of those ranks, as ``flux exec
+        -r RANKS flux module load`` does).  AssertionError or
+        :class:`~flux.membroker.ModuleError` if it fails."""
+        if name is None and isinstance(path, (str, os.PathLike)):
+            name = os.path.basename(os.fspath(path)).split(".", 1)[0]
+        self._loaded.append((name, rank))
+        self._load(path, args, name, self._ranks(rank))
+
+    def remove(self, name, rank=None):
+        """``flux module remove NAME`` on *rank* (as for :meth:`load`)."""
+        self._remove(name, self._ranks(rank), force=False)
+
+    def load_on(self, path, rank, *args):
+        """``load(path, *args, rank=rank)``."""
+        self.load(path, *args, rank=rank)
+
+    def remove_on(self, name, rank):
+        """``remove(name, rank=rank)``."""
+        self.remove(name, rank=rank)
+
+    def cleanup(self, before: Sequence[str] = ()) -> None:
+        """Remove what this object loaded, on every rank where it still
+        runs, and whatever else is on rank 0 but not in *before*."""
+        for name, rank in reversed(self._loaded):
+            self._remove(name, self._ranks(rank), force=True)
+        self._loaded.clear()
+        for name in set(self.modules()) - set(before):
+            self._remove(name, None, force=True)
+
+
+class MemoryBroker(_BothBrokers):
     """The in-memory broker (:class:`flux.membroker.Broker`) behind the
     interface :class:`RealBroker` shares, so one test body runs on both.
 
-    ``broker`` is the in-memory broker itself.
+    *size* ranks in the tree *topo* builds (``tbon.topo``, such as
+    ``"kary:2"``; default as ``flux start --test-size``).  ``broker`` is
+    the in-memory broker itself.
     """
 
     #: False here, True for :class:`RealBroker`.
     real = False
 
-    def __init__(self, attrs=None):
-        self.broker = _membroker().Broker(attrs=attrs)
+    def __init__(self, attrs=None, size=1, topo=None):
+        super().__init__()
+        attrs = dict(attrs or {})
+        if topo is not None:
+            attrs["tbon.topo"] = topo
+        self.broker = _membroker().Broker(size=size, attrs=attrs)
+        self.size = size
 
-    def load(self, path, *args, name=None):
-        self.broker.load(path, *args, name=name)
+    def _load(self, path, args, name, ranks):
+        for rank in ranks if ranks is not None else [None]:
+            self.broker.load(path, *args, name=name, rank=rank)
+
+    def _remove(self, name, ranks, force):
+        for rank in ranks if ranks is not None else [None]:
+            if force and name not in self.broker.modules_on(self.broker.rank if rank is None else rank):
+                continue
+            self.broker.remove(name, rank=rank)
 
     def try_load(self, path, *args):
         """Load; return None, or the errno the load failed with."""
         try:
-            self.broker.load(path, *args)
+            self.load(path, *args)
         except _membroker().ModuleError as exc:
             return exc.errno
         return None
@@ -451,29 +525,24 @@ class MemoryBroker:
             self.broker.load(path, *args, name=name)
         return info.value.errno, "\n".join(self.broker.stderr[before:] + [str(info.value)])
 
-    def remove(self, name):
-        self.broker.remove(name)
-
-    def load_on(self, path, rank, *args):
-        """Load on *rank* (a number, or "all")."""
-        self.broker.load(path, *args, rank=rank)
-
-    def remove_on(self, name, rank):
-        self.broker.remove(name, rank=rank)
-
     def _client(self, guest):
         return self.broker.connect(userid=GUEST, rolemask=_membroker().FLUX_ROLE_USER) if guest else self.broker.connect()
 
-    def rpc(self, topic, payload=None, streaming=False, guest=False, take=0):
-        """Send a request; return its answers.  A *streaming* request is read
-        to its end; with *take*, it is cancelled after that many responses."""
+    def rpc(self, topic, payload=None, streaming=False, guest=False, take=0, nodeid=None):
+        """Send a request (to rank *nodeid*, default: any); return its
+        answers.  A *streaming* request is read to its end; with *take*, it
+        is cancelled after that many responses."""
         from flux.brokermod import cancel_stream
 
+        membroker = _membroker()
         client = self._client(guest)
-        future = client.rpc(topic, payload, flags=_membroker().FLUX_RPC_STREAMING if streaming else 0)
+        future = client.rpc(topic, payload, nodeid=membroker.FLUX_NODEID_ANY if nodeid is None else nodeid,
+                            flags=membroker.FLUX_RPC_STREAMING if streaming else 0)
         return RPCResult(topic, collect_answers(future, streaming, lambda: cancel_stream(client, future, topic), take))
 
     def start_rpc(self, topic, payload=None):
+        """Send a request; return at once with something whose ``wait()``
+        gives its RPCResult."""
         future = self.broker.connect().rpc(topic, payload)
         self.broker.run_until_idle()
 
@@ -484,26 +553,33 @@ class MemoryBroker:
         return Pending()
 
     def event(self, topic, payload=None, guest=False):
+        """Publish an event (as a guest with *guest*)."""
         self._client(guest).event_send(topic, payload)
         self.broker.run_until_idle()
 
     def dmesg(self):
+        """Rank 0's log, as ``flux dmesg`` shows it."""
         return self.broker.dmesg()
 
     def clear_log(self):
+        """``flux dmesg --clear`` on every rank."""
         for rank in range(self.broker.size):
             self.broker._logs[rank].clear()
 
     def dmesg_on(self, rank):
+        """*rank*'s log."""
         return self.broker.dmesg(rank=rank)
 
     def stderr_text(self):
+        """What module loaders printed on the broker's stderr."""
         return "\n".join(self.broker.stderr)
 
     def modules(self):
+        """Names of the modules loaded on rank 0."""
         return list(self.broker.modules)
 
     def owner(self):
+        """The instance owner's userid."""
         return self.broker.owner
 
     def settle(self, predicate, what, timeout=30.0):
@@ -520,11 +596,12 @@ class MemoryBroker:
         self.broker.advance(seconds)
 
     def close(self):
+        """Close the broker (unless it panicked)."""
         if self.broker.panicked is None:
             self.broker.close()
 
 
-class RealBroker:
+class RealBroker(_BothBrokers):
     """A real instance (a :class:`FluxInstance`) behind the interface
     :class:`MemoryBroker` shares.
 
@@ -535,20 +612,33 @@ class RealBroker:
     real = True
 
     def __init__(self, instance):
+        super().__init__()
         self.instance = instance
+        self.size = instance.size
 
-    def load(self, path, *args, name=None):
-        self.instance.load(path, *args, name=name)
+    def _load(self, path, args, name, ranks):
+        self.instance.load(path, *args, name=name, rank=None if ranks is None else _idset.encode(ranks))
+
+    def _remove(self, name, ranks, force):
+        cmd = ["module", "remove", *(["-f"] if force else []), name]
+        if ranks is not None:
+            cmd = ["exec", "-r", _idset.encode(ranks), "flux", *cmd]
+        result = self.instance.flux(*cmd)
+        if result.returncode != 0:
+            raise AssertionError(f"flux {' '.join(cmd)} failed: {result.stderr.strip()}")
 
     def try_load(self, path, *args):
+        """Load; return None, or the errno the load failed with."""
         result = self.instance.flux("module", "load", path, *args)
         if result.returncode == 0:
+            self._loaded.append((os.path.basename(path).split(".", 1)[0], None))
             return None
         codes = {os.strerror(code): code for code in errno.errorcode}
         found = [code for message, code in codes.items() if message in result.stderr]
         return found[0] if found else -1
 
     def load_error(self, path, *args, name=None):
+        """Load that must fail: return (errno or None, broker stderr text)."""
         before = len(self.instance.stderr())
         cmd = ["module", "load"] + (["--name", name] if name else []) + [path, *args]
         result = self.instance.flux(*cmd)
@@ -558,24 +648,17 @@ class RealBroker:
         found = [code for message, code in codes.items() if message in result.stderr]
         return (found[0] if found else None), text
 
-    def remove(self, name):
-        self.instance.remove(name)
-
-    def load_on(self, path, rank, *args):
-        """Load on *rank* (a number, or "all"), with ``flux exec -r``."""
-        self.instance.load(path, *args, rank=str(rank))
-
-    def remove_on(self, name, rank):
-        self.instance.remove(name, rank=str(rank))
-
-    def rpc(self, topic, payload=None, streaming=False, guest=False, take=0):
+    def rpc(self, topic, payload=None, streaming=False, guest=False, take=0, nodeid=None):
         """As :meth:`MemoryBroker.rpc`, from a client process."""
-        return self.instance.rpc(topic, payload, streaming=streaming, guest=guest, take=take)
+        return self.instance.rpc(topic, payload, nodeid=0xFFFFFFFF if nodeid is None else nodeid,
+                                 streaming=streaming, guest=guest, take=take)
 
     def start_rpc(self, topic, payload=None):
+        """As :meth:`MemoryBroker.start_rpc`."""
         return self.instance.start_rpc(topic, payload)
 
     def event(self, topic, payload=None, guest=False):
+        """Publish an event (``flux event pub``; as a guest with *guest*)."""
         env = {"FLUX_HANDLE_USERID": str(GUEST), "FLUX_HANDLE_ROLEMASK": "0x2"} if guest else None
         if payload is None:
             args = ["event", "pub", topic]
@@ -587,27 +670,34 @@ class RealBroker:
         assert result.returncode == 0, result.stderr
 
     def dmesg(self):
+        """Rank 0's log, as ``flux dmesg`` shows it."""
         return self.instance.dmesg()
 
     def clear_log(self):
-        for rank in range(self.instance.size):
-            result = self.instance.flux("exec", "-r", str(rank), "flux", "dmesg", "--clear")
-            assert result.returncode == 0, result.stderr
+        """``flux dmesg --clear`` on every rank."""
+        cmd = ["dmesg", "--clear"] if self.size == 1 else ["exec", "-r", "all", "flux", "dmesg", "--clear"]
+        result = self.instance.flux(*cmd)
+        assert result.returncode == 0, result.stderr
 
     def stderr_text(self):
+        """What the brokers printed on stderr."""
         return self.instance.stderr()
 
     def dmesg_on(self, rank):
+        """*rank*'s log."""
         out = self.instance.flux("exec", "-r", str(rank), "flux", "dmesg").stdout
         return [line.split(" ", 1)[1] if " " in line else line for line in out.splitlines()]
 
     def modules(self):
+        """Names of the modules loaded on rank 0."""
         return module_names(self.instance)
 
     def owner(self):
+        """The instance owner's userid."""
         return os.getuid()
 
     def settle(self, predicate, what, timeout=30.0):
+        """Wait (up to *timeout* s) until *predicate*."""
         wait_for(predicate, timeout=timeout, what=what)
 
     def wait(self, seconds):
@@ -615,4 +705,4 @@ class RealBroker:
         time.sleep(seconds)
 
     def close(self):
-        pass
+        """Nothing: the instance outlives this object."""

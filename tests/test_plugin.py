@@ -339,6 +339,96 @@ def test_one_test_body_runs_on_both_brokers(tmp_path):
         assert "SKIPPED" in out and "no real Flux" in out
 
 
+_TREE_SUITE = """
+import errno
+import os
+
+import pytest
+
+WHERE = {where!r}
+
+
+@pytest.mark.flux_broker(size=8, topo="kary:2")
+def test_a_tree_service_on_eight_ranks(flux_broker):
+    flux_broker.load(WHERE, rank="all")
+    assert flux_broker.rpc("where.here", nodeid=5).get() == {{"rank": 5, "parent": 2, "children": []}}
+    assert flux_broker.rpc("where.here", nodeid=1).get() == {{"rank": 1, "parent": 0, "children": [3, 4]}}
+    assert flux_broker.rpc("where.here").get()["rank"] == 0
+    census = flux_broker.rpc("where.census", nodeid=1).get()
+    assert (census["value"], census["ranks"], census["missing"]) == (1 + 3 + 4 + 7, "1,3-4,7", "")
+    flux_broker.remove("where", rank=7)
+    census = flux_broker.rpc("where.census").get()
+    assert (census["ranks"], census["missing"], list(census["errors"])) == ("0-6", "7", ["7"])
+
+
+@pytest.mark.flux_broker(size=8, topo="kary:2")
+def test_the_modules_a_test_loaded_are_gone_on_every_rank(flux_broker):
+    for rank in range(8):
+        try:
+            flux_broker.rpc("where.here", nodeid=rank).get()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSYS, (rank, exc)
+        else:
+            raise AssertionError(f"rank {{rank}} still runs the previous test's module")
+    flux_broker.load(WHERE, rank="2-3")
+    assert flux_broker.rpc("where.here", nodeid=3).get()["parent"] == 1
+
+
+def test_one_rank_by_default(flux_broker):
+    flux_broker.load(WHERE)
+    assert flux_broker.rpc("where.census").get()["ranks"] == "0"
+"""
+
+_WHERE = """
+from flux.brokermod import BrokerModule, request_handler, reduce_handler
+
+
+class where(BrokerModule):
+    @request_handler("here")
+    def here(self, msg):
+        return {"rank": self.rank, "parent": self.parent, "children": list(self.children)}
+
+    @reduce_handler("census", combine=lambda a, b: a + b)
+    def census(self, msg):
+        return self.rank
+"""
+
+
+def test_one_tree_test_runs_on_both_brokers_at_size_eight(tmp_path):
+    """The flux_broker marker: a test body on 8 ranks in a kary:2 tree, on both
+    brokers, with nodeid, loads on ranks, and cleanup on every rank."""
+    (tmp_path / "where.py").write_text(_WHERE)
+    source = _TREE_SUITE.format(where=str(tmp_path / "where.py"))
+    result = _run_suite(tmp_path, "test_tree.py", source, "-rA", "-p", "no:randomly", timeout=600)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    for test in ["test_a_tree_service_on_eight_ranks", "test_the_modules_a_test_loaded_are_gone_on_every_rank",
+                 "test_one_rank_by_default"]:
+        assert f"PASSED test_tree.py::{test}[memory]" in out
+        if brokermod_testing.skip_reason() is None:
+            assert f"PASSED test_tree.py::{test}[real]" in out
+
+
+_BAD_MARKERS = """
+import pytest
+
+@pytest.mark.flux_broker(size=0)
+def test_no_ranks(flux_broker):
+    pass
+
+@pytest.mark.flux_broker(ranks=8)
+def test_unknown_option(flux_broker):
+    pass
+"""
+
+
+def test_a_bad_flux_broker_marker_is_named_in_one_line(tmp_path):
+    result = _run_suite(tmp_path, "test_bad.py", _BAD_MARKERS, "-k", "memory")
+    out = result.stdout + result.stderr
+    assert "test_no_ranks[memory]: flux_broker marker: size=0 is not a number of brokers >= 1" in out
+    assert "test_unknown_option[memory]: flux_broker marker: unknown option 'ranks' (it takes size= and topo=)" in out
+
+
 @pytest.mark.real_flux
 @pytest.mark.skipif(brokermod_testing.skip_reason() is not None, reason=str(brokermod_testing.skip_reason()))
 def test_inside_flux_env_with_the_real_bindings(tmp_path):
@@ -351,3 +441,18 @@ def test_inside_flux_env_with_the_real_bindings(tmp_path):
                         pythonpath=pythonpath)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_cleanup_removes_what_a_test_loaded_on_every_rank(tmp_path):
+    """What the flux_broker fixture does after each test (on a shared real
+    instance, the next test would otherwise find the module still there)."""
+    (tmp_path / "where.py").write_text(_WHERE)
+    broker = brokermod_testing.MemoryBroker(size=8, topo="kary:2")
+    broker.load(str(tmp_path / "where.py"), rank="all")
+    broker.load(str(tmp_path / "where.py"), name="there", rank="5-6")
+    broker.remove("where", rank=3)
+    broker.cleanup()
+    assert [sorted(broker.broker.modules_on(rank)) for rank in range(8)] == [[]] * 8
+    with pytest.raises(ValueError, match="rank 8 is not in an instance of size 8"):
+        broker.load(str(tmp_path / "where.py"), rank="8")
+    broker.close()

@@ -58,6 +58,27 @@ def test_readme_census_answers_as_it_says(tmp_path):
         assert broker.rpc("census.count").get() == {"value": 64, "ranks": "0-63", "missing": "", "errors": {}}
 
 
+def test_readme_tree_test_runs_on_both_brokers(tmp_path):
+    """The README's flux_broker test of the census, marked size=8 kary:2,
+    run by pytest as a module author would (real half: with flux on PATH)."""
+    import subprocess
+    import sys
+
+    from flux.brokermod_testing import skip_reason
+
+    blocks = python_blocks()
+    (tmp_path / "census.py").write_text(next(b for b in blocks if "class Census" in b))
+    (tmp_path / "test_census.py").write_text(next(b for b in blocks if "def test_census" in b))
+    env = dict(os.environ)
+    env.pop("PYTEST_ADDOPTS", None)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "test_census.py"],
+                            capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASSED test_census.py::test_census[memory]" in result.stdout
+    if skip_reason() is None:
+        assert "PASSED test_census.py::test_census[real]" in result.stdout
+
+
 def _ci_pythons(env=None):
     import subprocess
     import sys
