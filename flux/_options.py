@@ -1,10 +1,12 @@
-"""Declared module options, parsed from the load arguments.
+"""Declared module options, from the instance configuration and the load arguments.
 
 A module class declares ``interval = Option(float, default=1.0, help="...")``;
-``flux module load mymod.py interval=2`` (or ``--interval=2``, and
-``--verbose`` for a boolean) sets it.  :func:`parse_options` turns the
-argument list into values, or raises :class:`OptionError` with one line
-naming the option and listing the valid ones.
+the instance configuration's table named after the module (``[mymod]
+interval = 2.5``) sets it, and ``flux module load mymod.py interval=2`` (or
+``--interval=2``, and ``--verbose`` for a boolean) overrides that.
+:func:`parse_options` turns both into values, or raises
+:class:`OptionError` with one line naming the option (and the table) and
+listing the valid ones.
 """
 
 from __future__ import annotations
@@ -66,23 +68,51 @@ class Option:
         extra = "required" if self.required else f"default {self.default!r}"
         return f"{self.name} ({self.kind}, {extra})"
 
-    def convert(self, text: Optional[str]) -> Any:
-        """The value of the argument *text* (None: a bare ``--name`` flag)."""
+    def convert(self, text: Optional[str], what: str = "") -> Any:
+        """The value of the argument *text* (None: a bare ``--name`` flag).
+        *what* names the option in errors (default ``option 'NAME'``)."""
+        what = what or f"option {self.name!r}"
         if self.type is bool:
             if text is None or text.lower() in _TRUE:
                 return True
             if text.lower() in _FALSE:
                 return False
-            raise OptionError(f"option {self.name!r}: {text!r} is not a boolean (true/false)")
+            raise OptionError(f"{what}: {text!r} is not a boolean (true/false)")
         if text is None:
-            raise OptionError(f"option {self.name!r} needs a value: {self.name}=VALUE")
+            raise OptionError(f"{what} needs a value: {self.name}=VALUE")
         try:
             value = self.type(text)
         except (TypeError, ValueError) as exc:
-            raise OptionError(f"option {self.name!r}: {text!r} is not a valid {self.kind} ({exc})") from None
+            raise OptionError(f"{what}: {text!r} is not a valid {self.kind} ({exc})") from None
+        return self._finite(value, text, what)
+
+    def _finite(self, value: Any, given: Any, what: str) -> Any:
         if self.type is float and not math.isfinite(value):
-            raise OptionError(f"option {self.name!r}: {text!r} is not a finite number")
+            raise OptionError(f"{what}: {given!r} is not a finite number")
         return value
+
+    def from_config(self, value: Any, what: str) -> Any:
+        """The value of a configuration value (TOML-typed: a string goes
+        through the option's type as an argument would; a number, boolean,
+        array or table must already be what the option takes)."""
+        if isinstance(value, str):
+            return self.convert(value, what)
+        plain = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(self.type)
+        if plain is not None:
+            if isinstance(value, plain) and (self.type is bool or not isinstance(value, bool)):
+                return self._finite(self.type(value), value, what)
+            raise OptionError(f"{what}: {value!r} is not a valid {self.kind} (a TOML {_toml_kind(value)})")
+        try:
+            return self.type(value)
+        except (TypeError, ValueError) as exc:
+            raise OptionError(f"{what}: {value!r} is not a valid {self.kind} ({exc})") from None
+
+
+def _toml_kind(value: Any) -> str:
+    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "float"), (list, "array"), (dict, "table")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 def options_of(cls: type) -> Dict[str, Option]:
@@ -97,13 +127,16 @@ def options_of(cls: type) -> Dict[str, Option]:
     return found
 
 
-def parse_options(options: Dict[str, Option], args: Iterable[str]) -> Dict[str, Any]:
-    """Parse ``name=value``, ``--name=value`` and ``--flag`` arguments.
+def parse_options(options: Dict[str, Option], args: Iterable[str],
+                  table: Optional[Dict[str, Any]] = None, table_name: str = "") -> Dict[str, Any]:
+    """The options' values: from the configuration *table* (the instance
+    configuration's ``[table_name]``), then from the ``name=value``,
+    ``--name=value`` and ``--flag`` arguments *args*, which override it.
 
-    :raises OptionError: one line naming the bad argument and listing the
-        valid options.
+    :raises OptionError: one line naming the bad argument (or the table and
+        key) and listing the valid options.
     """
-    values: Dict[str, Any] = {}
+    values = config_values(options, table or {}, table_name) if table else {}
     given: Dict[str, str] = {}  # option name: the argument that set it
     for arg in args:
         try:
@@ -122,6 +155,25 @@ def parse_options(options: Dict[str, Option], args: Iterable[str]) -> Dict[str, 
             if option.required:
                 raise OptionError(f"missing required option {option.name!r}; {_listing(options)}")
             values[option.name] = option.default
+    return values
+
+
+def config_values(options: Dict[str, Option], table: Any, table_name: str) -> Dict[str, Any]:
+    """The values the configuration table ``[table_name]`` gives options.
+
+    :raises OptionError: one line naming the table and the key.
+    """
+    where = f"config [{table_name}]"
+    if not isinstance(table, dict):
+        raise OptionError(f"{where}: is a TOML {_toml_kind(table)}, not a table of options; {_listing(options)}")
+    values = {}
+    for key, value in table.items():
+        option = options.get(key) or options.get(key.replace("-", "_"))
+        if option is None:
+            raise OptionError(f"{where}: unknown key {key!r}; {_listing(options)}")
+        if option.name in values:
+            raise OptionError(f"{where}: option {option.name!r} is set twice")
+        values[option.name] = option.from_config(value, f"{where} {key}")
     return values
 
 

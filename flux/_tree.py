@@ -177,6 +177,16 @@ class Reducer:
             self.entry = self._entry
             self.forwarded = self._forwarded
 
+    @property
+    def timeout(self) -> float:
+        """Seconds the entry rank waits (a reduction already under way keeps its own)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._timeout = seconds
+        self._forward_timeout = None
+
     def _budget(self, forwarded: bool) -> float:
         if not forwarded:
             return self._timeout

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import functools
 import inspect
+import json
 import math
 import os
 import sys
@@ -553,6 +554,8 @@ class BrokerModule:
         self._name = module_name(h)
         self._watchers: List[Any] = []
         self._flux_timers: Dict[str, Any] = {}
+        self._flux_reducers: Dict[str, Reducer] = {}
+        self._flux_timer_periods: Dict[str, Tuple[float, float]] = {}
         self._stopped_with_error = False
         self._flux_place = TreePlace(h, int(h.get_rank()))
         arm_rpcs(h)
@@ -560,7 +563,9 @@ class BrokerModule:
         try:
             declared = type(self)._flux_options
             if declared:
-                self.__dict__["_flux_options"] = parse_options(declared, self._args)
+                # The instance configuration's [NAME] table, then the arguments.
+                table = h.conf_get(self._name)
+                self.__dict__["_flux_options"] = parse_options(declared, self._args, table, self._name)
             self._flux_dispatch = Dispatcher(h, self.log, self._handler_failed)
             self._register_handlers()
         except BaseException as exc:
@@ -716,12 +721,15 @@ class BrokerModule:
         self._watch(_MSGTYPE_REQUEST, f"{name}.stats-clear", dispatch.stats_clear_callback(), None)
         self._watch(_MSGTYPE_EVENT, f"{name}.stats-clear", dispatch.stats_clear_callback(), None)
         self._watch(_MSGTYPE_REQUEST, f"{name}.handlers", self._handlers_callback, everyone)
+        if type(self)._flux_options:  # else libflux's own config-reload, as flux-core has it
+            for method in ("config-reload", "config-update"):
+                self._watch(_MSGTYPE_REQUEST, f"{name}.{method}", self._config_reload_callback, None)
         rank_sets = self._bind_rank_sets()
         for attr, spec in type(self)._flux_handlers.items():
             method = getattr(self, attr)
             kind = kind_of(method)
             if spec["msgtype"] == _TIMER:
-                after, repeat = (self._seconds(f"timer {attr}", spec[what], what) for what in ("after", "repeat"))
+                after, repeat = self._flux_timer_periods[attr] = self._timer_periods(attr)
                 timer = h.timer_watcher_create(after, dispatch.timer_callback(attr, method, kind), repeat=repeat)
                 timer.start()
                 self._watchers.append(timer)
@@ -740,7 +748,7 @@ class BrokerModule:
                 except TypeError as exc:
                     raise ValueError(str(exc)) from None
                 if "reduce" in spec:
-                    reducer = self._reducer(attr, topic, method, spec["reduce"])
+                    reducer = self._flux_reducers[attr] = self._reducer(attr, topic, method, spec["reduce"])
                     forward = forward_topic(topic)
                     # Forwarded with the caller's credentials: it admits whom the topic admits.
                     self._watch(_MSGTYPE_REQUEST, forward,
@@ -778,11 +786,74 @@ class BrokerModule:
             if not callable(combine):
                 raise ValueError(f"@reduce_handler({topic!r}) on {attr}: combine={spec['combine']!r} "
                                  f"names no method of {type(self).__qualname__}")
+        timeout = self._reduction_timeout(attr, spec)
+        return Reducer(self._h, self._flux_place, topic, method, combine, timeout, self._flux_dispatch.failed)
+
+    def _reduction_timeout(self, attr: str, spec: Dict[str, Any]) -> float:
         timeout = self._seconds(f"reduction {attr}", spec["timeout"], "timeout")
         if timeout <= 0:  # a literal 0 is refused where it is written; an option's 0 here
             raise ValueError(f"reduction {attr}: timeout={spec['timeout']!r} must name an option or attribute "
                              f"holding a finite number of seconds > 0, not {timeout!r}")
-        return Reducer(self._h, self._flux_place, topic, method, combine, timeout, self._flux_dispatch.failed)
+        return timeout
+
+    def options_changed(self, changed: Dict[str, Tuple[Any, Any]]) -> None:
+        """Called when ``flux config reload`` changed options of this module:
+        *changed* maps each option's name to ``(old, new)``, and the options
+        already hold the new values.  Raise (a :class:`RequestError`, or any
+        exception) to refuse the change: every option gets its old value
+        back, and the reload fails with the exception's text.  Timers whose
+        period names a changed option are re-armed after this returns."""
+
+    def _config_reload_callback(self, h: Any, watcher: Any, msg: Any, arg: Any) -> None:
+        """``NAME.config-reload``: the instance configuration changed (its
+        whole object is the payload).  All the options change, or none."""
+        try:
+            config = json.loads(msg.payload_str or "")
+            if not isinstance(config, dict):
+                raise ValueError
+        except ValueError:
+            h.respond_error(msg, errno.EPROTO, f"Failed to parse {msg.topic} request")
+            return
+        old = self.__dict__["_flux_options"]
+        try:
+            new = parse_options(type(self)._flux_options, self._args, config.get(self._name), self._name)
+        except OptionError as exc:
+            h.respond_error(msg, errno.EINVAL, str(exc))
+            return
+        changed = {name: (old[name], value) for name, value in new.items() if value != old[name]}
+        if changed:
+            self.__dict__["_flux_options"] = new
+            try:
+                timers = {attr: self._timer_periods(attr) for attr in self._flux_timers}
+                timeouts = {attr: self._reduction_timeout(attr, type(self)._flux_handlers[attr]["reduce"])
+                            for attr in self._flux_reducers}
+            except ValueError as exc:  # a period or timeout the new values make impossible
+                self.__dict__["_flux_options"] = old
+                h.respond_error(msg, errno.EINVAL, str(exc))
+                return
+            try:
+                self.options_changed(changed)
+            except Exception as exc:  # noqa: BLE001 - the reload is refused with its text
+                self.__dict__["_flux_options"] = old
+                code = exc.errno if isinstance(exc, RequestError) and exc.errno else errno.EINVAL
+                h.respond_error(msg, code, f"{self._name}: {exception_text(exc)}")
+                return
+            for attr, periods in timers.items():
+                if periods != self._flux_timer_periods.get(attr):
+                    self._flux_timers[attr].reset(*periods)
+                    self._flux_timers[attr].start()
+            self._flux_timer_periods.update(timers)
+            for attr, seconds in timeouts.items():
+                self._flux_reducers[attr].timeout = seconds
+            self.log.info(f"options changed by the configuration: "
+                          + ", ".join(f"{name}={value!r}" for name, (_, value) in changed.items()))
+        h.respond(msg)
+
+    def _timer_periods(self, attr: str) -> Tuple[float, float]:
+        """(after, repeat) of timer method *attr*, options read now."""
+        spec = type(self)._flux_handlers[attr]
+        return tuple(self._seconds(f"timer {attr}", spec[what], what)  # type: ignore[return-value]
+                     for what in ("after", "repeat"))
 
     def _disconnect_callback(self, rank_sets: List[Any]) -> Callable[..., None]:
         """``NAME.disconnect``: end the departed client's tasks, and leave the

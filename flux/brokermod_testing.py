@@ -429,12 +429,20 @@ class _BothBrokers:
     ``"all"``; None is the rank clients connect to (0).
     """
 
-    #: The number of ranks (brokers) of the instance.
-    size = 1
-
     def __init__(self) -> None:
         # (name, rank) of each load through this object, for cleanup().
         self._loaded: List[tuple] = []
+        # The configuration before the first load_config(), for cleanup().
+        self._first_config: Optional[Dict[str, Any]] = None
+
+    def load_config(self, config: Dict[str, Any]) -> Optional[str]:
+        """Replace the instance configuration (``flux config load``): each
+        module gets ``NAME.config-reload``.  Return None when every rank's
+        modules took it, else the one-line error of rank 0's module that
+        refused it (``error updating NAME: TEXT``)."""
+        if self._first_config is None:
+            self._first_config = self.config()
+        return self._load_config(config)
 
     def _ranks(self, rank: Any) -> Optional[List[int]]:
         """*rank* as a sorted list of ranks (None for the default rank)."""
@@ -478,6 +486,9 @@ class _BothBrokers:
         self._loaded.clear()
         for name in set(self.modules()) - set(before):
             self._remove(name, None, force=True)
+        if self._first_config is not None:
+            self._load_config(self._first_config)
+            self._first_config = None
 
 
 class MemoryBroker(_BothBrokers):
@@ -498,11 +509,26 @@ class MemoryBroker(_BothBrokers):
         if topo is not None:
             attrs["tbon.topo"] = topo
         self.broker = _membroker().Broker(size=size, attrs=attrs)
-        self.size = size
+
+    @property
+    def size(self):
+        """The number of ranks (brokers) of the instance."""
+        return self.broker.size
 
     def _load(self, path, args, name, ranks):
         for rank in ranks if ranks is not None else [None]:
             self.broker.load(path, *args, name=name, rank=rank)
+
+    def config(self):
+        """The configuration rank 0 holds (``flux config get``)."""
+        return self.broker.connect().rpc("config.get").get()
+
+    def _load_config(self, config):
+        try:
+            self.broker.load_config(config)
+        except OSError as exc:
+            return exc.strerror
+        return None
 
     def _remove(self, name, ranks, force):
         for rank in ranks if ranks is not None else [None]:
@@ -614,10 +640,29 @@ class RealBroker(_BothBrokers):
     def __init__(self, instance):
         super().__init__()
         self.instance = instance
-        self.size = instance.size
+
+    @property
+    def size(self):
+        """The number of ranks (brokers) of the instance."""
+        return self.instance.size
 
     def _load(self, path, args, name, ranks):
         self.instance.load(path, *args, name=name, rank=None if ranks is None else _idset.encode(ranks))
+
+    def config(self):
+        """The configuration rank 0 holds (``flux config get``)."""
+        result = self.instance.flux("config", "get")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def _load_config(self, config):
+        env = self.instance.environment()
+        env["FLUX_URI"] = self.instance.uri
+        result = subprocess.run([self.instance.flux_command, "config", "load"], input=json.dumps(config),
+                                capture_output=True, text=True, env=env, timeout=self.instance.timeout)
+        if result.returncode == 0:
+            return None
+        return result.stderr.strip().split("flux-config: load: ", 1)[-1]
 
     def _remove(self, name, ranks, force):
         cmd = ["module", "remove", *(["-f"] if force else []), name]

@@ -223,9 +223,9 @@ class BrokerLink:
         """Keep a handler failure for the test (see :attr:`Broker.handler_errors`)."""
         self._broker.handler_errors.append(HandlerError(record.name if record else "client", what, exc))
 
-    def config(self) -> Dict[str, Any]:
-        """The instance's configuration (a copy)."""
-        return copy.deepcopy(self._broker.config)
+    def config(self, rank: int) -> Dict[str, Any]:
+        """The configuration *rank* holds (a copy)."""
+        return copy.deepcopy(self._broker._held_config[rank])
 
     def send_request(self, msg: Message) -> None:
         """Route request *msg* (its ``_sender`` is the sending handle)."""
@@ -385,9 +385,10 @@ class Broker:
         config: Optional[Dict[str, Any]] = None,
     ) -> None:
         _layout.prefer_this_package()
-        #: The instance configuration modules read with ``h.conf_get()``
-        #: (what a real instance loads from its TOML files).
-        self.config: Dict[str, Any] = dict(config or {})
+        #: The instance configuration (what a real instance loads from its
+        #: TOML files): what modules read with ``h.conf_get()`` and their
+        #: options' ``[NAME]`` tables.  Change it with :meth:`load_config`.
+        self.config: Dict[str, Any] = copy.deepcopy(dict(config or {}))
         if not 0 <= rank < size:
             raise ValueError(f"rank {rank} is not below size {size}")
         #: The rank :meth:`rpc`, :meth:`connect`, :meth:`load` and
@@ -432,6 +433,9 @@ class Broker:
         #: What a stray response would have reached on a real instance, once one came.
         self.stray: Optional[str] = None
         self._strands = Strands()
+        # The configuration each rank's config service holds (a follower
+        # keeps its old one when one of its modules refuses the new one).
+        self._held_config: List[Dict[str, Any]] = [self.config] * size
         # Per rank: loaded modules and registered services, by name.
         self._modules: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
         self._services: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
@@ -556,6 +560,62 @@ class Broker:
         self._log("broker", syslog.LOG_DEBUG, f"rmmod {name}", on)
         self._owner_handle.rpc(f"{name}.shutdown", nodeid=on, flags=FLUX_RPC_NORESPONSE)
         self._run_until(lambda: record.state == EXITED, f"remove {name}")
+
+    def load_config(self, config: Dict[str, Any]) -> None:
+        """Replace the instance configuration, as ``flux config load`` (or
+        ``flux config reload`` after editing the TOML files) does.
+
+        As flux-core's config service does: each module on rank 0 gets
+        ``NAME.config-reload`` with the new configuration, in the order
+        they were loaded; if one refuses, those already updated get the old
+        one back and OSError is raised with that module's error (``error
+        updating NAME: TEXT``), the configuration unchanged.  Then each
+        follower does the same, parents before children; a follower whose
+        module refuses logs ``parent update: ...`` at LOG_ERR and keeps
+        its old configuration, and so does its subtree.
+        """
+        self._check_alive()
+        if not isinstance(config, dict):
+            raise TypeError(f"load_config(): the configuration is a dict (a TOML table), not {type(config).__name__}")
+        new = copy.deepcopy(config)
+        json.dumps(new, allow_nan=False)  # ValueError/TypeError: not what TOML can hold
+        failure = self._update_rank(0, new)
+        if failure is not None:
+            raise OSError(failure[0], failure[1])
+        self.config = new
+        applied = {0}
+        for rank in range(1, self.size):  # a parent's rank is below its children's
+            if self.topology.parent(rank) not in applied or rank in self.lost:
+                continue
+            failure = self._update_rank(rank, new)
+            if failure is None:
+                applied.add(rank)
+                self._log("config", syslog.LOG_DEBUG, "parent update applied", rank)
+            else:
+                self._log("config", syslog.LOG_ERR, f"parent update: {failure[1]}", rank)
+
+    def _update_rank(self, rank: int, new: Dict[str, Any]) -> Optional[Tuple[int, str]]:
+        """Give *rank*'s modules configuration *new* (config.c's
+        update_all_new); (errno, text) if one refused."""
+        if self._held_config[rank] == new:
+            return None
+        old = self._held_config[rank]
+        updated: List[str] = []
+        for name in list(self._modules[rank]):
+            try:
+                self._owner_handle.rpc(f"{name}.config-reload", new, nodeid=rank).get()
+            except OSError as exc:
+                if exc.errno == errno.ENOSYS:
+                    continue
+                for done in updated:
+                    try:
+                        self._owner_handle.rpc(f"{done}.config-reload", old, nodeid=rank).get()
+                    except OSError as undo:
+                        self._log("config", syslog.LOG_ERR, f"error reverting {done}: {undo.strerror}", rank)
+                return exc.errno, f"error updating {name}: {exc.strerror}"
+            updated.append(name)
+        self._held_config[rank] = new
+        return None
 
     def overlay_disconnect(self, rank: int) -> None:
         """Cut *rank* and the ranks below it off the instance, as ``flux overlay
@@ -897,7 +957,8 @@ class Broker:
         if services is None:
             h = Handle(self.link, self.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, rank=rank)
             services = self._builtins[rank] = BrokerServices(
-                h, rank, functools.partial(self._attr, rank=rank), self.topology)
+                h, rank, functools.partial(self._attr, rank=rank), self.topology,
+                functools.partial(self.link.config, rank))
         return services
 
     def _add_service(self, name: str, record: LoadedModule) -> None:

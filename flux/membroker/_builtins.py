@@ -5,8 +5,8 @@ methods, and ``getenv``/``setenv``/``conf-builtin``), and runs a few more
 services inside the broker process (``log``, ``attr``, ``event``,
 ``service``, ``module``...).  Loaded modules cannot register those names.
 In memory, ``broker.ping``, ``stats-get``, ``stats-clear``, ``rusage``,
-``debug``, ``config-reload``/``config-update``, ``getenv`` and ``setenv``
-answer as on a real broker (measured on flux-core 0.88; module code and
+``debug``, ``config-reload``/``config-update``, ``getenv`` and ``setenv``,
+and ``config.get`` (the configuration that rank holds), answer as on a real broker (measured on flux-core 0.88; module code and
 flux-core's own ``flux modprobe`` call them); an unknown ``broker``
 method gets ENOSYS as there; anything else the broker itself serves gets
 EOPNOTSUPP, saying the in-memory broker does not simulate it, so that a
@@ -25,7 +25,7 @@ from flux.membroker._topology import Topology
 #: overlay, which flux-core 0.88 made a built-in module).
 BROKER_SERVICES = frozenset([
     "broker", "log", "attr", "heaptrace", "event", "service", "module", "bootstrap", "runat",
-    "state-machine", "shutdown", "overlay",
+    "state-machine", "shutdown", "overlay", "config",
 ])
 
 # broker.* methods a real broker has but the in-memory one does not simulate
@@ -44,8 +44,10 @@ class BrokerServices:
     *topology* is the instance's :class:`~flux.membroker._topology.Topology`.
     """
 
-    def __init__(self, h: Any, rank: int, attr: Callable[[str], str], topology: Topology) -> None:
+    def __init__(self, h: Any, rank: int, attr: Callable[[str], str], topology: Topology,
+                 config: Callable[[], Dict[str, Any]]) -> None:
         self._h = h
+        self._config_held = config
         self.rank = rank
         self.debug_flags = 0
         self.uuid = f"{id(self) & 0xFFFFFFFF:08x}"
@@ -70,6 +72,9 @@ class BrokerServices:
             "overlay.topology": (self._overlay_topology, FLUX_ROLE_USER),
             "overlay.monitor": (self._overlay_monitor, 0),
             "overlay.disconnect": (self._overlay_disconnect, FLUX_ROLE_USER),
+            "config.get": (self._config_get, FLUX_ROLE_USER),
+            "config.load": (self._config_change, 0),
+            "config.reload": (self._config_change, 0),
         }
 
     def answer(self, msg: Message) -> None:
@@ -170,6 +175,13 @@ class BrokerServices:
     def _config(self, msg: Message) -> None:
         if _methods.request_object(self._h, msg) is not None:
             self._h.respond(msg, None)
+
+    def _config_get(self, msg: Message) -> None:
+        self._h.respond(msg, self._config_held())
+
+    def _config_change(self, msg: Message) -> None:
+        self._h.respond_error(msg, errno.EOPNOTSUPP, f"{msg.topic}: in memory, a test changes the configuration "
+                                                     f"with Broker.load_config(config)")
 
     def _getenv(self, msg: Message) -> None:
         payload = _methods.request_object(self._h, msg, errno.EPROTO)

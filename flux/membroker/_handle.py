@@ -467,6 +467,7 @@ class Handle:
         self._rank = record.rank if record is not None else (link.default_rank if rank is None else rank)
         #: What the broker calls on this handle (see HandleInbox).
         self._inbox = HandleInbox(self)
+        self._conf_cache: Optional[Dict[str, Any]] = None  # conf_get()'s, as flux-core's handle keeps it
         self._matchtags = MatchtagPool()
         self._sync_waits = 0  # synchronous get()s in progress on this handle
         self._requeued: List[Message] = []  # responses a synchronous get() put back
@@ -709,9 +710,12 @@ class Handle:
         return Message.from_event_encode(_topic(topic), payload)
 
     def conf_get(self, key: Optional[str] = None, default: Any = None, update: bool = False) -> Any:
-        """The instance's configuration (``Broker(config=...)``), or the value
-        at dotted *key* in it (*default* when absent), as flux-core's does."""
-        config = self._link.config()
+        """The instance's configuration, or the value at dotted *key* in it
+        (*default* when absent), as flux-core's does: fetched from this
+        rank's ``config`` service on first use (or with *update*) and kept."""
+        if update or self._conf_cache is None:
+            self._conf_cache = self.rpc("config.get").get()
+        config = self._conf_cache
         if key is None:
             return config
         value: Any = config
