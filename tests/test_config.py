@@ -191,3 +191,24 @@ def _poller_class():
     namespace = {}
     exec(compile(POLLER, "poller", "exec"), namespace)
     return namespace["Poller"]
+
+
+def test_asking_for_the_configuration_while_taking_a_new_one_would_hang_forever():
+    """Measured on flux-core 0.88.0: flux-core's config service waits for
+    the module's answer before answering anything else, so a module that
+    calls conf_get(update=True) in options_changed never returns, and
+    neither does flux config reload.  In memory: ModuleHang, saying so."""
+    from flux.brokermod import BrokerModule, Option
+    from flux.membroker import ModuleHang
+
+    class Asks(BrokerModule):
+        x = Option(int, default=1)
+
+        def options_changed(self, changed):
+            self.handle.conf_get(update=True)
+
+    broker = Broker()
+    broker.load(Asks, name="asks")
+    with pytest.raises(ModuleHang, match=r"config.get was sent on rank 0 while its config service waited for "
+                                         r"asks to answer asks.config-reload"):
+        broker.load_config({"asks": {"x": 2}})

@@ -223,9 +223,23 @@ class BrokerLink:
         """Keep a handler failure for the test (see :attr:`Broker.handler_errors`)."""
         self._broker.handler_errors.append(HandlerError(record.name if record else "client", what, exc))
 
-    def config(self, rank: int) -> Dict[str, Any]:
-        """The configuration *rank* holds (a copy)."""
-        return copy.deepcopy(self._broker._held_config[rank])
+    def config(self, rank: int) -> Optional[Dict[str, Any]]:
+        """The configuration *rank*'s config service holds (a copy), or None
+        while it waits for a module to take a new one: then it answers
+        nothing, as flux-core's waits (synchronously) for that module."""
+        broker = self._broker
+        updating = broker._config_updating.get(rank)
+        if updating is None:
+            return copy.deepcopy(broker._held_config[rank])
+        if broker.hung is None:
+            broker.hung = (
+                f"config.get was sent on rank {rank} while its config service waited for {updating} to answer "
+                f"{updating}.config-reload: on a real instance the config service answers nothing until then, "
+                f"so a module that asks for the configuration while it takes a new one (conf_get(update=True) "
+                f"in options_changed) waits forever, and so does flux config reload; read the new values from "
+                f"the module's options"
+            )
+        return None
 
     def send_request(self, msg: Message) -> None:
         """Route request *msg* (its ``_sender`` is the sending handle)."""
@@ -436,6 +450,8 @@ class Broker:
         # The configuration each rank's config service holds (a follower
         # keeps its old one when one of its modules refuses the new one).
         self._held_config: List[Dict[str, Any]] = [self.config] * size
+        # rank: the module its config service waits for (load_config)
+        self._config_updating: Dict[int, str] = {}
         # Per rank: loaded modules and registered services, by name.
         self._modules: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
         self._services: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
@@ -602,9 +618,11 @@ class Broker:
         old = self._held_config[rank]
         updated: List[str] = []
         for name in list(self._modules[rank]):
+            self._config_updating[rank] = name
             try:
                 self._owner_handle.rpc(f"{name}.config-reload", new, nodeid=rank).get()
             except OSError as exc:
+                self._config_updating.pop(rank)
                 if exc.errno == errno.ENOSYS:
                     continue
                 for done in updated:
@@ -614,6 +632,7 @@ class Broker:
                         self._log("config", syslog.LOG_ERR, f"error reverting {done}: {undo.strerror}", rank)
                 return exc.errno, f"error updating {name}: {exc.strerror}"
             updated.append(name)
+        self._config_updating.pop(rank, None)
         self._held_config[rank] = new
         return None
 

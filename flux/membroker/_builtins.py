@@ -177,7 +177,9 @@ class BrokerServices:
             self._h.respond(msg, None)
 
     def _config_get(self, msg: Message) -> None:
-        self._h.respond(msg, self._config_held())
+        config = self._config_held()
+        if config is not None:  # None: busy, as flux-core's config service is during an update
+            self._h.respond(msg, config)
 
     def _config_change(self, msg: Message) -> None:
         self._h.respond_error(msg, errno.EOPNOTSUPP, f"{msg.topic}: in memory, a test changes the configuration "
