@@ -8,6 +8,9 @@ line in order, and prints each answer and the module's log, the way
 ``flux-brokermod describe FILE`` prints a module file's handlers and
 options without loading it.
 
+``flux-brokermod modprobe --dir DIR FILE [ARGS...]`` writes the files
+that make an instance load the module whenever it starts.
+
 ``flux-brokermod setup`` prints the shell commands that make a real Flux
 instance load ``.py`` modules with this project's loader and
 ``flux.brokermod``.
@@ -108,6 +111,35 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     setup.add_argument("--check", action="store_true", help="also verify the loader script is usable")
+
+    modprobe = sub.add_parser(
+        "modprobe",
+        help="write the files that load a module whenever the instance starts",
+        description=(
+            "Write DIR/modprobe.d/NAME.toml (the module's entry: its absolute path, ARGS, "
+            "ranks, order) and DIR/rc1.d/NAME.py (the rc1 script that loads it), so that "
+            "every broker of an instance whose modprobe path holds DIR loads the module at "
+            "start, and rc3 removes it at shutdown. DIR is /etc/flux/modprobe (flux-core's "
+            "sysconfdir) for a system instance; any directory named in "
+            "FLUX_MODPROBE_PATH_APPEND for `flux start`. FILE is imported and its options "
+            "checked against ARGS first. Exit status: 0 when written, 1 when FILE does not "
+            "load or ARGS are refused, 2 for a bad command line."
+        ),
+    )
+    modprobe.add_argument("--dir", required=True, help="the modprobe directory to write into")
+    modprobe.add_argument("--name", help="module name (default: FILE's basename up to its first '.')")
+    modprobe.add_argument("--ranks", default="all", metavar="IDSET",
+                          help="the ranks that load it: an idset, 'all' (default), '>N' or '<N'")
+    modprobe.add_argument("--after", action="append", default=[], metavar="MODULE",
+                          help="load it after MODULE (repeatable), e.g. --after kvs")
+    modprobe.add_argument("--requires", action="append", default=[], metavar="SERVICE",
+                          help="load SERVICE too whenever it is loaded (repeatable)")
+    modprobe.add_argument("--provides", action="append", default=[], metavar="SERVICE",
+                          help="it is SERVICE (repeatable): --provides sched --provides feasibility "
+                               "replaces the scheduler")
+    modprobe.add_argument("--print", action="store_true", help="print the files instead of writing them")
+    modprobe.add_argument("file", metavar="FILE", help="the module's .py file")
+    modprobe.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help="module arguments")
 
     sub.add_parser(
         "check",
@@ -469,6 +501,48 @@ def describe_file(options: argparse.Namespace, out: Any = None) -> int:
     return 0
 
 
+def modprobe_files(options: argparse.Namespace, out: Any = None) -> int:
+    """Carry out ``flux-brokermod modprobe``; return the exit status."""
+    out = sys.stdout if out is None else out
+    from flux import _layout, _modprobe, modloader
+
+    _layout.prefer_this_package()
+    from flux.brokermod import module_classes
+    from flux._options import OptionError, parse_options
+
+    path = os.path.abspath(options.file)
+    name = options.name or os.path.basename(path).split(".", 1)[0]
+    try:
+        module = modloader.import_path(path)
+    except modloader.LoadError as exc:
+        print(f"flux-brokermod: modprobe: {exc}", file=sys.stderr)
+        return 1
+    try:
+        modloader.resolve_entry_point(module)
+        for cls in module_classes(module):
+            if cls._flux_options:  # type: ignore[attr-defined]
+                parse_options(cls._flux_options, modloader.split_args(" ".join(options.args)))  # type: ignore
+        files = _modprobe.startup_files(path, name, options.args, options.ranks, options.after,
+                                        options.requires, options.provides)
+    except (modloader.LoadError, OptionError, _modprobe.ModprobeError) as exc:
+        print(f"flux-brokermod: modprobe: {path}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        modloader.forget_module(module)
+    if options.print:
+        for relative, text in files.items():
+            print(f"# {os.path.join(options.dir, relative)}\n{text}", file=out)
+        return 0
+    try:
+        written = _modprobe.write_startup_files(options.dir, files)
+    except OSError as exc:
+        print(f"flux-brokermod: modprobe: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    for target in written:
+        print(f"wrote {target}", file=out)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``flux-brokermod`` console command."""
     try:
@@ -484,6 +558,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         return describe_file(options)
     if options.command == "check":
         return check()
+    if options.command == "modprobe":
+        return modprobe_files(options)
     if options.command == "setup":
         try:
             lines = setup_lines(options.check)

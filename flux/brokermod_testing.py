@@ -179,7 +179,8 @@ class FluxInstance:
     *attrs* are broker attributes (``flux start -SKEY=VALUE``); *setup*
     runs ``.py`` modules on this library's loader (False: flux-core's);
     *env* adds variables to the environment of the instance and of every
-    command run in it.
+    command run in it; *config_path* is a directory of TOML files, the
+    instance configuration (``flux start --config-path``).
     """
 
     def __init__(
@@ -190,8 +191,10 @@ class FluxInstance:
         setup: bool = True,
         timeout: float = 120.0,
         env: Optional[Dict[str, str]] = None,
+        config_path: Optional[str] = None,
     ) -> None:
         self.flux_command = flux
+        self.config_path = config_path
         self.size = size
         self.attrs = dict(attrs or {})
         self.setup = setup
@@ -215,6 +218,8 @@ class FluxInstance:
     def start(self) -> "FluxInstance":
         """Start the instance and wait for its URI."""
         cmd = [self.flux_command, "start", f"--test-size={self.size}"]
+        if self.config_path is not None:
+            cmd.append(f"--config-path={self.config_path}")
         cmd += [f"-S{key}={value}" for key, value in self.attrs.items()]
         cmd += ["sh", "-c", 'echo "$FLUX_URI"; exec cat']
         self._proc = subprocess.Popen(

@@ -1,0 +1,105 @@
+"""``flux-brokermod modprobe``: the files that load a module at instance start."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flux import _brokermod_cli, _modprobe
+from flux.brokermod_testing import FluxInstance, find_flux, skip_reason
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PULSE = os.path.join(ROOT, "examples", "pulse.py")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "flux._brokermod_cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def test_the_entry_and_the_rc1_script():
+    files = _modprobe.startup_files("/srv/mods/pulse.py", "pulse", ["interval=5", 'topic=a "b"'], ranks="0-3",
+                                    after=["kvs"], requires=["kvs"])
+    assert files == {
+        "modprobe.d/pulse.toml": (
+            "# Written by flux-brokermod modprobe: loaded at start by rc1.d/pulse.py.\n"
+            "[[modules]]\n"
+            'name = "pulse"\n'
+            'module = "/srv/mods/pulse.py"\n'
+            'ranks = "0-3"\n'
+            'args = ["interval=5", "topic=a \\"b\\""]\n'
+            'after = ["kvs"]\n'
+            'requires = ["kvs"]\n'),
+        "rc1.d/pulse.py": (
+            '"""Load pulse when the instance starts (see modprobe.d/pulse.toml)."""\n\n\n'
+            "def setup(context):\n    context.load_modules(['pulse'])\n"),
+    }
+
+
+def test_a_module_that_provides_a_service_is_loaded_as_that_service():
+    files = _modprobe.startup_files("/srv/fair.py", "fair", provides=["sched", "feasibility"])
+    assert 'provides = ["sched", "feasibility"]\n' in files["modprobe.d/fair.toml"]
+    assert "context.load_modules(['sched', 'feasibility'])" in files["rc1.d/fair.py"]
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    ({"name": "my.mod"}, "module name 'my.mod': letters, digits, '_' and '-' only (a dot is not allowed)"),
+    ({"ranks": "0-x"}, "ranks '0-x': give an idset (0-3,7), 'all', '>N' or '<N'"),
+    ({"after": ["kvs ok"]}, "after 'kvs ok' is not a module or service name"),
+    ({"path": "mods/pulse.py"}, "module path 'mods/pulse.py' is not absolute: every broker reads it from its "
+                                "own directory"),
+])
+def test_what_modprobe_would_refuse_is_refused_in_one_line(kwargs, text):
+    arguments = {"path": "/srv/pulse.py", "name": "pulse", **kwargs}
+    with pytest.raises(_modprobe.ModprobeError) as info:
+        _modprobe.startup_files(**arguments)
+    assert str(info.value) == text
+
+
+def test_the_command_checks_the_module_and_its_arguments_before_writing(tmp_path):
+    bad = _cli("modprobe", "--dir", str(tmp_path), PULSE, "intervall=5")
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == (f"flux-brokermod: modprobe: {PULSE}: unknown option 'intervall=5'; options: "
+                                  f"interval (float, default 1.0), topic (str, default 'pulse.beat'), verbose "
+                                  f"(flag, default False)")
+    assert not os.listdir(tmp_path)
+    broken = tmp_path / "broken.py"
+    broken.write_text("def f(:\n")
+    result = _cli("modprobe", "--dir", str(tmp_path / "out"), str(broken))
+    assert result.returncode == 1 and "SyntaxError" in result.stderr and len(result.stderr.splitlines()) == 1
+    good = _cli("modprobe", "--dir", str(tmp_path / "out"), "--after", "kvs", PULSE, "interval=5")
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.splitlines() == [f"wrote {tmp_path}/out/modprobe.d/pulse.toml",
+                                        f"wrote {tmp_path}/out/rc1.d/pulse.py"]
+
+
+def test_print_shows_the_files_without_writing(tmp_path):
+    result = _cli("modprobe", "--dir", str(tmp_path), "--print", PULSE)
+    assert result.returncode == 0
+    assert f"# {tmp_path}/modprobe.d/pulse.toml\n" in result.stdout and not os.listdir(tmp_path)
+
+
+@pytest.mark.real_flux
+@pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+def test_an_eight_broker_instance_starts_with_the_module_on_every_rank_and_exits_0(tmp_path):
+    """The files the command writes, under FLUX_MODPROBE_PATH_APPEND: every
+    broker's rc1 loads the module (after kvs), with its arguments and the
+    instance configuration's table; rc3 removes it; the instance exits 0."""
+    assert _cli("modprobe", "--dir", str(tmp_path / "modprobe"), "--after", "kvs", PULSE,
+                "verbose=true").returncode == 0
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "pulse.toml").write_text("[pulse]\ninterval = 30\n")
+    instance = FluxInstance(find_flux(), size=8, config_path=str(config),
+                            env={"FLUX_MODPROBE_PATH_APPEND": str(tmp_path / "modprobe")})
+    instance.start()
+    try:
+        listed = instance.flux("exec", "-r", "all", "sh", "-c", "flux module list | grep -c '^pulse '")
+        assert listed.stdout.split() == ["1"] * 8, listed.stderr
+        stats = instance.flux("exec", "-r", "5", "flux", "module", "stats", "pulse")
+        assert stats.returncode == 0, stats.stderr
+        assert "pulse.info[0]: beating every 30s on rank 0 of 8" in "\n".join(instance.dmesg())
+    finally:
+        assert instance.stop() == 0, instance.stderr()[-3000:]
+    assert "pulse" not in instance.stderr()  # nothing went wrong with it, at start or at shutdown
