@@ -21,6 +21,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shlex
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -513,22 +514,32 @@ def modprobe_files(options: argparse.Namespace, out: Any = None) -> int:
     path = os.path.abspath(options.file)
     name = options.name or os.path.basename(path).split(".", 1)[0]
     try:
-        module = modloader.import_path(path)
-    except modloader.LoadError as exc:
-        print(f"flux-brokermod: modprobe: {exc}", file=sys.stderr)
-        return 1
-    try:
-        modloader.resolve_entry_point(module)
-        for cls in module_classes(module):
-            if cls._flux_options:  # type: ignore[attr-defined]
-                parse_options(cls._flux_options, modloader.split_args(" ".join(options.args)))  # type: ignore
         files = _modprobe.startup_files(path, name, options.args, options.ranks, options.after,
                                         options.requires, options.provides)
-    except (modloader.LoadError, OptionError, _modprobe.ModprobeError) as exc:
-        print(f"flux-brokermod: modprobe: {path}: {exc}", file=sys.stderr)
+        module = modloader.import_path(path)
+    except _modprobe.ModprobeError as exc:
+        print(f"flux-brokermod: modprobe: {exc}", file=sys.stderr)
         return 1
-    finally:
-        modloader.forget_module(module)
+    except modloader.LoadError as exc:
+        if not re.search(r"No module named '_?flux[.']", str(exc)):
+            print(f"flux-brokermod: modprobe: {exc}", file=sys.stderr)
+            return 1
+        # A scheduler imports flux-core's bindings (flux.scheduler), which
+        # only the brokers may have: the broker's loader will check it.
+        print(f"flux-brokermod: modprobe: {path} not checked: it needs flux-core's Python bindings, which "
+              f"are not importable here ({str(exc).rsplit(': ', 1)[-1]})", file=sys.stderr)
+        module = None
+    if module is not None:
+        try:
+            modloader.resolve_entry_point(module)
+            for cls in module_classes(module):
+                if cls._flux_options:  # type: ignore[attr-defined]
+                    parse_options(cls._flux_options, modloader.split_args(" ".join(options.args)))  # type: ignore
+        except (modloader.LoadError, OptionError) as exc:
+            print(f"flux-brokermod: modprobe: {path}: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            modloader.forget_module(module)
     if options.print:
         for relative, text in files.items():
             print(f"# {os.path.join(options.dir, relative)}\n{text}", file=out)

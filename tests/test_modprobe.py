@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PULSE = os.path.join(ROOT, "examples", "pulse.py")
 
 
-def _cli(*args):
+def cli(*args):
     return subprocess.run([sys.executable, "-m", "flux._brokermod_cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
 
@@ -58,7 +58,7 @@ def test_what_modprobe_would_refuse_is_refused_in_one_line(kwargs, text):
 
 
 def test_the_command_checks_the_module_and_its_arguments_before_writing(tmp_path):
-    bad = _cli("modprobe", "--dir", str(tmp_path), PULSE, "intervall=5")
+    bad = cli("modprobe", "--dir", str(tmp_path), PULSE, "intervall=5")
     assert bad.returncode == 1
     assert bad.stderr.strip() == (f"flux-brokermod: modprobe: {PULSE}: unknown option 'intervall=5'; options: "
                                   f"interval (float, default 1.0), topic (str, default 'pulse.beat'), verbose "
@@ -66,16 +66,16 @@ def test_the_command_checks_the_module_and_its_arguments_before_writing(tmp_path
     assert not os.listdir(tmp_path)
     broken = tmp_path / "broken.py"
     broken.write_text("def f(:\n")
-    result = _cli("modprobe", "--dir", str(tmp_path / "out"), str(broken))
+    result = cli("modprobe", "--dir", str(tmp_path / "out"), str(broken))
     assert result.returncode == 1 and "SyntaxError" in result.stderr and len(result.stderr.splitlines()) == 1
-    good = _cli("modprobe", "--dir", str(tmp_path / "out"), "--after", "kvs", PULSE, "interval=5")
+    good = cli("modprobe", "--dir", str(tmp_path / "out"), "--after", "kvs", PULSE, "interval=5")
     assert good.returncode == 0, good.stderr
     assert good.stdout.splitlines() == [f"wrote {tmp_path}/out/modprobe.d/pulse.toml",
                                         f"wrote {tmp_path}/out/rc1.d/pulse.py"]
 
 
 def test_print_shows_the_files_without_writing(tmp_path):
-    result = _cli("modprobe", "--dir", str(tmp_path), "--print", PULSE)
+    result = cli("modprobe", "--dir", str(tmp_path), "--print", PULSE)
     assert result.returncode == 0
     assert f"# {tmp_path}/modprobe.d/pulse.toml\n" in result.stdout and not os.listdir(tmp_path)
 
@@ -86,7 +86,7 @@ def test_an_eight_broker_instance_starts_with_the_module_on_every_rank_and_exits
     """The files the command writes, under FLUX_MODPROBE_PATH_APPEND: every
     broker's rc1 loads the module (after kvs), with its arguments and the
     instance configuration's table; rc3 removes it; the instance exits 0."""
-    assert _cli("modprobe", "--dir", str(tmp_path / "modprobe"), "--after", "kvs", PULSE,
+    assert cli("modprobe", "--dir", str(tmp_path / "modprobe"), "--after", "kvs", PULSE,
                 "verbose=true").returncode == 0
     config = tmp_path / "config"
     config.mkdir()
@@ -103,3 +103,52 @@ def test_an_eight_broker_instance_starts_with_the_module_on_every_rank_and_exits
     finally:
         assert instance.stop() == 0, instance.stderr()[-3000:]
     assert "pulse" not in instance.stderr()  # nothing went wrong with it, at start or at shutdown
+
+
+SHORTEST = os.path.join(ROOT, "examples", "sched-shortest.py")
+
+
+def _flux_core_at_least(version):
+    from flux.brokermod_testing import flux_version
+
+    found = find_flux()
+    return found is not None and (flux_version(found) or (0,)) >= version
+
+
+@pytest.mark.real_flux
+@pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+@pytest.mark.skipif(not _flux_core_at_least((0, 88, 0)), reason="flux.scheduler needs flux-core 0.88+")
+def test_a_site_scheduler_replaces_sched_simple_and_starts_jobs_in_its_order(tmp_path):
+    """examples/sched-shortest.py, made the scheduler with --provides: with
+    simulated execution, pending jobs start shortest first, and a pending
+    job that is cancelled never runs."""
+    written = cli("modprobe", "--dir", str(tmp_path), "--provides", "sched", "--provides", "feasibility", SHORTEST)
+    assert written.returncode == 0, written.stderr
+    instance = FluxInstance(find_flux(), size=1, env={"FLUX_MODPROBE_PATH_APPEND": str(tmp_path)})
+    instance.start()
+    try:
+        modules = instance.flux("module", "list").stdout
+        assert "sched-shortest" in modules and "sched-simple" not in modules, modules
+
+        def submit(limit, run, name):
+            result = instance.flux("submit", "--exclusive", "-N1", f"-t{limit}", f"--job-name={name}",
+                                   f"--setattr=system.exec.test.run_duration={run}", "true")
+            assert result.returncode == 0, result.stderr
+            return result.stdout.strip()
+
+        submit("30s", "4s", "blocker")  # holds the only node while the others queue
+        for limit in ("30s", "10s", "20s"):
+            submit(limit, "0.1s", f"t{limit}")
+        cancelled = submit("1s", "0.1s", "cancelme")  # the shortest: it would run next
+        assert instance.flux("job", "wait-event", cancelled, "priority").returncode == 0
+        assert instance.flux("cancel", cancelled).returncode == 0
+        drained = instance.flux("queue", "drain", timeout=60)
+        assert drained.returncode == 0, drained.stderr
+        rows = [line.split() for line in instance.flux("jobs", "-a", "-n", "-o", "{name} {t_run} {result}")
+                .stdout.splitlines()]
+        runs = {name: (float(t_run), result) for name, t_run, result in rows}
+        started = sorted((t_run, name) for name, (t_run, result) in runs.items() if result == "COMPLETED")
+        assert [name for _, name in started] == ["blocker", "t10s", "t20s", "t30s"], runs  # blocker: 30s, first
+        assert runs["cancelme"] == (0.0, "CANCELED"), runs
+    finally:
+        assert instance.stop() == 0, instance.stderr()[-3000:]
