@@ -108,16 +108,16 @@ def test_an_eight_broker_instance_starts_with_the_module_on_every_rank_and_exits
 SHORTEST = os.path.join(ROOT, "examples", "sched-shortest.py")
 
 
-def _flux_core_at_least(version):
+def _older_flux_core_than(version):
     from flux.brokermod_testing import flux_version
 
     found = find_flux()
-    return found is not None and (flux_version(found) or (0,)) >= version
+    return found is not None and (flux_version(found) or (0,)) < version
 
 
 @pytest.mark.real_flux
 @pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
-@pytest.mark.skipif(not _flux_core_at_least((0, 88, 0)), reason="flux.scheduler needs flux-core 0.88+")
+@pytest.mark.skipif(_older_flux_core_than((0, 88, 0)), reason="flux.scheduler needs flux-core 0.88+")
 def test_a_site_scheduler_replaces_sched_simple_and_starts_jobs_in_its_order(tmp_path):
     """examples/sched-shortest.py, made the scheduler with --provides: with
     simulated execution, pending jobs start shortest first, and a pending
