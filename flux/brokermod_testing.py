@@ -571,15 +571,16 @@ class MemoryBroker(_BothBrokers):
                             flags=membroker.FLUX_RPC_STREAMING if streaming else 0)
         return RPCResult(topic, collect_answers(future, streaming, lambda: cancel_stream(client, future, topic), take))
 
-    def start_rpc(self, topic, payload=None):
+    def start_rpc(self, topic, payload=None, streaming=False):
         """Send a request; return at once with something whose ``wait()``
-        gives its RPCResult."""
-        future = self.broker.connect().rpc(topic, payload)
+        gives its RPCResult (a *streaming* one read to its end)."""
+        membroker = _membroker()
+        future = self.broker.connect().rpc(topic, payload, flags=membroker.FLUX_RPC_STREAMING if streaming else 0)
         self.broker.run_until_idle()
 
         class Pending:
             def wait(self_):
-                return RPCResult(topic, collect_answers(future, False))
+                return RPCResult(topic, collect_answers(future, streaming))
 
         return Pending()
 
@@ -703,9 +704,9 @@ class RealBroker(_BothBrokers):
         return self.instance.rpc(topic, payload, nodeid=0xFFFFFFFF if nodeid is None else nodeid,
                                  streaming=streaming, guest=guest, take=take)
 
-    def start_rpc(self, topic, payload=None):
+    def start_rpc(self, topic, payload=None, streaming=False):
         """As :meth:`MemoryBroker.start_rpc`."""
-        return self.instance.start_rpc(topic, payload)
+        return self.instance.start_rpc(topic, payload, streaming=streaming)
 
     def event(self, topic, payload=None, guest=False):
         """Publish an event (``flux event pub``; as a guest with *guest*)."""
