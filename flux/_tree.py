@@ -420,6 +420,41 @@ class RankSets(metaclass=BriefHelp):
         return BoundRankSets(h, module, self.attr, self.batch, place, failed)
 
 
+class _Table(dict):  # type: ignore[type-arg]
+    """A dict that gives back the memory of the keys deleted from it.
+
+    A Python dict never shrinks its table as keys go, so one that once held
+    100,000 names keeps their table after they all left.  This one rebuilds
+    itself once as many keys went as it holds (amortised O(1) a deletion).
+    """
+
+    __slots__ = ("_gone",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._gone = 0
+
+    def _went(self) -> None:
+        self._gone += 1
+        if self._gone > len(self) + 64:
+            items = list(self.items())
+            self.clear()  # frees the table
+            self.update(items)
+            self._gone = 0
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._went()
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        """As dict.pop."""
+        had = key in self
+        value = super().pop(key, *default)
+        if had:
+            self._went()
+        return value
+
+
 class BoundRankSets:
     """A module instance's :class:`RankSets` (see there)."""
 
@@ -432,8 +467,8 @@ class BoundRankSets:
         self._resync = resync_topic(module, attr)
         self._upstream_lost = False  # the parent refused the last update (logged once)
         self._self = _idset.encode([place.rank])
-        self._sets: Dict[str, Set[int]] = {}
-        self._joined: Dict[str, Optional[Tuple[str, int]]] = {}  # name: the client it stands for
+        self._sets: Dict[str, Set[int]] = _Table()
+        self._joined: Dict[str, Optional[Tuple[str, int]]] = _Table()  # name: the client it stands for
         self._batch: Dict[str, List[Dict[str, Any]]] = {}
         self._watchers: Dict[str, List[Any]] = {}
         self._timer = h.timer_watcher_create(batch, self._flush_timer)
