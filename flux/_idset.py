@@ -8,7 +8,9 @@ IDSET_FLAG_RANGE)`` writes it; an empty set is ``""``.
 
 from __future__ import annotations
 
-from typing import Iterable, Set
+from typing import Iterable, Optional, Set
+
+from flux._logtext import excerpt
 
 __all__ = ["decode", "encode"]
 
@@ -29,10 +31,14 @@ def encode(ranks: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def decode(text: str) -> Set[int]:
+def decode(text: str, limit: Optional[int] = None) -> Set[int]:
     """The ranks of idset *text* (``"0-2,7"``, or the bracketed ``"[0-2,7]"``).
 
-    :raises ValueError: naming the part that is not a rank or a range.
+    With *limit* (an instance's size), a rank at or above it is refused
+    before any range is expanded: ``"0-4294967294"`` costs nothing.
+
+    :raises ValueError: naming the part that is not a rank or a range, or
+        the rank that is not below *limit*.
     """
     if not isinstance(text, str):
         raise ValueError(f"an idset is a string such as '0-3,7', not {type(text).__name__}")
@@ -49,5 +55,7 @@ def decode(text: str) -> Set[int]:
         start, end = int(low), int(high or low)
         if end < start:
             raise ValueError(f"idset {text!r}: range {part!r} runs backwards")
+        if limit is not None and end >= limit:
+            raise ValueError(f"idset {excerpt(text)!r}: rank {end} is not below the instance's size {limit}")
         ranks.update(range(start, end + 1))
     return ranks

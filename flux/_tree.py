@@ -66,6 +66,7 @@ class TreePlace:
         self._topology: Optional[Dict[str, Any]] = None
         self._subtrees: Dict[int, Set[int]] = {}
         self._parent: Any = self  # not asked yet
+        self._instance_size: Optional[int] = None
 
     @property
     def topology(self) -> Dict[str, Any]:
@@ -90,6 +91,13 @@ class TreePlace:
     def size(self) -> int:
         """How many ranks this broker's subtree holds (itself included)."""
         return int(self.topology["size"])
+
+    @property
+    def instance_size(self) -> int:
+        """How many ranks the instance has (its ``size`` attribute)."""
+        if self._instance_size is None:
+            self._instance_size = int(self._h.attr_get("size"))
+        return self._instance_size
 
     @property
     def parent(self) -> Optional[int]:
@@ -474,6 +482,7 @@ class BoundRankSets:
         self._timer = h.timer_watcher_create(batch, self._flush_timer)
         self._monitor: Any = None  # overlay.monitor's stream, kept while the module runs
         self._parent: Optional[int] = None
+        self._below: Optional[Set[int]] = None  # the ranks of the children's subtrees
 
     # what a module calls
 
@@ -544,8 +553,17 @@ class BoundRankSets:
 
     def start(self) -> None:
         """Find the parent, and follow the children's subtrees (``overlay.monitor``)
-        to drop lost ones."""
+        to drop lost ones.
+
+        What the parent holds for this subtree came from this module's
+        previous run, if any (it may have ended without saying so): the
+        parent drops it (``clear``), and the children send again all they
+        hold (``resync``), which goes up as any change does.
+        """
         self._parent = self._place.parent
+        if self._parent is not None:
+            mine = _idset.encode(self._subtree_below() | {self._place.rank})
+            self._send_upstream({"update": {}, "clear": mine})
         if self._place.children:
             self._monitor = self._h.rpc("overlay.monitor", None, flags=FLUX_RPC_STREAMING)
             self._monitor.then(self._subtree_status)
@@ -554,22 +572,68 @@ class BoundRankSets:
             for child in self._place.children:
                 self._h.rpc(self._resync, None, nodeid=child, flags=FLUX_RPC_NORESPONSE)
 
-    def resync(self, msg: Any) -> None:
+    def stop(self) -> None:
+        """The module is stopping: its own memberships end with it, so the
+        parent hears that this rank left them (what the children's subtrees
+        hold stays: their modules still run)."""
+        for name in list(self._joined):
+            self.discard(name)
+        self.flush(final=True)
+
+    def resync(self, msg: Any) -> Dict[str, Any]:
         """The parent's module started: send it everything this subtree holds."""
         for name, members in self._sets.items():
             self._batch.setdefault(name, []).append({"ranks": _idset.encode(members), "set": True})
         self.flush()
+        return {}
 
     def update(self, msg: Any) -> Dict[str, Any]:
         """A child's batch of changes (the ``update_topic`` request); answered
-        with ``{}`` so the child learns whether they arrived."""
-        update = msg.payload.get("update") if isinstance(msg.payload, dict) else None
-        if not isinstance(update, dict) or not all(
+        with ``{}`` so the child learns whether they arrived.  ``clear`` (an
+        idset) first takes those ranks out of every set: a child's module
+        starting again says so for its whole subtree.
+
+        :raises RequestError: EPROTO, one line, and nothing changes, when
+            the update is malformed or names a rank outside the children's
+            subtrees.
+        """
+        try:
+            payload = msg.payload
+        except Exception:  # noqa: BLE001 - no payload, or not JSON: refused below
+            payload = None
+        update = payload.get("update") if isinstance(payload, dict) else None
+        clear = payload.get("clear", "") if isinstance(payload, dict) else None
+        if not isinstance(update, dict) or not isinstance(clear, str) or not all(
                 isinstance(changes, list) and all(_is_change(c) for c in changes) for changes in update.values()):
-            raise RequestError(errno.EPROTO, f"{self._topic}: expected {{\"update\": {{NAME: [CHANGE...]}}}}")
+            raise RequestError(errno.EPROTO, f"{self._topic}: expected {{\"update\": {{NAME: [CHANGE...]}}, "
+                                             f"\"clear\": IDSET}}")
+        for text in [clear] + [change["ranks"] for changes in update.values() for change in changes]:
+            self._check_below(text)
+        if clear:
+            for name in set(self._sets) | set(self._batch):
+                self._append(name, {"ranks": clear, "set": False})
         for name, changes in update.items():
             self._append(name, *changes)
         return {}
+
+    def _subtree_below(self) -> Set[int]:
+        if self._below is None:
+            below: Set[int] = set()
+            for child in self._place.children:
+                below |= self._place.subtree(child)
+            self._below = below
+        return self._below
+
+    def _check_below(self, text: str) -> None:
+        """Refuse an idset naming a rank outside the children's subtrees."""
+        try:
+            ranks = _idset.decode(text, limit=self._place.instance_size)
+        except ValueError as exc:
+            raise RequestError(errno.EPROTO, f"{self._topic}: {exc}") from None
+        outside = ranks - self._subtree_below()
+        if outside:
+            raise RequestError(errno.EPROTO, f"{self._topic}: rank {min(outside)} is not below rank "
+                                             f"{self._place.rank}")
 
     def disconnected(self, msg: Any) -> None:
         """A client disconnected: leave the sets it joined here."""
@@ -579,8 +643,9 @@ class BoundRankSets:
             if client == gone:
                 self.discard(name)
 
-    def flush(self) -> None:
-        """Apply the batch here and send it upstream."""
+    def flush(self, final: bool = False) -> None:
+        """Apply the batch here and send it upstream (*final*: the module is
+        stopping, and will not read the parent's answer)."""
         batch = self._batch
         if not batch:
             return
@@ -589,12 +654,7 @@ class BoundRankSets:
         self._batch = {}
         self._timer.stop()
         if self._parent is not None:
-            # To the parent by its rank, not FLUX_NODEID_UPSTREAM: a real broker
-            # bounces an upstream request forever if its module is not loaded there.
-            try:
-                self._h.rpc(self._topic, {"update": batch}, nodeid=self._parent).then(self._update_answered)
-            except Exception as exc:  # noqa: BLE001 - logged; this rank's view still changes
-                self._failed("rank sets update", exc)
+            self._send_upstream({"update": batch}, final)
         for name, changes in batch.items():
             members = self._sets.setdefault(name, set())
             for change in changes:
@@ -610,6 +670,17 @@ class BoundRankSets:
                 now = _idset.encode(members)
                 for queue in watchers:
                     queue.put_nowait(now)
+
+    def _send_upstream(self, payload: Dict[str, Any], final: bool = False) -> None:
+        # To the parent by its rank, not FLUX_NODEID_UPSTREAM: a real broker
+        # bounces an upstream request forever if its module is not loaded there.
+        try:
+            if final:
+                self._h.rpc(self._topic, payload, nodeid=self._parent, flags=FLUX_RPC_NORESPONSE)
+            else:
+                self._h.rpc(self._topic, payload, nodeid=self._parent).then(self._update_answered)
+        except Exception as exc:  # noqa: BLE001 - logged; this rank's view still changes
+            self._failed("rank sets update", exc)
 
     def _update_answered(self, future: Any) -> None:
         """The parent took an update, or refused it (no such module there):

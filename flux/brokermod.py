@@ -705,6 +705,11 @@ class BrokerModule:
                 run_to_completion(self._lifecycle("teardown"))
             except BaseException as exc:  # noqa: BLE001 - logged; the outcome stands
                 self._flux_dispatch.failed("teardown", exc, stop=False)
+            for attr in type(self)._flux_rank_sets:
+                try:
+                    self.__dict__[attr].stop()
+                except Exception as exc:  # noqa: BLE001 - logged; the module stops anyway
+                    self._flux_dispatch.failed("rank sets stop", exc, stop=False)
         if rc < 0 or self._stopped_with_error:
             raise OSError(errno.ECONNRESET, "reactor exited with error")
 

@@ -611,7 +611,8 @@ def test_what_goes_upstream_is_one_merged_change_per_set_as_in_groups():
         for rank in (1, 3, 4):
             broker.rpc("m.add", {"name": "x"}, nodeid=rank).get()
         broker.advance(1)
-        assert updates == [{"update": {"x": [{"ranks": "1", "set": True}]}},
+        assert updates == [{"update": {}, "clear": "1,3-4,7"},  # rank 1's module started
+                           {"update": {"x": [{"ranks": "1", "set": True}]}},
                            {"update": {"x": [{"ranks": "3-4", "set": True}]}}]
 
 
@@ -897,3 +898,124 @@ def test_a_reduction_timeout_option_of_zero_fails_the_load_as_a_literal_does(tar
     assert target.load(write("timed.py", TIMEOUT_OPTION), "t=0.5") is None
     assert target.rpc("timed.count", {}).get()["value"] == 1
     target.remove("timed")
+
+
+# The second new-user trial (issue 27): what it found, on both brokers
+
+DRAINED = '''
+import errno
+from flux.brokermod import BrokerModule, RankSets, RequestError, request_handler
+
+
+class Drained(BrokerModule):
+    drained = RankSets(batch=0.1)
+
+    @request_handler("set")
+    def set(self, msg):
+        self.drained.add("drained")
+        return {}
+
+    @request_handler("clear")
+    def clear(self, msg):
+        if not self.drained.joined("drained"):
+            raise RequestError(errno.ENOENT, f"rank {self.rank} is not drained")
+        self.drained.discard("drained")
+        return {}
+
+    @request_handler("list")
+    def list(self, msg):
+        self.drained.flush()
+        return {"ranks": self.drained.members("drained")}
+'''
+
+kary2_both = pytest.mark.flux_broker(size=8, topo="kary:2")
+
+
+@pytest.fixture
+def drained_file(tmp_path):
+    path = tmp_path / "drained.py"
+    path.write_text(DRAINED)
+    return str(path)
+
+
+@kary2_both
+@pytest.mark.parametrize("ranks", ["0-4294967294", "99", "7-3", "abc", "0", "2"])
+def test_an_update_naming_ranks_outside_the_childrens_subtrees_changes_nothing(flux_broker, drained_file, ranks):
+    """Trial 2, D1: "0-4294967294" made rank 0's module expand four billion
+    ranks (OOM-killed on the real instance); "99" was listed; "7-3" and "abc"
+    raised at LOG_ERR and took the legitimate changes of the batch with them.
+    Rank 1's children's subtrees are 3, 4 and 7; 0 and 2 are not below it."""
+    flux_broker.load(drained_file, rank="all")
+    flux_broker.rpc("drained.set", nodeid=3).get()
+    bad = {"update": {"drained": [{"ranks": ranks, "set": True}]}}
+    refused = flux_broker.rpc("drained.drained-update", bad, nodeid=1).answers
+    assert refused[0]["errno"] == errno.EPROTO and "\n" not in refused[0]["error"]
+    assert refused[0]["error"].startswith("drained.drained-update: ")
+    flux_broker.settle(lambda: flux_broker.rpc("drained.list").get() == {"ranks": "3"}, "rank 3 alone drained")
+    assert not [line for line in flux_broker.dmesg_on(1) if ".err[" in line or "Traceback" in line]
+
+
+@kary2_both
+def test_an_update_without_a_payload_is_refused_in_one_line(flux_broker, drained_file):
+    flux_broker.load(drained_file, rank="all")
+    refused = flux_broker.rpc("drained.drained-update", nodeid=1).answers
+    assert refused == [{"errno": errno.EPROTO, "error": 'drained.drained-update: expected {"update": {NAME: '
+                                                         '[CHANGE...]}, "clear": IDSET}'}]
+    assert not [line for line in flux_broker.dmesg_on(1) if ".err[" in line]
+
+
+@kary2_both
+def test_a_resync_asked_by_a_client_is_answered(flux_broker, drained_file):
+    """Trial 2, D6: it was never answered (memory: EDEADLK; real: a hang)."""
+    flux_broker.load(drained_file, rank="all")
+    assert flux_broker.rpc("drained.drained-resync", nodeid=3).get() == {}
+
+
+@kary2_both
+def test_memberships_end_with_their_module_and_a_module_loaded_again_heals_its_subtree(flux_broker, drained_file):
+    """Trial 2, D3: a membership outlived the module that made it, on both
+    brokers, and rank 0 listed it until a set and a clear on that rank."""
+    flux_broker.load(drained_file, rank="0-3")
+    flux_broker.rpc("drained.set", nodeid=3).get()
+    flux_broker.rpc("drained.set", nodeid=1).get()
+    flux_broker.load(drained_file, rank="4,5,7")
+    flux_broker.rpc("drained.set", nodeid=7).get()
+    flux_broker.rpc("drained.set", nodeid=5).get()
+    flux_broker.settle(lambda: flux_broker.rpc("drained.list").get() == {"ranks": "1,3,5,7"}, "1,3,5,7")
+    flux_broker.remove("drained", rank=1)  # its own membership goes with it; 3 and 7 stay
+    flux_broker.settle(lambda: flux_broker.rpc("drained.list").get() == {"ranks": "3,5,7"}, "1 gone")
+    flux_broker.rpc("drained.set", nodeid=4).get()  # its parent, rank 1, has no module: it waits
+    flux_broker.load(drained_file, rank=1)
+    flux_broker.settle(lambda: flux_broker.rpc("drained.list").get() == {"ranks": "3-5,7"}, "4 arrives")
+    assert flux_broker.rpc("drained.clear", nodeid=1).answers[0]["errno"] == errno.ENOENT
+    flux_broker.remove("drained", rank=3)
+    flux_broker.settle(lambda: flux_broker.rpc("drained.list").get() == {"ranks": "4-5,7"}, "3 gone")
+    assert flux_broker.rpc("drained.list", nodeid=1).get() == {"ranks": "4,7"}
+
+
+def test_a_reduction_cut_off_below_reports_no_route_to_host():
+    """Trial 2, D8: in memory the cut subtree's error was "module
+    disconnect" (in flight) or ENOSYS (just after); a real instance says
+    "No route to host" (EHOSTUNREACH without a text), measured."""
+    source = '''
+import asyncio
+from flux.brokermod import BrokerModule, reduce_handler
+
+
+class Slow(BrokerModule):
+    @reduce_handler("collect", combine=lambda a, b: a + b, timeout=4)
+    async def collect(self, msg):
+        if self.rank == 7:
+            await asyncio.sleep(2)
+        return 1
+'''
+    namespace = {}
+    exec(compile(source, "slow", "exec"), namespace)
+    with kary2() as broker:
+        broker.load(namespace["Slow"], name="slow", rank="all")
+        pending = broker.rpc("slow.collect")
+        broker.advance(0.5)
+        broker.overlay_disconnect(3)
+        answer = pending.get()
+        assert (answer["ranks"], answer["missing"], answer["errors"]) == ("0-2,4-6", "3,7", {"3": "No route to host"})
+        assert error_of(broker.rpc("slow.collect", nodeid=7)) == (errno.EHOSTUNREACH, "No route to host")

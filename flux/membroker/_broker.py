@@ -656,12 +656,19 @@ class Broker:
         host = self.attrs["hostname"]
         self._log("overlay", syslog.LOG_ERR, f"{host} (rank {rank}) disconnected by request and severed "
                                               f"contact with {len(severed) - 1} other nodes", parent)
+        # Cut off first: what their modules send as they stop reaches no one
+        # outside, and what was in flight to them fails as the overlay fails
+        # it, EHOSTUNREACH without a text (measured on flux-core 0.88).
+        self.lost.update(severed)
         for lost in severed:
             for name, record in list(self._modules[lost].items()):
+                for msg in list(record.inflight.values()):
+                    if msg._sender is None or msg._sender._inbox.rank not in severed:
+                        record.inflight.pop(id(msg))
+                        self._broker_error(msg, errno.EHOSTUNREACH, None)
                 record.unload_requested = True
-                self._owner_handle.rpc(f"{name}.shutdown", nodeid=lost, flags=FLUX_RPC_NORESPONSE)
+                self._broker_services(lost).handle.rpc(f"{name}.shutdown", nodeid=lost, flags=FLUX_RPC_NORESPONSE)
                 self._run_until(lambda: record.state == EXITED, f"stop {name} on lost rank {lost}")
-        self.lost.update(severed)
         self._broker_services(parent).set_child_status(rank, "lost")
         child = parent
         while child != 0:
@@ -876,14 +883,19 @@ class Broker:
             raise BrokerPanic(self.panicked)
         origin = msg._sender._inbox.rank if msg._sender is not None else self.rank
         nodeid = msg._nodeid
+        if origin in self.lost and nodeid not in (origin, FLUX_NODEID_ANY):
+            # A broker cut off the instance reaches only itself.
+            self._broker_error(msg, errno.EHOSTUNREACH, None)
+            return
         if nodeid == FLUX_NODEID_UPSTREAM:
             if origin == 0:
                 self._broker_error(msg, errno.EHOSTUNREACH, None)  # rank 0 has no upstream
                 return
             ranks = self.topology.path_to_root(origin)[1:2]  # one hop only (measured)
         elif nodeid == FLUX_NODEID_ANY:
-            ranks = self.topology.path_to_root(origin)  # the local broker first, then upstream
-        elif nodeid >= self.size or nodeid in self.lost:
+            # the local broker first, then upstream (a lost broker has none)
+            ranks = (origin,) if origin in self.lost else self.topology.path_to_root(origin)
+        elif nodeid >= self.size or (nodeid in self.lost and origin not in self.lost):
             self._broker_error(msg, errno.EHOSTUNREACH, None)
             return
         else:

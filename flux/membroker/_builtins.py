@@ -77,6 +77,11 @@ class BrokerServices:
             "config.reload": (self._config_change, 0),
         }
 
+    @property
+    def handle(self) -> Any:
+        """The broker's own handle on this rank (its credentials: the owner's)."""
+        return self._h
+
     def answer(self, msg: Message) -> None:
         """Answer request *msg*, addressed to one of :data:`BROKER_SERVICES` here."""
         h = self._h
