@@ -276,7 +276,10 @@ class _Gather:
         self._timer.start()
 
     def own_value(self, value: Any) -> None:
-        encoded(value)  # NaN, a set...: this rank's part fails here, saying what the method gave
+        try:
+            encoded(value)  # NaN, a set...: this rank's part fails here, saying what the method gave
+        except RecursionError:
+            raise ValueError("the handler gave a value nested too deep to be sent as JSON") from None
         self._own = value
 
     def own_failed(self, exc: BaseException) -> None:
@@ -304,6 +307,8 @@ class _Gather:
             answer = future.get()
         except OSError as exc:
             answer = exc.strerror or os.strerror(exc.errno or errno.EIO)
+        except Exception:  # noqa: BLE001 - an answer too deep to decode here
+            answer = "malformed answer"
         if not self._expired:
             self._answers[child] = answer
         if not self._futures:
@@ -329,7 +334,13 @@ class _Gather:
             except RequestError as error:
                 h.respond_error(msg, error.errno, error.strerror)
                 return
-        h.respond(msg, encoded(answer))
+        try:
+            text = encoded(answer)
+        except RecursionError:  # a value just under the limit, nested two more levels here
+            h.respond_error(msg, errno.EIO, f"{msg.topic}: the combined answer is nested too deep to be sent "
+                                            f"as JSON")
+            return
+        h.respond(msg, text)
 
     def _combine_failed(self, exc: BaseException) -> Dict[str, Any]:
         """A combine failed here or below: the whole reduction fails with EIO
@@ -352,7 +363,7 @@ class _Gather:
         ranks: Set[int] = set()
         missing: Set[int] = set()
         errors: Dict[str, str] = {}
-        value, have = None, False
+        value, have, combined = None, False, False
         if self._own_error:
             missing.add(place.rank)
             errors[str(place.rank)] = self._own_error
@@ -369,16 +380,19 @@ class _Gather:
             if isinstance(answer.get("failed"), str):  # a combine failed below
                 raise _FailedBelow(answer["failed"])
             if answer["ranks"]:  # some rank below has a value
-                value = reducer._combine(value, answer["value"]) if have else answer["value"]
-                have = True
+                if have:
+                    value, combined = reducer._combine(value, answer["value"]), True
+                else:
+                    value, have = answer["value"], True
                 ranks |= _idset.decode(answer["ranks"])
             missing |= _idset.decode(answer["missing"])
             errors.update(answer["errors"])
-        if have:
+        if combined:  # this rank's own value and the children's are JSON already
             try:
                 encoded(value)
             except Exception:  # noqa: BLE001 - not JSON: NaN, a set...
-                raise ValueError(f"combine gave {type(value).__name__} {value!r:.40}, which is not JSON") from None
+                raise ValueError(f"combine gave {type(value).__name__} {excerpt(repr(value))}, "
+                                 f"which is not JSON") from None
         return {"value": value, "ranks": _idset.encode(ranks), "missing": _idset.encode(missing),
                 "errors": errors}
 

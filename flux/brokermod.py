@@ -619,6 +619,10 @@ class BrokerModule:
         in the decorator.  Await it from an ``async def`` handler.
         """
         full = f"{self._name}.{topic}" if prefix else topic
+        size = self.size
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < size:
+            # FLUX_NODEID_UPSTREAM would bounce between two brokers forever
+            raise ValueError(f"reduce({full!r}, rank={rank!r}): not a rank of this instance (0 to {size - 1})")
         return Reduction.from_answer(await self._h.rpc(full, payload, nodeid=rank))
 
     def timer(self, name: str) -> Any:
@@ -791,15 +795,15 @@ class BrokerModule:
             if not callable(combine):
                 raise ValueError(f"@reduce_handler({topic!r}) on {attr}: combine={spec['combine']!r} "
                                  f"names no method of {type(self).__qualname__}")
+        if kind_of(combine) != PLAIN:
+            raise ValueError(f"@reduce_handler({topic!r}) on {attr}: combine must be a plain function of two "
+                             f"values, not {kind_of(combine)} {getattr(combine, '__name__', combine)!r}")
         timeout = self._reduction_timeout(attr, spec)
         return Reducer(self._h, self._flux_place, topic, method, combine, timeout, self._flux_dispatch.failed)
 
     def _reduction_timeout(self, attr: str, spec: Dict[str, Any]) -> float:
-        timeout = self._seconds(f"reduction {attr}", spec["timeout"], "timeout")
-        if timeout <= 0:  # a literal 0 is refused where it is written; an option's 0 here
-            raise ValueError(f"reduction {attr}: timeout={spec['timeout']!r} must name an option or attribute "
-                             f"holding a finite number of seconds > 0, not {timeout!r}")
-        return timeout
+        # A literal 0 is refused where it is written; an option's here.
+        return self._seconds(f"reduction {attr}", spec["timeout"], "timeout", positive=True)
 
     def options_changed(self, changed: Dict[str, Tuple[Any, Any]]) -> None:
         """Called when ``flux config reload`` changed options of this module:
@@ -902,16 +906,17 @@ class BrokerModule:
             return None
         return method()
 
-    def _seconds(self, owner: str, value: Union[float, str], what: str) -> float:
-        """A timer's *after* or *repeat*, or a reduction's *timeout*: a number,
-        or the option or attribute it names (*owner* says whose, in errors)."""
+    def _seconds(self, owner: str, value: Union[float, str], what: str, positive: bool = False) -> float:
+        """A timer's *after* or *repeat*, or a reduction's *timeout* (*positive*:
+        more than 0): a number, or the option or attribute it names (*owner*
+        says whose, in errors)."""
         if not isinstance(value, str):
             return value
         seconds = getattr(self, value, None)
-        if not _is_seconds(seconds):
+        if not _is_seconds(seconds) or (positive and seconds == 0):
             raise ValueError(
                 f"{owner}: {what}={value!r} must name an option or attribute holding "
-                f"a finite number of seconds >= 0, not {seconds!r}"
+                f"a finite number of seconds {'>' if positive else '>='} 0, not {seconds!r}"
             )
         return float(seconds)
 

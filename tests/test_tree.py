@@ -886,7 +886,7 @@ class Timed(BrokerModule):
 
 @pytest.mark.parametrize("value, why", [
     ("0", "timeout='t' must name an option or attribute holding a finite number of seconds > 0, not 0.0"),
-    ("-1", "timeout='t' must name an option or attribute holding a finite number of seconds >= 0, not -1.0"),
+    ("-1", "timeout='t' must name an option or attribute holding a finite number of seconds > 0, not -1.0"),
     ("nan", "option 't': 'nan' is not a finite number"),
 ])
 def test_a_reduction_timeout_option_of_zero_fails_the_load_as_a_literal_does(target, write, value, why):
@@ -1019,3 +1019,79 @@ class Slow(BrokerModule):
         answer = pending.get()
         assert (answer["ranks"], answer["missing"], answer["errors"]) == ("0-2,4-6", "3,7", {"3": "No route to host"})
         assert error_of(broker.rpc("slow.collect", nodeid=7)) == (errno.EHOSTUNREACH, "No route to host")
+
+
+HOSTILE = '''
+import json
+from flux.brokermod import BrokerModule, reduce_handler, request_handler
+
+
+class Hostile(BrokerModule):
+    def setup(self):
+        self.value = 1
+
+    @request_handler("put")
+    def put(self, msg, *, value):
+        self.value = value
+        return {"rank": self.rank}
+
+    @reduce_handler("collect", combine=lambda a, b: {**a, **b}, timeout=5)
+    def collect(self, msg):
+        return {str(self.rank): self.value}
+
+    @request_handler("reduce-at")
+    async def reduce_at(self, msg, *, rank):
+        return (await self.reduce("collect", rank=rank)).ranks
+'''
+
+
+@pytest.fixture
+def hostile_file(tmp_path):
+    path = tmp_path / "hostile.py"
+    path.write_text(HOSTILE)
+    return str(path)
+
+
+@pytest.mark.flux_handler_errors
+@kary2_both
+def test_a_leafs_value_too_deep_for_json_is_that_ranks_error_not_a_failed_combine(flux_broker, hostile_file):
+    """Trial 2, D4: a leaf (where no combine runs) whose value was just deep
+    enough failed the whole reduction with EIO 'combine failed on rank 7'.
+    Where the limit falls depends on the stack; on either side of it the
+    reduction is answered."""
+    flux_broker.load(hostile_file, rank="all")
+    for depth in range(940, 1000):
+        text = '{"value": ' + "[" * depth + "]" * depth + "}"
+        flux_broker.rpc("hostile.put", text, nodeid=7)  # refused, or taken: either way
+        answer = flux_broker.rpc("hostile.collect").answers[0]
+        assert "payload" in answer, (depth, answer)  # never EIO for the whole reduction
+
+
+@pytest.mark.flux_handler_errors
+@pytest.mark.parametrize("rank", [-1, 2 ** 70, 0xFFFFFFFE, 8, "0", True])
+@kary2_both
+def test_reduce_refuses_a_rank_outside_the_instance(flux_broker, hostile_file, rank):
+    """Trial 2, D2: FLUX_NODEID_UPSTREAM bounced forever on a real broker;
+    -1 and 2**70 gave different errors on the two brokers."""
+    flux_broker.load(hostile_file, rank="all")
+    answer = flux_broker.rpc("hostile.reduce-at", {"rank": rank}).answers[0]
+    assert answer["errno"] == errno.EPROTO, answer  # a ValueError in a handler, as always
+    assert answer["error"] == (f"ValueError: reduce('hostile.collect', rank={rank!r}): not a rank of this "
+                               f"instance (0 to 7)")
+
+
+def test_an_async_combine_fails_the_load_in_one_line():
+    """Trial 2, D12: it loaded, then every reduction failed 'combine gave coroutine'."""
+    from flux.membroker import ModuleError
+
+    source = HOSTILE.replace("combine=lambda a, b: {**a, **b}", 'combine="merge"') + '''
+    async def merge(self, a, b):
+        return {**a, **b}
+'''
+    namespace = {}
+    exec(compile(source, "hostile", "exec"), namespace)
+    with Broker() as broker:
+        with pytest.raises(ModuleError) as info:
+            broker.load(namespace["Hostile"], name="hostile")
+    assert str(info.value) == ("[Errno 22] hostile: @reduce_handler('hostile.collect') on collect: combine must be "
+                               "a plain function of two values, not coroutine 'merge'")
