@@ -64,8 +64,10 @@ _RPC_SCRIPT = r"""
 import json, sys
 import flux
 from flux.constants import FLUX_RPC_STREAMING
-topic, payload, nodeid, streaming = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-take = int(sys.argv[5])
+# The payload comes on stdin: an argument list is limited (about 128 KiB).
+topic, nodeid, streaming = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+take = int(sys.argv[4])
+payload = json.loads(sys.stdin.read())
 h = flux.Flux()
 f = h.rpc(topic, payload if payload is not None else None, nodeid=nodeid,
           flags=FLUX_RPC_STREAMING if streaming else 0)
@@ -335,14 +337,23 @@ class FluxInstance:
         env["FLUX_URI"] = self.uri
         if guest:
             env.update(FLUX_HANDLE_USERID="1234", FLUX_HANDLE_ROLEMASK="0x2")
-        args = [topic, json.dumps(payload), str(nodeid), "1" if streaming else "0", str(take)]
+        args = [topic, str(nodeid), "1" if streaming else "0", str(take)]
         proc = subprocess.Popen(
             [self.flux_command, "python", "-c", _RPC_SCRIPT, *args],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
         )
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(payload))
+        except BrokenPipeError:  # the client failed at once: wait() says why
+            pass
+        finally:
+            proc.stdin.close()
+            proc.stdin = None  # closed: communicate() must not flush it
         return PendingRPC(topic, proc, self.timeout)
 
     def dmesg(self) -> List[str]:

@@ -1531,3 +1531,58 @@ def test_what_the_broker_runs_itself_but_memory_does_not_simulate_says_so(broker
         err = raised_by(broker.rpc(topic, {}))
         assert err.errno == errno.EOPNOTSUPP, topic
         assert "the in-memory broker does not simulate" in err.strerror and "real Flux instance" in err.strerror
+
+
+def test_load_and_remove_take_an_idset_and_remove_carries_on_where_a_rank_lacks_it(write_module):
+    """Trial 2, D10: load(rank="0-3") was refused, and remove(rank="all")
+    stopped at the first rank without the module, as flux exec does not."""
+    path = write_module("idle.py", """
+        from flux.brokermod import BrokerModule
+
+        class Idle(BrokerModule):
+            pass
+    """)
+    with Broker(size=4) as broker:
+        assert [record.rank for record in broker.load(path, rank="1-3")] == [1, 2, 3]
+        broker.remove("idle", rank=2)
+        with pytest.raises(ModuleError) as info:
+            broker.remove("idle", rank="all")
+        assert (info.value.errno, str(info.value)) == (errno.ENOENT, "[Errno 2] idle: No such file or directory "
+                                                                     "(rank 0,2)")
+        assert [sorted(broker.modules_on(rank)) for rank in range(4)] == [[]] * 4
+        with pytest.raises(ValueError, match=r"rank '0-9': give a rank, 'all' or an idset of ranks below 4"):
+            broker.load(path, rank="0-9")
+
+
+def test_a_dropped_client_handle_disconnects_as_a_real_one_does(write_module):
+    """Trial 2, D9: in memory a client handle dropped without close() never
+    disconnected; a real one disconnects when the Flux object is destroyed
+    (flux-core's close() even refuses to be called)."""
+    import gc
+
+    path = write_module("tied.py", """
+        from flux.brokermod import BrokerModule, RankSets, request_handler
+
+        class Tied(BrokerModule):
+            sets = RankSets(batch=0)
+
+            @request_handler("add")
+            def add(self, msg, *, name: str):
+                self.sets.add(name, msg)
+                return {}
+
+            @request_handler("joined")
+            def joined(self, msg):
+                return sorted(name for name in ("a", "b") if self.sets.joined(name))
+    """)
+    with Broker(size=2) as broker:
+        broker.load(path, rank="all")
+        client = broker.connect(rank=1)
+        client.rpc("tied.add", {"name": "a"}, nodeid=1).get()
+        other = broker.connect(rank=1)
+        other.rpc("tied.add", {"name": "b"}, nodeid=1).get()
+        del client
+        gc.collect()
+        broker.run_until_idle()
+        assert broker.connect().rpc("tied.joined", nodeid=1).get() == ["b"]
+        assert other.rpc("tied.joined", nodeid=1).get() == ["b"]

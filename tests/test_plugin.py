@@ -456,3 +456,21 @@ def test_cleanup_removes_what_a_test_loaded_on_every_rank(tmp_path):
     with pytest.raises(ValueError, match="rank 8 is not in an instance of size 8"):
         broker.load(str(tmp_path / "where.py"), rank="8")
     broker.close()
+
+
+_BIG_SUITE = """
+def test_a_big_payload(flux_broker):
+    flux_broker.load({calculator!r})
+    assert flux_broker.rpc("calculator.add", {{"a": 1, "b": 2, "pad": "x" * (1 << 21)}}).answers[0]["errno"] == 71
+"""
+
+
+def test_the_fixture_sends_payloads_bigger_than_an_argument_list(tmp_path):
+    """Trial 2, D5: the real half passed the payload in argv, so 128 KiB and
+    more failed with 'Argument list too long'."""
+    source = _BIG_SUITE.format(calculator=os.path.join(ROOT, "examples", "calculator.py"))
+    result = _run_suite(tmp_path, "test_big.py", source, "-rA", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASSED test_big.py::test_a_big_payload[memory]" in result.stdout
+    if brokermod_testing.skip_reason() is None:
+        assert "PASSED test_big.py::test_a_big_payload[real]" in result.stdout

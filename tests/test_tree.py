@@ -621,7 +621,8 @@ def test_a_disconnecting_client_leaves_what_it_joined():
         broker.load(Members, name="m", rank="all")
         client = broker.connect(rank=4)
         client.rpc("m.add", {"name": "x", "tied": True}).get()
-        broker.connect(rank=5).rpc("m.add", {"name": "x", "tied": True}).get()
+        other = broker.connect(rank=5)  # kept: a dropped handle disconnects
+        other.rpc("m.add", {"name": "x", "tied": True}).get()
         broker.advance(1)
         assert broker.rpc("m.members", {"name": "x"}).get()["members"] == "4-5"
         client.close()

@@ -1,5 +1,6 @@
 """The in-memory broker: modules, routing, events, timers and the log."""
 
+import collections
 import copy
 import errno
 import functools
@@ -14,10 +15,11 @@ import syslog
 import threading
 import traceback
 import uuid
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from flux import _idset, _layout, modloader
-from flux.membroker._handle import Future, Handle
+from flux.membroker._handle import DepartedClient, Future, Handle, send_disconnects
 from flux.membroker._message import (
     FLUX_MSGTYPE_EVENT,
     FLUX_MSGTYPE_REQUEST,
@@ -456,7 +458,11 @@ class Broker:
         self._modules: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
         self._services: List[Dict[str, LoadedModule]] = [{} for _ in range(size)]
         self._event_seq = 0
-        self._clients: List[Handle] = []
+        # Client handles, held weakly: a test that drops one disconnects it.
+        self._clients: "weakref.WeakValueDictionary[int, Handle]" = weakref.WeakValueDictionary()
+        # (route, rank, services, userid, rolemask) of clients dropped since
+        # the driver last looked: deque.append is atomic, from any thread.
+        self._departed: "collections.deque[Tuple[str, int, List[str], int, int]]" = collections.deque()
         # Per rank: the broker's own services (broker.ping...), made on first use.
         self._builtins: Dict[int, BrokerServices] = {}
         #: The interface handles use (see BrokerLink).
@@ -486,7 +492,11 @@ class Broker:
         if rolemask is None:
             rolemask = FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL if userid in (None, self.owner) else FLUX_ROLE_USER
         client = Handle(self.link, self.owner if userid is None else userid, rolemask, rank=self._rank(rank))
-        self._clients.append(client)
+        self._clients[id(client)] = client
+        # Dropped, it disconnects as flux-core's handle does; the finalizer may
+        # run on any thread, so it only queues what the driver sends (_departures).
+        weakref.finalize(client, self._departed.append,
+                         (client._route, client._inbox.rank, client._services_used, client._userid, rolemask))
         return client
 
     def rpc(self, topic: str, payload: Any = None, nodeid: int = FLUX_NODEID_ANY, flags: int = 0) -> Future:
@@ -511,14 +521,15 @@ class Broker:
         BrokerModule subclass or a ``mod_main``-like function, which then
         needs *name*.  Returns its :class:`LoadedModule` once the module is
         running.  *rank* is the rank to load it on (default :attr:`rank`),
-        or ``"all"`` to load it on every rank, as ``flux exec -r all flux
-        module load`` does; then the list of them is returned.
+        or ``"all"`` or an idset such as ``"1-3"`` to load it on each of
+        those ranks, as ``flux exec -r RANKS flux module load`` does; then
+        the list of them is returned.
 
         :raises ModuleError: if the module exits before it runs, with the
             errno it exited with and the loader's one-line message.
         """
-        if rank == "all":
-            return [self.load(module, *args, name=name, rank=r) for r in range(self.size)]
+        if isinstance(rank, str):
+            return [self.load(module, *args, name=name, rank=r) for r in self._ranks(rank)]
         on = self._rank(rank)
         self._check_alive()
         path: Optional[str] = None
@@ -562,10 +573,19 @@ class Broker:
 
     def remove(self, name: str, rank: Union[int, str, None] = None) -> None:
         """Remove a module, like ``flux module remove NAME``: send it
-        ``NAME.shutdown`` and wait for it to exit.  *rank*: as for :meth:`load`."""
-        if rank == "all":
-            for r in range(self.size):
-                self.remove(name, rank=r)
+        ``NAME.shutdown`` and wait for it to exit.  *rank*: as for
+        :meth:`load`; on several ranks, as ``flux exec`` does, it is removed
+        wherever it runs, and then ModuleError (ENOENT) names the ranks that
+        did not have it."""
+        if isinstance(rank, str):
+            absent = []
+            for r in self._ranks(rank):
+                if name in self._modules[r]:
+                    self.remove(name, rank=r)
+                else:
+                    absent.append(r)
+            if absent:
+                raise ModuleError(errno.ENOENT, f"{name}: No such file or directory (rank {_idset.encode(absent)})")
             return
         on = self._rank(rank)
         self._check_alive()
@@ -683,7 +703,7 @@ class Broker:
         """Deliver every queued message and due timer, without moving the clock."""
         self._check_alive()
         self._strands.check_thread()
-        while self._strands.step() or self._fire_due_timers():
+        while self._send_departures() or self._strands.step() or self._fire_due_timers():
             pass
         if self.stray is not None:
             raise StrayResponse(self.stray)
@@ -725,7 +745,7 @@ class Broker:
             if (self.panicked is not None or self.hung is not None or self.stray is not None
                     or self._strands.lost is not None):
                 return  # down, or stuck: nothing more can run
-            for client in self._clients:
+            for client in list(self._clients.values()):
                 client.close()
             self._clients.clear()
             self.run_until_idle()
@@ -769,7 +789,7 @@ class Broker:
                 raise ModuleHang(self.hung)
             if self.stray is not None:
                 raise StrayResponse(self.stray)
-            if self._strands.step() or self._fire_due_timers():
+            if self._send_departures() or self._strands.step() or self._fire_due_timers():
                 continue  # answers sent before a panic are still delivered
             self._check_alive()
             due = self.clock.next_due()
@@ -970,7 +990,7 @@ class Broker:
                 continue
             if any(msg.topic.startswith(sub) for sub in record.handle._inbox.subscriptions):
                 self._strands.queue.append((record.ctx, _Delivery(record.handle, msg)))
-        for client in self._clients:
+        for client in list(self._clients.values()):
             if any(msg.topic.startswith(sub) for sub in client._inbox.subscriptions):
                 self._strands.queue.append((None, _Delivery(client, msg)))
 
@@ -1031,6 +1051,28 @@ class Broker:
         if name == "tbon.descendants":
             return str(self.topology.descendants(rank))
         return self.attrs[name]
+
+    def _ranks(self, ranks: str) -> List[int]:
+        """The ranks of ``"all"`` or an idset, lowest first."""
+        if ranks == "all":
+            return list(range(self.size))
+        try:
+            return sorted(_idset.decode(ranks, limit=self.size))
+        except ValueError as exc:
+            raise ValueError(f"rank {ranks!r}: give a rank, 'all' or an idset of ranks below {self.size} "
+                             f"({exc})") from None
+
+    def _send_departures(self) -> bool:
+        """Disconnect the client handles dropped since last time (on the
+        driver's thread); True if there were any."""
+        departed = self._departed
+        if not departed:
+            return False
+        while departed:
+            route, rank, services, userid, rolemask = departed.popleft()
+            if services:  # else closed already, or it never sent a request
+                send_disconnects(self.link, DepartedClient(route, rank), services, userid, rolemask)
+        return True
 
     def _rank(self, rank: Optional[int]) -> int:
         if rank is None:

@@ -467,6 +467,8 @@ class Handle:
         self._rank = record.rank if record is not None else (link.default_rank if rank is None else rank)
         #: What the broker calls on this handle (see HandleInbox).
         self._inbox = HandleInbox(self)
+        # The identity a real broker's route (a uuid) gives the connection.
+        self._route = f"{id(self) & 0xFFFFFFFF:08x}"
         self._conf_cache: Optional[Dict[str, Any]] = None  # conf_get()'s, as flux-core's handle keeps it
         self._matchtags = MatchtagPool()
         self._sync_waits = 0  # synchronous get()s in progress on this handle
@@ -742,18 +744,15 @@ class Handle:
 
     def close(self) -> None:
         """Close this client handle: like a real broker's local connector,
-        send ``NAME.disconnect`` to each service it sent requests to."""
+        send ``NAME.disconnect`` to each service it sent requests to.
+
+        A client handle that is dropped (garbage collected) disconnects so
+        too, as flux-core's does; flux-core's ``close()`` refuses to be
+        called, so a test body meant for both brokers drops the handle."""
         if self._closed or self._record is not None:
             return
         self._closed = True
-        for service in self._services_used:
-            msg = Message(
-                FLUX_MSGTYPE_REQUEST, f"{service}.disconnect", None,
-                userid=self._userid, rolemask=self._rolemask, flags=FLUX_RPC_NORESPONSE,
-            )
-            msg._sender = self
-            self._link.send_request(msg)
-        self._services_used.clear()
+        send_disconnects(self._link, self, self._services_used, self._userid, self._rolemask)
 
     def reactor_run(self, reactor: Any = None, flags: int = 0) -> int:
         """Handle messages and timers until stopped; return 0, or -1 on error.
@@ -1065,3 +1064,33 @@ def _topic(topic: Any) -> str:
 for _kind, _cls in (("Flux", Handle), ("RPC", Future), ("MessageWatcher", MessageWatcher),
                     ("TimerWatcher", TimerWatcher), ("IdleWatcher", LoopWatcher), ("FDWatcher", FDWatcher)):
     register_stand_in(_kind, _cls)
+
+
+def send_disconnects(link: "BrokerLink", sender: Any, services: List[str], userid: int, rolemask: int) -> None:
+    """``NAME.disconnect`` from *sender* to each of *services* (then emptied)."""
+    for service in services:
+        msg = Message(
+            FLUX_MSGTYPE_REQUEST, f"{service}.disconnect", None,
+            userid=userid, rolemask=rolemask, flags=FLUX_RPC_NORESPONSE,
+        )
+        msg._sender = sender
+        link.send_request(msg)
+    services.clear()
+
+
+class DepartedClient:
+    """What stands for a client handle that was dropped, in the disconnects
+    the broker sends for it: its route and the rank it was connected to."""
+
+    __slots__ = ("_route", "_inbox")
+
+    def __init__(self, route: str, rank: int) -> None:
+        self._route = route
+        self._inbox = _RankOnly(rank)
+
+
+class _RankOnly:
+    __slots__ = ("rank",)
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank

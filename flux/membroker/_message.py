@@ -222,4 +222,4 @@ _register()
 
 def route_of(sender: Any) -> str:
     """The route identity of a sending handle, as a real broker's uuid stands for it."""
-    return f"{id(sender) & 0xFFFFFFFF:08x}" if sender is not None else ""
+    return sender._route if sender is not None else ""

@@ -51,7 +51,7 @@ def answer_ping(h: Any, msg: Any, uuid: str, rank: int) -> None:
     credentials and rank added, in jansson's spaced text."""
     payload = request_object(h, msg)
     if payload is not None:
-        route = f"{id(msg._sender) & 0xFFFFFFFF:08x}!{uuid}"
+        route = f"{msg._sender._route}!{uuid}"
         payload.update(route=route, userid=msg.userid, rolemask=msg.rolemask, rank=rank)
         h.respond(msg, jansson_dumps(payload, compact=False))
 

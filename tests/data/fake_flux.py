@@ -5,7 +5,7 @@ It logs each call to $FAKE_FLUX_LOG, and:
   version             prints a flux-core version line
   start [-o...] CMD   runs CMD with FLUX_URI set (FAKE_FLUX_HANG=1: ignores stdin EOF)
   module ...          fails when an argument is "fail"
-  python -c S ARGS    prints a canned JSON answer for ARGS[0] (the topic)
+  python -c S ARGS    prints a canned JSON answer for ARGS[0] (the topic) and the payload on stdin
   dmesg               prints two timestamped lines
 """
 
@@ -40,7 +40,8 @@ elif args[0] == "python":
     if topic.endswith("error"):
         print(json.dumps([{"errno": 2, "error": "No such file or directory"}]))
     else:
-        print(json.dumps([{"payload": json.dumps({"topic": topic, "payload": json.loads(args[4])})}]))
+        payload = json.loads(sys.stdin.read())  # the client reads the payload from stdin
+        print(json.dumps([{"payload": json.dumps({"topic": topic, "payload": payload})}]))
 elif args[0] == "dmesg":
     print("2026-11-28T01:00:00.000000Z broker.info[0]: hello")
     print("2026-11-28T01:00:01.000000Z mymod.err[0]: oops")
