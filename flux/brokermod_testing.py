@@ -61,7 +61,7 @@ __all__ = [
 MIN_FLUX_VERSION = (0, 84, 0)
 
 _RPC_SCRIPT = r"""
-import json, sys
+import json, sys, time
 import flux
 from flux.constants import FLUX_RPC_STREAMING
 # The payload comes on stdin: an argument list is limited (about 128 KiB).
@@ -72,7 +72,16 @@ h = flux.Flux()
 f = h.rpc(topic, payload if payload is not None else None, nodeid=nodeid,
           flags=FLUX_RPC_STREAMING if streaming else 0)
 out = []
+deadline = None  # once cancelled
 while True:
+    if deadline is not None:
+        try:
+            if time.monotonic() >= deadline:
+                raise OSError("late")
+            f.wait_for(deadline - time.monotonic())
+        except OSError:
+            print(json.dumps({"not_cancelled": take}))
+            sys.exit(0)
     try:
         out.append({"payload": f.get_str()})
     except OSError as exc:
@@ -82,6 +91,7 @@ while True:
         break
     if len(out) == take:  # enough: cancel, as flux-core's own clients do
         h.rpc(topic + "-cancel", {"matchtag": f.pimpl.get_matchtag()}, nodeid, 1)
+        deadline = time.monotonic() + float(sys.argv[5])
     f.reset()
 print(json.dumps(out))
 """
@@ -170,7 +180,10 @@ class PendingRPC:
             raise AssertionError(f"rpc {self.topic}: no answer in {self._timeout:g} s") from None
         if self._proc.returncode != 0:
             raise AssertionError(f"rpc {self.topic} client failed: {err.strip()}")
-        return RPCResult(self.topic, json.loads(out))
+        answers = json.loads(out)
+        if isinstance(answers, dict):
+            raise AssertionError(_not_cancelled(self.topic, answers["not_cancelled"]))
+        return RPCResult(self.topic, answers)
 
 
 class FluxInstance:
@@ -337,7 +350,7 @@ class FluxInstance:
         env["FLUX_URI"] = self.uri
         if guest:
             env.update(FLUX_HANDLE_USERID="1234", FLUX_HANDLE_ROLEMASK="0x2")
-        args = [topic, str(nodeid), "1" if streaming else "0", str(take)]
+        args = [topic, str(nodeid), "1" if streaming else "0", str(take), str(CANCEL_WAIT)]
         proc = subprocess.Popen(
             [self.flux_command, "python", "-c", _RPC_SCRIPT, *args],
             stdin=subprocess.PIPE,
@@ -412,18 +425,30 @@ def _membroker() -> Any:
 
 
 def collect_answers(future: Any, streaming: bool, cancel: Optional[Callable[[], None]] = None,
-                    take: int = 0) -> List[Dict[str, Any]]:
+                    take: int = 0, topic: str = "?",
+                    clock: Callable[[], float] = time.monotonic) -> List[Dict[str, Any]]:
     """Every answer *future* gets, as RPCResult records; after *take*
     responses of a stream, *cancel* is called (and the stream read on to
     its end).
 
     ``wait_for()`` comes first and is not caught: when no answer comes,
     the in-memory broker's EDEADLK or ETIMEDOUT fails the test instead of
-    passing for an error answer.
+    passing for an error answer.  After the cancel it is bounded as on a
+    real instance (:data:`CANCEL_WAIT`), and a stream that does not end is
+    an AssertionError saying so.
     """
-    answers = []
+    answers: List[Dict[str, Any]] = []
+    deadline: Optional[float] = None  # by *clock*, once cancelled
     while True:
-        future.wait_for()
+        if deadline is not None:
+            try:
+                if clock() >= deadline:
+                    raise OSError(errno.ETIMEDOUT, "")
+                future.wait_for(deadline - clock())
+            except OSError:
+                raise AssertionError(_not_cancelled(topic, take)) from None
+        else:
+            future.wait_for()
         try:
             answers.append({"payload": future.get_str()})
         except OSError as exc:
@@ -433,8 +458,19 @@ def collect_answers(future: Any, streaming: bool, cancel: Optional[Callable[[], 
             break
         if len(answers) == take and cancel is not None:
             cancel()
+            deadline = clock() + CANCEL_WAIT
         future.reset()
     return answers
+
+
+#: Seconds a stream has to end after its ``TOPIC-cancel`` (``take=``).
+CANCEL_WAIT = 10.0
+
+
+def _not_cancelled(topic: str, taken: int) -> str:
+    return (f"rpc {topic}: the stream did not end within {CANCEL_WAIT:g} s of {topic}-cancel (sent after {taken} "
+            f"responses): the service does not take a cancel (a generator handler does; an async def handler "
+            f"that responds in a loop, or flux-core's groups.get, does not)")
 
 
 class _BothBrokers:
@@ -580,7 +616,8 @@ class MemoryBroker(_BothBrokers):
         client = self._client(guest)
         future = client.rpc(topic, payload, nodeid=membroker.FLUX_NODEID_ANY if nodeid is None else nodeid,
                             flags=membroker.FLUX_RPC_STREAMING if streaming else 0)
-        return RPCResult(topic, collect_answers(future, streaming, lambda: cancel_stream(client, future, topic), take))
+        return RPCResult(topic, collect_answers(future, streaming, lambda: cancel_stream(client, future, topic), take,
+                                                topic, lambda: self.broker.now))
 
     def start_rpc(self, topic, payload=None, streaming=False):
         """Send a request; return at once with something whose ``wait()``

@@ -474,3 +474,44 @@ def test_the_fixture_sends_payloads_bigger_than_an_argument_list(tmp_path):
     assert "PASSED test_big.py::test_a_big_payload[memory]" in result.stdout
     if brokermod_testing.skip_reason() is None:
         assert "PASSED test_big.py::test_a_big_payload[real]" in result.stdout
+
+
+_UNCANCELLABLE_SUITE = """
+import pytest
+
+TICKER = {ticker!r}
+
+
+def test_take_on_a_stream_that_ignores_cancel(flux_broker):
+    flux_broker.load(TICKER)
+    with pytest.raises(AssertionError) as info:
+        flux_broker.rpc("ticker.ticks", {{}}, streaming=True, take=2)
+    assert str(info.value).startswith("rpc ticker.ticks: the stream did not end within 10 s of "
+                                      "ticker.ticks-cancel (sent after 2 responses): the service does not "
+                                      "take a cancel")
+"""
+
+_TICKER = '''
+import asyncio
+from flux.brokermod import BrokerModule, request_handler
+
+
+class Ticker(BrokerModule):
+    @request_handler("ticks")
+    async def ticks(self, msg):
+        while True:  # streams by hand, as groups.get does: a cancel is not its business
+            self.handle.respond(msg, {"tick": 1})
+            await asyncio.sleep(0.5)
+'''
+
+
+def test_take_on_a_stream_that_ignores_cancel_fails_in_ten_seconds_saying_why(tmp_path):
+    """Trial 2, D13: the real half waited 120 s and said 'no answer'; in
+    memory, EDEADLK."""
+    (tmp_path / "ticker.py").write_text(_TICKER)
+    source = _UNCANCELLABLE_SUITE.format(ticker=str(tmp_path / "ticker.py"))
+    result = _run_suite(tmp_path, "test_ticker.py", source, "-rA", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASSED test_ticker.py::test_take_on_a_stream_that_ignores_cancel[memory]" in result.stdout
+    if brokermod_testing.skip_reason() is None:
+        assert "PASSED test_ticker.py::test_take_on_a_stream_that_ignores_cancel[real]" in result.stdout
