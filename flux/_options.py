@@ -136,7 +136,7 @@ def parse_options(options: Dict[str, Option], args: Iterable[str],
     :raises OptionError: one line naming the bad argument (or the table and
         key) and listing the valid options.
     """
-    values = config_values(options, table or {}, table_name) if table else {}
+    values = config_values(options, table, table_name) if table else {}
     given: Dict[str, str] = {}  # option name: the argument that set it
     for arg in args:
         try:

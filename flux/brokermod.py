@@ -619,7 +619,7 @@ class BrokerModule:
         in the decorator.  Await it from an ``async def`` handler.
         """
         full = f"{self._name}.{topic}" if prefix else topic
-        size = self.size
+        size = self._flux_place.instance_size
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < size:
             # FLUX_NODEID_UPSTREAM would bounce between two brokers forever
             raise ValueError(f"reduce({full!r}, rank={rank!r}): not a rank of this instance (0 to {size - 1})")

@@ -637,22 +637,24 @@ class Broker:
             return None
         old = self._held_config[rank]
         updated: List[str] = []
-        for name in list(self._modules[rank]):
-            self._config_updating[rank] = name
-            try:
-                self._owner_handle.rpc(f"{name}.config-reload", new, nodeid=rank).get()
-            except OSError as exc:
-                self._config_updating.pop(rank)
-                if exc.errno == errno.ENOSYS:
-                    continue
-                for done in updated:
-                    try:
-                        self._owner_handle.rpc(f"{done}.config-reload", old, nodeid=rank).get()
-                    except OSError as undo:
-                        self._log("config", syslog.LOG_ERR, f"error reverting {done}: {undo.strerror}", rank)
-                return exc.errno, f"error updating {name}: {exc.strerror}"
-            updated.append(name)
-        self._config_updating.pop(rank, None)
+        try:  # the service answers nothing else until it is done (see BrokerLink.config)
+            for name in list(self._modules[rank]):
+                self._config_updating[rank] = name
+                try:
+                    self._owner_handle.rpc(f"{name}.config-reload", new, nodeid=rank).get()
+                except OSError as exc:
+                    if exc.errno == errno.ENOSYS:
+                        continue
+                    for done in updated:
+                        self._config_updating[rank] = done
+                        try:
+                            self._owner_handle.rpc(f"{done}.config-reload", old, nodeid=rank).get()
+                        except OSError as undo:
+                            self._log("config", syslog.LOG_ERR, f"error reverting {done}: {undo.strerror}", rank)
+                    return exc.errno, f"error updating {name}: {exc.strerror}"
+                updated.append(name)
+        finally:
+            self._config_updating.pop(rank, None)
         self._held_config[rank] = new
         return None
 

@@ -6,8 +6,9 @@ services inside the broker process (``log``, ``attr``, ``event``,
 ``service``, ``module``...).  Loaded modules cannot register those names.
 In memory, ``broker.ping``, ``stats-get``, ``stats-clear``, ``rusage``,
 ``debug``, ``config-reload``/``config-update``, ``getenv`` and ``setenv``,
-and ``config.get`` (the configuration that rank holds), answer as on a real broker (measured on flux-core 0.88; module code and
-flux-core's own ``flux modprobe`` call them); an unknown ``broker``
+and ``config.get`` (the configuration that rank holds), answer as on a
+real broker (measured on flux-core 0.88; module code and flux-core's own
+``flux modprobe`` call them); an unknown ``broker``
 method gets ENOSYS as there; anything else the broker itself serves gets
 EOPNOTSUPP, saying the in-memory broker does not simulate it, so that a
 test never mistakes it for a missing service.
@@ -15,7 +16,7 @@ test never mistakes it for a missing service.
 
 import errno
 import os
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from flux.membroker import _methods
 from flux.membroker._message import FLUX_ROLE_ALL, FLUX_ROLE_OWNER, FLUX_ROLE_USER, FLUX_RPC_STREAMING, Message
@@ -45,7 +46,7 @@ class BrokerServices:
     """
 
     def __init__(self, h: Any, rank: int, attr: Callable[[str], str], topology: Topology,
-                 config: Callable[[], Dict[str, Any]]) -> None:
+                 config: Callable[[], Optional[Dict[str, Any]]]) -> None:
         self._h = h
         self._config_held = config
         self.rank = rank
