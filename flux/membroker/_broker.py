@@ -6,6 +6,7 @@ import errno
 import functools
 import io
 import json
+import math
 import os
 import re
 import resource
@@ -19,6 +20,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from flux import _idset, _layout, modloader
+from flux.membroker._libflux_bridge import module_handle_class
 from flux.membroker._handle import DepartedClient, Future, Handle, send_disconnects
 from flux.membroker._message import (
     FLUX_MSGTYPE_EVENT,
@@ -141,7 +143,7 @@ class LoadedModule:
         self.instance: Any = None
         self.ctx = Strand(name)
         self.ctx.output = self.stderr
-        self.handle = Handle(broker.link, broker.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, self)
+        self.handle = module_handle_class()(broker.link, broker.owner, FLUX_ROLE_OWNER | FLUX_ROLE_LOCAL, self)
 
     @property
     def uuid(self) -> str:
@@ -724,6 +726,16 @@ class Broker:
         self.clock.jump(target)
         self.run_until_idle()
 
+    def run_until(self, done: Callable[[], bool], what: str, timeout: Optional[float] = None) -> None:
+        """Run the broker, letting virtual time pass from timer to timer,
+        until ``done()`` is true.
+
+        :raises OSError: EDEADLK naming *what* when nothing is left to run
+            and ``done()`` is still false; ETIMEDOUT once *timeout* virtual
+            seconds have passed (default: no limit).
+        """
+        self._run_until(done, what, math.inf if timeout is None else timeout)
+
     @property
     def now(self) -> float:
         """The virtual clock, in seconds."""
@@ -800,7 +812,7 @@ class Broker:
             if due is not None and due <= limit:
                 self.clock.jump(due)
                 continue
-            if timeout >= 0:
+            if timeout >= 0 and limit != math.inf:
                 self.clock.jump(limit)
                 raise OSError(errno.ETIMEDOUT, f"{what}: timed out after {timeout:g} virtual seconds")
             if due is not None:

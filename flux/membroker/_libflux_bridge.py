@@ -1,0 +1,280 @@
+"""libflux's own calls on an in-memory module's handle, where flux-core is installed.
+
+flux-core's Python modules reach past ``flux.Flux``'s methods into libflux
+itself: ``flux.kvs.commit_async(h, ...)``, ``flux.job.job_raise_async(h,
+...)`` and friends pass ``h.handle``, a ``flux_t *``, to C.  (flux-core's
+schedulers commit every allocation's R that way.)  So that such a module
+runs unchanged in memory, its handle's ``handle`` is a genuine ``flux_t *``
+made with ``flux_handle_create()``, whose connector is written here in
+Python: what libflux sends through it enters the in-memory broker as a
+request of this module, and the responses come back through it.  No C of
+our own: the connector's operations are ``ffi.callback`` functions of
+flux-core's own compiled ``_flux._core``.
+
+The connector's contract with libflux, and how it is kept
+----------------------------------------------------------
+- ``send`` gets a message the caller still owns: it is read at once, and
+  routed as an in-memory :class:`~flux.membroker.Message` sent by this
+  bridge (its own route and matchtags, so that libflux's matchtags never
+  meet the in-memory handle's).
+- ``recv`` hands over an owned ``flux_msg_t *``, or fails with EAGAIN.
+  Responses are built with the responder's credentials: libflux drops a
+  response whose rolemask is FLUX_ROLE_NONE.
+- ``pollfd``/``pollevents``: the descriptor is a pipe written once per
+  message queued, so that a reactor blocked in it wakes.
+
+Stepping libflux's reactor, on the module's strand
+--------------------------------------------------
+libflux runs what a response sets off (a future's ``then`` callback) in
+its own reactor, which nothing here runs on its own.  The bridge runs it
+without waiting (``FLUX_REACTOR_NOWAIT``), on the module's strand, at the
+end of every round of the module's in-memory reactor (a check watcher)
+and when a response for it arrives, until it *settles*: no watcher left
+(``flux_reactor_run`` returns 0), or two rounds in a row in which nothing
+was received or sent and nothing waits in the queue.  Two, because
+libflux dispatches a response in one round and calls the fulfilled
+future's ``then`` callback in the next (its check watcher is started
+from within the round that fulfils it; measured on 0.84 to master, see
+``tests/test_libflux_bridge.py``).  A round is a few microseconds.
+
+A synchronous ``future.get()`` of a C future (``flux.kvs.get(h, key)``)
+runs a reactor of libflux's own until the response is there; when that
+reactor asks ``pollevents`` and nothing is queued, the bridge runs the
+in-memory broker (as the in-memory ``get()`` does) until a response
+arrives, bounded as every in-memory wait is.
+
+What stays on the real clock: libev's timers.  A C future given a
+timeout (``then(cb, timeout=T)`` on a future libflux made) times out in
+real seconds.  Futures from the in-memory handle's own ``rpc()`` and its
+timers keep to the virtual clock.
+"""
+
+import errno
+import os
+import sys
+from collections import deque
+from typing import Any, Deque, Optional
+
+from flux.membroker._handle import Handle
+from flux.membroker._message import (
+    FLUX_MATCHTAG_NONE,
+    FLUX_MSGTYPE_EVENT,
+    FLUX_MSGTYPE_REQUEST,
+    FLUX_MSGTYPE_RESPONSE,
+    FLUX_NODEID_ANY,
+    FLUX_ROLE_OWNER,
+    FLUX_RPC_NORESPONSE,
+    FLUX_RPC_STREAMING,
+    Message,
+)
+
+#: Rounds of libflux's reactor one settling may take before it is an error
+#: (a then-callback that starts another future, over and over).
+SETTLE_LIMIT = 10_000
+
+
+def module_handle_class() -> type:
+    """The class of a module's in-memory handle: one whose ``handle`` is a
+    ``flux_t *`` when flux-core's bindings are importable, else :class:`Handle`."""
+    global _CLASS
+    if _CLASS is None:
+        try:
+            from _flux._core import ffi, lib  # noqa: F401
+            from flux.wrapper import WrapperBase
+        except ImportError:
+            _CLASS = Handle
+        else:
+            _CLASS = type("Handle", (Handle, WrapperBase), {
+                "__doc__": Handle.__doc__,
+                "__module__": Handle.__module__,
+                "handle": property(_flux_t, doc="The ``flux_t *`` libflux's calls take (see _libflux_bridge)."),
+                "aux_txn": None,  # flux.kvs keeps its implicit transaction here, as on flux.Flux
+            })
+    return _CLASS
+
+
+_CLASS: Optional[type] = None
+
+
+def _flux_t(handle: Handle) -> Any:
+    bridge = handle.__dict__.get("_libflux_bridge")
+    if bridge is None:
+        bridge = handle.__dict__["_libflux_bridge"] = LibfluxBridge(handle)
+    return bridge.ptr
+
+
+class _BridgeInbox:
+    """What the broker calls on the bridge: the interface it calls on a handle."""
+
+    def __init__(self, bridge: "LibfluxBridge") -> None:
+        self._bridge = bridge
+        self.rank = bridge._module._rank
+        self.record = bridge._module._record
+        self.subscriptions: list = []
+
+    def receive_response(self, msg: Message) -> None:
+        """Queue *msg* for libflux and have the module's strand dispatch it."""
+        self._bridge._queue_response(msg)
+
+    def deliver(self, msg: Message) -> None:
+        """Requests and events do not reach the bridge (it registers no service)."""
+
+    def watched_fds(self) -> list:
+        return []
+
+    def wake(self) -> None:
+        """Nothing to wake: the module's own handle polls."""
+
+
+class LibfluxBridge:
+    """A ``flux_t *`` whose connector is one module's in-memory link."""
+
+    def __init__(self, module: Handle) -> None:
+        from _flux._core import ffi, lib
+
+        self._ffi, self._lib = ffi, lib
+        self._module = module
+        self._route = f"{module._route}-libflux"
+        self._userid = module._userid
+        self._rolemask = module._rolemask
+        self._inbox = _BridgeInbox(self)
+        self._queue: Deque[Any] = deque()  # owned flux_msg_t *, for recv
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self._activity = 0  # messages sent or received: tells a round that did something
+        self._stepping = False  # True while the bridge itself runs libflux's reactor
+        self._ops = ffi.new("struct flux_handle_ops *")
+        # The callbacks must outlive the handle: kept on self.
+        self._callbacks = (
+            ffi.callback("int(void *)", self._op_pollfd),
+            ffi.callback("int(void *)", self._op_pollevents),
+            ffi.callback("int(void *, const flux_msg_t *, int)", self._op_send),
+            ffi.callback("flux_msg_t *(void *, int)", self._op_recv),
+        )
+        self._ops.pollfd, self._ops.pollevents, self._ops.send, self._ops.recv = self._callbacks
+        self.ptr = lib.flux_handle_create(ffi.NULL, self._ops, 0)
+        if self.ptr == ffi.NULL:
+            raise OSError(ffi.errno, "flux_handle_create() failed for the in-memory bridge")
+        self._reactor = lib.flux_get_reactor(self.ptr)
+        # Settle at the end of each round of the module's reactor: whatever
+        # the round's code did with libflux (a then() on a fulfilled future)
+        # runs in the same round, as on a real broker.
+        module.check_watcher_create(lambda *_: self.settle()).start()
+
+    # The connector's operations (called by libflux, on the module's strand)
+
+    def _op_pollfd(self, impl: Any) -> int:
+        return self._rfd
+
+    def _op_pollevents(self, impl: Any) -> int:
+        try:
+            os.read(self._rfd, 65536)
+        except BlockingIOError:
+            pass
+        if not self._queue and sys._getframe(1).f_code is not _SETTLE_CODE:
+            # Not the bridge's own round, so a reactor of libflux's own is
+            # about to wait (a synchronous get(), maybe from a continuation
+            # the round runs): run the in-memory broker until a response comes.
+            try:
+                self._module._sync_wait(lambda: bool(self._queue), "a response to a libflux request")
+            except BaseException as exc:  # noqa: BLE001 - no exception may cross into C
+                self._module._link.handler_failed(self._module._record, "a libflux get()", exc)
+                return self._lib.FLUX_POLLERR
+        return self._lib.FLUX_POLLOUT | (self._lib.FLUX_POLLIN if self._queue else 0)
+
+    def _op_send(self, impl: Any, cmsg: Any, flags: int) -> int:
+        try:
+            msg = self._from_c(cmsg)
+        except Exception:  # noqa: BLE001 - no exception may cross into C
+            self._ffi.errno = errno.EPROTO
+            return -1
+        self._activity += 1
+        if msg.type == FLUX_MSGTYPE_REQUEST:
+            msg._sender = self
+            self._module._link.send_request(msg)
+        elif msg.type == FLUX_MSGTYPE_EVENT:
+            self._module._link.publish(msg)
+        return 0
+
+    def _op_recv(self, impl: Any, flags: int) -> Any:
+        if not self._queue:
+            self._ffi.errno = errno.EAGAIN
+            return self._ffi.NULL
+        self._activity += 1
+        return self._queue.popleft()
+
+    # Messages between libflux and the in-memory broker
+
+    def _from_c(self, cmsg: Any) -> Message:
+        ffi, lib = self._ffi, self._lib
+        kind = ffi.new("int *")
+        lib.flux_msg_get_type(cmsg, kind)
+        topic = ffi.new("char **")
+        text = ffi.string(topic[0]).decode() if lib.flux_msg_get_topic(cmsg, topic) == 0 else ""
+        number = ffi.new("uint32_t *")
+        matchtag = int(number[0]) if lib.flux_msg_get_matchtag(cmsg, number) == 0 else FLUX_MATCHTAG_NONE
+        nodeid = int(number[0]) if lib.flux_msg_get_nodeid(cmsg, number) == 0 else FLUX_NODEID_ANY
+        flags = (FLUX_RPC_STREAMING if lib.flux_msg_is_streaming(cmsg) else 0) | (
+            FLUX_RPC_NORESPONSE if lib.flux_msg_is_noresponse(cmsg) else 0
+        )
+        data = ffi.new("void **")
+        size = ffi.new("size_t *")
+        payload = None
+        if lib.flux_msg_get_payload(cmsg, data, size) == 0 and size[0]:
+            payload = bytes(ffi.buffer(data[0], size[0])).rstrip(b"\0")
+        return Message(kind[0], text, payload, self._userid, self._rolemask, flags, matchtag, nodeid)
+
+    def _to_c(self, msg: Message) -> Any:
+        ffi, lib = self._ffi, self._lib
+        cmsg = lib.flux_msg_create(FLUX_MSGTYPE_RESPONSE)
+        lib.flux_msg_route_enable(cmsg)  # as flux_response_derive() leaves it: libflux drops it otherwise
+        lib.flux_msg_set_topic(cmsg, msg.topic.encode("utf-8", "surrogateescape"))
+        lib.flux_msg_set_matchtag(cmsg, msg._matchtag)
+        lib.flux_msg_set_userid(cmsg, self._userid)
+        lib.flux_msg_set_rolemask(cmsg, FLUX_ROLE_OWNER)
+        if msg._flags & FLUX_RPC_STREAMING:
+            lib.flux_msg_set_streaming(cmsg)
+        if msg._errnum:
+            lib.flux_msg_set_errnum(cmsg, msg._errnum)
+            if msg._errstr is not None:
+                lib.flux_msg_set_string(cmsg, msg._errstr.encode("utf-8", "surrogateescape"))
+        elif msg._payload is not None:
+            lib.flux_msg_set_string(cmsg, msg._payload.split(b"\0", 1)[0])
+        return cmsg
+
+    def _queue_response(self, msg: Message) -> None:
+        self._queue.append(self._to_c(msg))
+        try:
+            os.write(self._wfd, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the reader will find the queue anyway
+        self._module._post(self.settle)
+
+    # Running libflux's reactor
+
+    def settle(self) -> None:
+        """Run libflux's reactor, without waiting, until nothing is left to do
+        (see the module's docstring for the rule, and why two quiet rounds)."""
+        if self._stepping:
+            return  # already running it, further up this strand's stack
+        lib = self._lib
+        self._stepping = True
+        try:
+            quiet = 0
+            for _ in range(SETTLE_LIMIT):
+                before = self._activity
+                if lib.flux_reactor_run(self._reactor, lib.FLUX_REACTOR_NOWAIT) == 0 and not self._queue:
+                    return  # no watcher left: nothing can happen until libflux is called again
+                quiet = 0 if self._queue or self._activity != before else quiet + 1
+                if quiet == 2:
+                    return
+            raise RuntimeError(
+                f"libflux's reactor of module {self._module._record.name!r} did not settle in "
+                f"{SETTLE_LIMIT} rounds: a continuation keeps starting another"
+            )
+        finally:
+            self._stepping = False
+
+
+_SETTLE_CODE = LibfluxBridge.settle.__code__

@@ -1,0 +1,271 @@
+"""The services a Flux scheduler talks to, standing in for flux-core's own.
+
+A scheduler (a ``flux.scheduler.Scheduler`` subclass, or any module that
+speaks RFC 27) needs three services of the instance.  These modules answer
+as flux-core's do, on the in-memory broker's virtual clock:
+
+- ``resource``: ``resource.acquire``, a stream whose first answer is the
+  instance's R with every rank up (as flux-core's ``resource`` module
+  answers once all ranks have joined).
+- ``kvs``: ``kvs.commit`` and ``kvs.lookup`` of plain values, enough for
+  the R a scheduler stores for each job.
+- ``job-manager``: the RFC 27 side of flux-core's job manager.  It answers
+  ``sched-hello`` (no running jobs) and ``sched-ready``; then sends one
+  ``sched.alloc`` per pending job (no more than the scheduler's limit in
+  limited mode), without a matchtag, taking the answers by topic as
+  flux-core's does; starts a job when it is allocated, ends it after its
+  run time with ``sched.free``, and sends ``sched.cancel`` and
+  ``sched.prioritize``.  Jobs reach it from :class:`~flux.schedsim.Simulation`
+  through ``job-manager.sim-*`` requests, which are this stand-in's own.
+"""
+
+import base64
+import errno
+import heapq
+import json
+from typing import Any, Dict, List, Optional
+
+from flux.brokermod import BrokerModule, RequestError, request_handler
+from flux.membroker import Message
+from flux.membroker._message import FLUX_MSGTYPE_REQUEST, FLUX_MSGTYPE_RESPONSE, FLUX_RPC_NORESPONSE
+
+# RFC 27 alloc response types
+ALLOC_SUCCESS, ALLOC_ANNOTATE, ALLOC_DENY, ALLOC_CANCEL = 0, 1, 2, 3
+
+
+class Resource(BrokerModule):
+    """``resource.acquire``: R, all up, then nothing (resources never change)."""
+
+    def __init__(self, h: Any, *args: str) -> None:
+        super().__init__(h, *args)
+        self.R = json.loads(args[0])
+        self.streams: List[Any] = []
+
+    @request_handler("acquire")
+    def acquire(self, msg: Any) -> None:
+        ranks = self.R["execution"]["R_lite"]
+        up = ",".join(entry["rank"] for entry in ranks)
+        self.handle.respond(msg, {"resources": self.R, "up": up})
+        self.streams.append(msg)  # the stream stays open, as flux-core's does
+
+
+class KVS(BrokerModule):
+    """``kvs.commit`` and ``kvs.lookup`` of values (no directories, no namespaces)."""
+
+    def __init__(self, h: Any, *args: str) -> None:
+        super().__init__(h, *args)
+        self.store: Dict[str, Any] = {}
+        self.commits = 0
+
+    @request_handler("commit")
+    def commit(self, msg: Any) -> Dict[str, Any]:
+        for op in msg.payload["ops"]:
+            dirent = op["dirent"]
+            if dirent.get("type") == "val":
+                self.store[op["key"]] = dirent
+            else:
+                self.store.pop(op["key"], None)
+        self.commits += 1
+        return {"rootref": f"sim-{self.commits}", "rootseq": self.commits}
+
+    @request_handler("lookup")
+    def lookup(self, msg: Any) -> Dict[str, Any]:
+        key = msg.payload["key"]
+        if key not in self.store:
+            raise RequestError(errno.ENOENT, f"{key}: no such key in the simulation's KVS")
+        return {"key": key, "val": self.store[key]}
+
+    def value(self, key: str) -> Any:
+        """The JSON value stored under *key* (KeyError if none)."""
+        return json.loads(base64.b64decode(self.store[key]["data"]))
+
+
+class Job:
+    """One job of a simulation, as the stand-in job manager saw it."""
+
+    __slots__ = ("id", "jobspec", "runtime", "priority", "userid", "t_submit", "t_alloc", "t_end",
+                 "R", "annotations", "state", "note", "_alloc_sent", "_end_timer")
+
+    def __init__(self, jobid: int, jobspec: Dict[str, Any], runtime: float, priority: int,
+                 userid: int, t_submit: float) -> None:
+        #: The job's ID.
+        self.id = jobid
+        #: The jobspec the scheduler was given.
+        self.jobspec = jobspec
+        #: How long the job runs once started (virtual seconds).
+        self.runtime = runtime
+        #: Its priority (RFC 27: higher first).
+        self.priority = priority
+        #: The submitting user.
+        self.userid = userid
+        #: Submission time (the simulation's wall clock).
+        self.t_submit = t_submit
+        #: When the scheduler allocated it (None until then).
+        self.t_alloc: Optional[float] = None
+        #: When it ended (None while pending or running).
+        self.t_end: Optional[float] = None
+        #: The R the scheduler allocated.
+        self.R: Optional[Dict[str, Any]] = None
+        #: The annotations the scheduler set, merged as flux-core merges them.
+        self.annotations: Dict[str, Any] = {}
+        #: ``pending``, ``running``, ``complete``, ``denied`` or ``canceled``.
+        self.state = "pending"
+        #: Why it was denied, if it was.
+        self.note: Optional[str] = None
+        self._alloc_sent = False
+        self._end_timer: Any = None
+
+    @property
+    def wait(self) -> Optional[float]:
+        """Seconds from submission to allocation (None if never allocated)."""
+        return None if self.t_alloc is None else self.t_alloc - self.t_submit
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.state} t_submit={self.t_submit} t_alloc={self.t_alloc}>"
+
+
+def _merge(into: Dict[str, Any], update: Dict[str, Any]) -> None:
+    """Merge annotations as flux-core does: a null value deletes the key."""
+    for key, value in update.items():
+        if value is None:
+            into.pop(key, None)
+        elif isinstance(value, dict):
+            _merge(into.setdefault(key, {}), value)
+            if not into[key]:
+                del into[key]
+        else:
+            into[key] = value
+
+
+class JobManager(BrokerModule):
+    """The RFC 27 side of flux-core's job manager, on virtual time."""
+
+    def __init__(self, h: Any, *args: str) -> None:
+        super().__init__(h, *args)
+        #: Every job, by ID, in submission order.
+        self.jobs: Dict[int, Job] = {}
+        self.epoch = float(args[0]) if args else 0.0
+        self.limit: Optional[int] = None  # None: unlimited
+        self.ready = False
+        self.outstanding = 0  # alloc requests sent and not answered finally
+        # Jobs waiting for an alloc request: a heap of (-priority, id), the
+        # order flux-core's job manager sends them in (highest priority, then oldest).
+        self.pending: List[Any] = []
+        #: How many jobs have ended (complete, denied or canceled).
+        self.ended = 0
+        self.allocations: List[int] = []  # job IDs in the order they were allocated
+        self.handle.msg_watcher_create(self._alloc_response, FLUX_MSGTYPE_RESPONSE, "sched.alloc").start()
+
+    def now(self) -> float:
+        """The simulation's wall clock: the epoch plus the virtual clock."""
+        return self.epoch + self.handle.reactor_now(self.handle.get_reactor())
+
+    # The RFC 27 protocol
+
+    @request_handler("sched-hello")
+    def sched_hello(self, msg: Any) -> None:
+        self.handle.respond_error(msg, errno.ENODATA, None)  # no running jobs
+
+    @request_handler("sched-ready")
+    def sched_ready(self, msg: Any) -> Dict[str, Any]:
+        mode = msg.payload.get("mode")
+        if mode == "limited":
+            self.limit = int(msg.payload["limit"])
+        elif mode != "unlimited":
+            raise RequestError(errno.EPROTO, f"sched-ready: unknown mode {mode!r}")
+        self.ready = True
+        self._send_allocs()
+        return {"count": len(self.pending)}
+
+    def _send_allocs(self) -> None:
+        if not self.ready:
+            return
+        while self.pending and (self.limit is None or self.outstanding < self.limit):
+            job = self.jobs[heapq.heappop(self.pending)[1]]
+            payload = {"id": job.id, "priority": job.priority, "userid": job.userid,
+                       "t_submit": job.t_submit, "jobspec": job.jobspec}
+            job._alloc_sent = True
+            self.outstanding += 1
+            self.handle.send(Message(FLUX_MSGTYPE_REQUEST, "sched.alloc", json.dumps(payload).encode()))
+
+    def _alloc_response(self, h: Any, watcher: Any, msg: Any, args: Any) -> None:
+        p = msg.payload
+        job = self.jobs[p["id"]]
+        kind = p["type"]
+        if "annotations" in p:
+            _merge(job.annotations, p["annotations"])
+        if kind == ALLOC_ANNOTATE:
+            return
+        self.outstanding -= 1
+        if kind == ALLOC_SUCCESS:
+            job.state, job.R, job.t_alloc = "running", p["R"], self.now()
+            self.allocations.append(job.id)
+            job._end_timer = self.handle.timer_watcher_create(job.runtime, self._job_ends, args=job)
+            job._end_timer.start()
+        elif kind == ALLOC_DENY:
+            job.state, job.note = "denied", p.get("note")
+            self._end(job)
+        elif kind == ALLOC_CANCEL:
+            job.state = "canceled"
+            self._end(job)
+        self._send_allocs()
+
+    def _end(self, job: Job) -> None:
+        job.t_end = self.now()
+        self.ended += 1
+
+    def _job_ends(self, h: Any, watcher: Any, revents: int, job: Job) -> None:
+        job.state = "complete"
+        self._end(job)
+        job._end_timer = None
+        self._noresponse("sched.free", {"id": job.id, "R": job.R, "final": True})
+
+    def _noresponse(self, topic: str, payload: Dict[str, Any]) -> None:
+        self.handle.rpc(topic, payload, flags=FLUX_RPC_NORESPONSE)
+
+    # The simulation's requests (this stand-in's own)
+
+    @request_handler("sim-submit")
+    def sim_submit(self, msg: Any) -> Dict[str, Any]:
+        p = msg.payload
+        jobid = len(self.jobs) + 1
+        self.jobs[jobid] = Job(jobid, p["jobspec"], float(p["runtime"]), int(p["priority"]),
+                               int(p["userid"]), self.now())
+        heapq.heappush(self.pending, (-self.jobs[jobid].priority, jobid))
+        self._send_allocs()
+        return {"id": jobid}
+
+    @request_handler("sim-cancel")
+    def sim_cancel(self, msg: Any) -> Dict[str, Any]:
+        job = self.jobs.get(msg.payload["id"])
+        if job is None:
+            raise RequestError(errno.ENOENT, f"no job {msg.payload['id']}")
+        if job.state == "running":
+            job._end_timer.stop()
+            self._job_ends(self.handle, None, 0, job)
+            job.state = "canceled"
+        elif job.state == "pending":
+            if job._alloc_sent:
+                self._noresponse("sched.cancel", {"id": job.id})  # the alloc is answered with type 3
+            else:
+                self.pending.remove((-job.priority, job.id))
+                heapq.heapify(self.pending)
+                job.state = "canceled"
+                self._end(job)
+        return {}
+
+    @request_handler("sim-priority")
+    def sim_priority(self, msg: Any) -> Dict[str, Any]:
+        job = self.jobs[msg.payload["id"]]
+        if job.state != "pending":
+            raise RequestError(errno.EINVAL, f"job {job.id} is {job.state}, not pending")
+        if job._alloc_sent:
+            job.priority = int(msg.payload["priority"])
+            self._noresponse("sched.prioritize", {"jobs": [[job.id, job.priority]]})
+        else:
+            self.pending.remove((-job.priority, job.id))
+            job.priority = int(msg.payload["priority"])
+            heapq.heappush(self.pending, (-job.priority, job.id))
+            heapq.heapify(self.pending)
+        self._send_allocs()
+        return {}

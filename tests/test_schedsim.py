@@ -1,0 +1,143 @@
+"""flux-core's schedulers, unchanged, in the in-memory broker on virtual time.
+
+These need flux-core's Python bindings in this process (``flux python -m
+pytest``); ``test_schedsim_under_flux.py`` runs this file so whenever
+``flux`` is on PATH.
+"""
+
+import os
+
+import pytest
+
+try:
+    import _flux._core  # noqa: F401
+    import flux.scheduler  # noqa: F401
+except ImportError:
+    pytest.skip("needs flux-core 0.88+'s Python bindings in this process: run under `flux python -m pytest` "
+                "(test_schedsim_under_flux.py does, when flux is on PATH)", allow_module_level=True)
+
+from flux.schedsim import EPOCH, Simulation, read_swf  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRACE = os.path.join(HERE, "data", "tiny.swf")
+
+
+def lite(job):
+    return job.R["execution"]["R_lite"]
+
+
+def test_a_kvs_commit_continuation_and_a_synchronous_lookup_run_through_libflux(tmp_path):
+    from flux.membroker import Broker
+    from flux.schedsim._services import KVS
+
+    module = tmp_path / "user.py"
+    module.write_text(
+        "import flux.kvs\n"
+        "from flux.brokermod import BrokerModule, request_handler\n"
+        "class user(BrokerModule):\n"
+        "    @request_handler('put')\n"
+        "    def put(self, msg):\n"
+        "        txn = flux.kvs.KVSTxn(self.handle)\n"
+        "        txn.put('a.b', {'x': 1})\n"
+        "        flux.kvs.commit_async(self.handle, _kvstxn=txn).then(self.done, msg)\n"
+        "    def done(self, future, msg):\n"
+        "        future.get()\n"
+        "        self.handle.respond(msg, {'now': flux.kvs.get(self.handle, 'a.b')})\n"
+    )
+    broker = Broker()
+    try:
+        broker.load(KVS, name="kvs")
+        broker.load(str(module))
+        assert broker.rpc("user.put").get() == {"now": {"x": 1}}
+        assert broker.now == 0.0  # the continuation ran without the clock moving
+    finally:
+        broker.close()
+
+
+def test_sched_fifo_runs_jobs_in_strict_fifo_order_on_virtual_time():
+    with Simulation("sched-fifo", nodes=4, cores=8) as sim:
+        big = sim.submit(nnodes=2, ncores=8, runtime=600)
+        whole = sim.submit(nnodes=4, ncores=8, runtime=60)
+        small = sim.submit(nnodes=1, ncores=8, runtime=30)
+        sim.run()
+        jobs = sim.jobs
+        assert sim.allocations == [big, whole, small]
+        assert jobs[big].t_alloc == EPOCH
+        assert jobs[whole].t_alloc == EPOCH + 600  # waited for the first to end
+        assert jobs[small].t_alloc == EPOCH + 660  # strict FIFO: no backfill past the whole-machine job
+        assert lite(jobs[whole]) == [{"rank": "0-3", "children": {"core": "0-7"}}]
+        # R is stamped with the virtual clock (flux_reactor_now) and the job's time limit
+        execution = jobs[whole].R["execution"]
+        assert (execution["starttime"], execution["expiration"]) == (EPOCH + 600, EPOCH + 660)
+        assert jobs[whole].annotations == {"sched": {"resource_summary": "rank[0-3]/core[0-7]"}}
+        assert sim.summary()["utilisation"] == pytest.approx((2 * 8 * 600 + 4 * 8 * 60 + 8 * 30) / (32 * 690))
+
+
+def test_the_same_jobs_give_the_same_allocations_every_run():
+    def run():
+        with Simulation("sched-fifo", "queue-depth=unlimited", nodes=8, cores=4) as sim:
+            for i in range(60):
+                sim.submit(nnodes=1 + i % 3, ncores=1 + i % 4, runtime=10 + (i * 37) % 300, at=EPOCH + i)
+            sim.run()
+            return sim.allocations, [(j.t_alloc, lite(j)) for j in sim.jobs.values()]
+
+    first = run()
+    assert len(first[0]) == 60
+    assert run() == first
+
+
+def test_a_pending_job_canceled_leaves_the_queue_and_the_next_one_runs():
+    with Simulation("sched-fifo", nodes=2, cores=4) as sim:
+        running = sim.submit(nnodes=2, ncores=4, runtime=100)
+        doomed = sim.submit(nnodes=2, ncores=4, runtime=100)
+        after = sim.submit(nnodes=1, ncores=4, runtime=10)
+        sim.run(until=EPOCH + 50)
+        assert sim.jobs[doomed].state == "pending"
+        sim.cancel(doomed)
+        sim.run()
+        assert sim.jobs[doomed].state == "canceled"
+        assert sim.jobs[doomed].t_end == EPOCH + 50
+        assert sim.jobs[after].t_alloc == EPOCH + 100
+        assert sim.allocations == [running, after]
+
+
+def test_a_job_no_instance_could_hold_is_denied_with_the_schedulers_reason():
+    with Simulation("sched-fifo", nodes=2, cores=4) as sim:
+        job = sim.submit(nnodes=3, ncores=4, runtime=10)
+        sim.run()
+        assert sim.jobs[job].state == "denied"
+        assert "node" in sim.jobs[job].note
+
+
+def test_limited_mode_keeps_at_most_the_queue_depth_of_alloc_requests_outstanding():
+    with Simulation("sched-fifo", "queue-depth=3", nodes=1, cores=1) as sim:
+        for _ in range(10):
+            sim.submit(ncores=1, runtime=5)
+        assert sim._jm.limit == 3
+        assert sim._jm.outstanding == 3
+        sim.run()
+        assert sim.allocations == list(range(1, 11))
+        assert sim.jobs[10].t_alloc == EPOCH + 45
+
+
+def test_sched_backfill_starts_a_short_job_ahead_of_a_blocked_one():
+    with Simulation("sched-backfill", nodes=4, cores=4) as sim:
+        sim.submit(nnodes=3, ncores=4, runtime=1000)
+        blocked = sim.submit(nnodes=4, ncores=4, runtime=100)
+        short = sim.submit(nnodes=1, ncores=4, runtime=50)
+        sim.run()
+        assert sim.jobs[short].t_alloc == EPOCH  # fits the hole and ends before the blocked job could start
+        assert sim.jobs[blocked].t_alloc == EPOCH + 1000
+
+
+def test_an_swf_trace_replays_under_two_policies_and_backfill_waits_less():
+    trace = list(read_swf(TRACE))
+    assert len(trace) == 9  # job 7 never ran
+    figures = {}
+    for policy in ("sched-fifo", "sched-backfill"):
+        with Simulation(policy, "queue-depth=unlimited", nodes=4, cores=32) as sim:
+            sim.replay(trace)
+            figures[policy] = sim.summary()
+            assert figures[policy]["started"] == 9
+    assert figures["sched-backfill"]["mean_wait"] < figures["sched-fifo"]["mean_wait"]
+    assert 0 < figures["sched-fifo"]["utilisation"] <= 1

@@ -1,0 +1,161 @@
+"""The stand-in services of flux.schedsim, with a scheduler of this library's
+own that speaks RFC 27 (no flux-core needed: these run everywhere)."""
+
+import errno
+import io
+
+import pytest
+
+from flux.schedsim import EPOCH, Simulation, read_swf
+
+# First come, first served on one-core slots; R names the slots as cores of rank 0.
+TINY_SCHEDULER = '''
+import heapq
+from flux.brokermod import BrokerModule, request_handler
+from flux.constants import FLUX_RPC_STREAMING
+
+class tinysched(BrokerModule):
+    def __init__(self, h, *args):
+        super().__init__(h, *args)
+        self.free_cores = None
+        self.queue = []
+        self.requests = {}
+
+    def setup(self):
+        self.handle.service_register("sched").get()
+        acquire = self.handle.rpc("resource.acquire", flags=FLUX_RPC_STREAMING).get()
+        lite = acquire["resources"]["execution"]["R_lite"][0]["children"]["core"]
+        last = int(lite.split("-")[-1])
+        self.free_cores = list(range(last + 1))
+        hello = self.handle.rpc("job-manager.sched-hello", {"partial-ok": False}, flags=FLUX_RPC_STREAMING)
+        try:
+            hello.get()
+        except OSError:
+            pass
+        self.handle.rpc("job-manager.sched-ready", {"mode": "limited", "limit": 2}).get()
+
+    def cores_of(self, jobspec):
+        return jobspec["resources"][0]["count"] * jobspec["resources"][0]["with"][0]["count"]
+
+    @request_handler("sched.alloc", prefix=False)
+    def alloc(self, msg):
+        p = msg.payload
+        if self.cores_of(p["jobspec"]) > 4:
+            self.handle.respond(msg, {"id": p["id"], "type": 2, "note": "more cores than there are"})
+            return
+        heapq.heappush(self.queue, (p["id"], p["jobspec"]))
+        self.requests[p["id"]] = msg
+        self.handle.respond(msg, {"id": p["id"], "type": 1, "annotations": {"sched": {"queued": True}}})
+        self.schedule()
+
+    def schedule(self):
+        while self.queue and self.cores_of(self.queue[0][1]) <= len(self.free_cores):
+            jobid, spec = heapq.heappop(self.queue)
+            n = self.cores_of(spec)
+            cores, self.free_cores = self.free_cores[:n], self.free_cores[n:]
+            R = {"version": 1, "execution": {"R_lite": [{"rank": "0", "children": {"core": ",".join(map(str, cores))}}]}}
+            self.handle.respond(self.requests.pop(jobid), {"id": jobid, "type": 0, "R": R,
+                                                          "annotations": {"sched": {"queued": None}}})
+
+    @request_handler("sched.free", prefix=False)
+    def free(self, msg):
+        cores = msg.payload["R"]["execution"]["R_lite"][0]["children"]["core"]
+        self.free_cores = sorted(self.free_cores + [int(c) for c in cores.split(",")])
+        self.schedule()
+
+    @request_handler("sched.cancel", prefix=False)
+    def cancel(self, msg):
+        jobid = msg.payload["id"]
+        self.queue = [entry for entry in self.queue if entry[0] != jobid]
+        heapq.heapify(self.queue)
+        self.handle.respond(self.requests.pop(jobid), {"id": jobid, "type": 3})
+'''
+
+
+@pytest.fixture
+def tiny(write):
+    path = write("tinysched.py", TINY_SCHEDULER)
+    with Simulation(path, nodes=1, cores=4) as sim:
+        yield sim
+
+
+def test_jobs_start_when_allocated_and_end_after_their_run_time(tiny):
+    first = tiny.submit(ntasks=3, runtime=100)
+    second = tiny.submit(ntasks=2, runtime=10)
+    third = tiny.submit(ntasks=1, runtime=10)
+    tiny.run()
+    jobs = tiny.jobs
+    assert tiny.allocations == [first, second, third]
+    assert [jobs[j].t_alloc - EPOCH for j in (first, second, third)] == [0, 100, 100]
+    assert jobs[first].t_end == EPOCH + 100
+    assert jobs[second].R["execution"]["R_lite"][0]["children"]["core"] == "0,1"
+    assert jobs[first].annotations == {}  # a null annotation removes the key, as flux-core merges them
+    assert tiny.summary()["utilisation"] == pytest.approx((3 * 100 + 2 * 10 + 10) / (4 * 110))
+
+
+def test_limited_mode_sends_no_more_alloc_requests_than_the_scheduler_asked_for(tiny):
+    for _ in range(5):
+        tiny.submit(ntasks=4, runtime=10)
+    assert (tiny._jm.limit, tiny._jm.outstanding) == (2, 2)
+    tiny.run()
+    assert [tiny.jobs[j].t_alloc - EPOCH for j in range(1, 6)] == [0, 10, 20, 30, 40]
+
+
+def test_a_denied_job_ends_with_the_schedulers_note(tiny):
+    job = tiny.submit(ntasks=5, runtime=10)
+    tiny.run()
+    assert (tiny.jobs[job].state, tiny.jobs[job].note) == ("denied", "more cores than there are")
+
+
+def test_cancel_ends_a_pending_job_through_the_scheduler_and_a_running_one_at_once(tiny):
+    running = tiny.submit(ntasks=4, runtime=100)
+    sent = tiny.submit(ntasks=4, runtime=100)  # the scheduler holds its alloc request
+    queued = tiny.submit(ntasks=4, runtime=100)  # beyond the limit: still with the job manager
+    last = tiny.submit(ntasks=1, runtime=1)
+    tiny.run(until=EPOCH + 5)
+    tiny.cancel(sent)
+    tiny.cancel(queued)
+    tiny.cancel(running)
+    tiny.run()
+    assert [tiny.jobs[j].state for j in (running, sent, queued, last)] == ["canceled", "canceled", "canceled", "complete"]
+    assert tiny.jobs[last].t_alloc == EPOCH + 5
+    with pytest.raises(OSError) as info:
+        tiny.cancel(99)
+    assert info.value.errno == errno.ENOENT
+
+
+def test_a_job_nothing_will_ever_start_is_a_clear_error_not_a_hang(tiny):
+    tiny.submit(ntasks=4, runtime=10)
+    tiny.submit(ntasks=4, runtime=10)
+    tiny.broker.remove("tinysched")  # the scheduler goes: nothing will allocate the second job
+    with pytest.raises(OSError) as info:
+        tiny.run()
+    assert info.value.errno == errno.EDEADLK and "every job to end" in str(info.value)
+
+
+def test_submitting_in_the_past_is_refused(tiny):
+    tiny.run(until=EPOCH + 10)
+    with pytest.raises(ValueError, match="before the simulation's clock"):
+        tiny.submit(at=EPOCH + 5)
+
+
+def test_read_swf_takes_the_fields_a_replay_needs_and_skips_jobs_that_never_ran():
+    jobs = list(read_swf(io.StringIO("; header\n1 0 -1 60 4 -1 -1 8 120 -1 1 1 1 -1 1 -1 -1 -1\n"
+                                     "2 5 -1 0 4 -1 -1 4 60 -1 0 1 1 -1 1 -1 -1 -1\n"
+                                     "3 9 -1 30 4 -1 -1 -1 -1 -1 1 1 1 -1 1 -1 -1 -1\n")))
+    assert [(j.number, j.submit, j.runtime, j.processors, j.requested_time) for j in jobs] == [
+        (1, 0.0, 60.0, 8, 120.0), (3, 9.0, 30.0, 4, 30.0)]
+
+
+def test_read_swf_names_the_line_that_is_not_swf():
+    with pytest.raises(ValueError, match="line 2: 3 fields"):
+        list(read_swf(io.StringIO("; ok\n1 2 3\n")))
+    with pytest.raises(ValueError, match="line 1: "):
+        list(read_swf(io.StringIO("1 x -1 60 4 -1 -1 8 120 -1 1 1 1 -1 1 -1 -1 -1\n")))
+
+
+def test_a_scheduler_name_without_flux_core_is_refused_in_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-sched"):
+        Simulation("no-such-sched")
+    with pytest.raises(FileNotFoundError, match="no such scheduler file"):
+        Simulation(str(tmp_path / "missing.py"))
