@@ -142,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     modprobe.add_argument("file", metavar="FILE", help="the module's .py file")
     modprobe.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help="module arguments")
 
+    from flux.schedsim._cli import add_parser as add_simulate
+
+    add_simulate(sub)
+
     sub.add_parser(
         "check",
         help="tell whether a Flux instance runs .py modules on this library",
@@ -571,6 +575,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         return check()
     if options.command == "modprobe":
         return modprobe_files(options)
+    if options.command == "simulate":
+        from flux.schedsim._cli import simulate
+
+        return simulate(options)
     if options.command == "setup":
         try:
             lines = setup_lines(options.check)

@@ -141,3 +141,24 @@ def test_an_swf_trace_replays_under_two_policies_and_backfill_waits_less():
             assert figures[policy]["started"] == 9
     assert figures["sched-backfill"]["mean_wait"] < figures["sched-fifo"]["mean_wait"]
     assert 0 < figures["sched-fifo"]["utilisation"] <= 1
+
+
+def test_simulate_prints_each_policys_figures_for_a_trace(capsys):
+    from flux._brokermod_cli import main
+
+    assert main(["simulate", "--swf", TRACE, "--nodes", "4", "--cores", "32",
+                 "--sched-arg", "queue-depth=unlimited", "sched-fifo", "sched-backfill"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"9 jobs of {TRACE} on 4 nodes x 32 cores"
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert set(rows) == {"sched-fifo", "sched-backfill"}
+    assert float(rows["sched-backfill"][2]) < float(rows["sched-fifo"][2])  # mean wait
+
+
+def test_simulate_names_a_bad_trace_line(tmp_path, capsys):
+    from flux._brokermod_cli import main
+
+    bad = tmp_path / "bad.swf"
+    bad.write_text("1 0 -1 60\n")
+    assert main(["simulate", "--swf", str(bad), "--cores", "4", "sched-fifo"]) == 1
+    assert capsys.readouterr().err.strip() == f"flux-brokermod: simulate: {bad}: line 1: 4 fields, an SWF job line has 18"

@@ -159,3 +159,14 @@ def test_a_scheduler_name_without_flux_core_is_refused_in_one_line(tmp_path):
         Simulation("no-such-sched")
     with pytest.raises(FileNotFoundError, match="no such scheduler file"):
         Simulation(str(tmp_path / "missing.py"))
+
+
+def test_simulate_without_flux_core_says_what_it_needs_in_one_line(tmp_path, monkeypatch, capsys):
+    from flux._brokermod_cli import main
+
+    monkeypatch.setenv("FLUX_BROKERMOD_FLUX", str(tmp_path / "no-flux"))
+    monkeypatch.setitem(__import__("sys").modules, "flux.scheduler", None)  # as without flux-core 0.88+
+    assert main(["simulate", "--swf", "x.swf", "--cores", "4", "sched-fifo"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["flux-brokermod: simulate: needs flux-core 0.88+'s Python bindings (flux.scheduler): "
+                   "no flux on PATH (nor $FLUX_BROKERMOD_FLUX)"]
