@@ -162,3 +162,71 @@ def test_simulate_names_a_bad_trace_line(tmp_path, capsys):
     bad.write_text("1 0 -1 60\n")
     assert main(["simulate", "--swf", str(bad), "--cores", "4", "sched-fifo"]) == 1
     assert capsys.readouterr().err.strip() == f"flux-brokermod: simulate: {bad}: line 1: 4 fields, an SWF job line has 18"
+
+
+# Cores and run time (seconds) of each job: distinct end times, so that the
+# order of events does not depend on a real instance's overheads.
+DIFFERENTIAL_JOBS = [(4, 2), (8, 4), (16, 1), (2, 3), (6, 2), (4, 5), (12, 1), (2, 2)]
+
+INSIDE = """set -e
+flux module remove sched-simple
+flux module load sched-fifo queue-depth=unlimited
+flux queue stop
+for spec in {specs}; do
+  set -- $spec
+  flux submit -n $1 -t 100s --setattr=system.exec.test.run_duration=${{2}}s true
+done > ids
+flux queue start
+flux queue drain
+for id in $(cat ids); do
+  printf '{{"alloc": %s, "R": %s, "jobspec": %s}}\\n' \\
+    "$(flux job eventlog $id | awk '$2=="alloc"{{print $1}}')" "$(flux job info $id R)" "$(flux job info $id jobspec)"
+done
+"""
+
+
+def test_sched_fifo_allocates_as_on_a_real_instance_with_simulated_execution(tmp_path):
+    """The differential test: the same jobs, through the same sched-fifo, on
+    ``flux start --test-size=1`` (simulated execution) and in memory."""
+    import json
+    import socket
+    import subprocess
+
+    from flux.brokermod_testing import find_flux
+
+    flux = find_flux()
+    if flux is None:
+        pytest.skip("no real Flux: flux-core not found on PATH (or $FLUX_BROKERMOD_FLUX)")
+    R = subprocess.run([flux, "R", "encode", "-r", "0", "-c", "0-15", "-H", socket.gethostname()],
+                       capture_output=True, text=True, check=True).stdout
+    (tmp_path / "R.json").write_text(R)
+    (tmp_path / "conf.toml").write_text(f'[resource]\nnoverify = true\npath = "{tmp_path / "R.json"}"\n')
+    specs = " ".join(f'"{cores} {seconds}"' for cores, seconds in DIFFERENTIAL_JOBS)
+    (tmp_path / "inside.sh").write_text(INSIDE.format(specs=specs))
+    run = subprocess.run([flux, "start", "--test-size=1", f"--config-path={tmp_path / 'conf.toml'}",
+                          "bash", str(tmp_path / "inside.sh")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    real = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(real) == len(DIFFERENTIAL_JOBS)
+
+    with Simulation("sched-fifo", "queue-depth=unlimited", nodes=1, cores=16) as sim:
+        ids = [sim.submit(spec=job["jobspec"], runtime=seconds)
+               for job, (_, seconds) in zip(real, DIFFERENTIAL_JOBS)]
+        sim.run()
+        memory = [sim.jobs[i] for i in ids]
+
+    def order(times):
+        return sorted(range(len(times)), key=lambda i: (times[i], i))
+
+    t0 = min(job["alloc"] for job in real)
+    real_times = [round(job["alloc"] - t0) for job in real]  # seconds; a real instance adds milliseconds
+    memory_times = [job.t_alloc - memory[0].t_alloc for job in memory]
+    assert real_times == memory_times
+    assert order([job["alloc"] for job in real]) == order([job.t_alloc for job in memory])
+    for real_job, memory_job in zip(real, memory):
+        assert memory_job.R["execution"]["R_lite"] == real_job["R"]["execution"]["R_lite"]
+        assert memory_job.R["execution"].get("nslots") == real_job["R"]["execution"].get("nslots")
+        duration = real_job["R"]["execution"]["expiration"] - real_job["R"]["execution"]["starttime"]
+        execution = memory_job.R["execution"]
+        assert execution["expiration"] - execution["starttime"] == pytest.approx(duration)
