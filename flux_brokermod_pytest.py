@@ -34,7 +34,7 @@ and ``flux.constants`` and ``flux.message`` import even without flux-core.
 import os
 import sys
 import types
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -151,6 +151,36 @@ def membroker(request: Any) -> Iterator[Any]:
             broker.close()
         _report_log(request, "membroker", broker.dmesg())
     _fail_on_handler_errors(request, broker.handler_errors)
+
+
+@pytest.fixture
+def flux_sched_simulation() -> Iterator[Callable[..., Any]]:
+    """Make scheduler simulations (:class:`flux.schedsim.Simulation`):
+    ``flux_sched_simulation("sched-fifo", nodes=4, cores=8)`` loads a
+    scheduler (a file, or one of flux-core's by name), unchanged, beside
+    stand-in ``resource``, ``kvs`` and ``job-manager`` services, on virtual
+    time.  Each is closed after the test.  Schedulers built on
+    ``flux.scheduler`` need flux-core 0.88+'s Python bindings in the test's
+    process (``flux env python -m pytest``): without them, the test is
+    skipped, saying so."""
+    from flux.schedsim import Simulation
+
+    made: List[Any] = []
+
+    def make(scheduler: str, *args: str, **kwargs: Any) -> Any:
+        if not scheduler.endswith(".py"):
+            try:
+                import flux.scheduler  # noqa: F401
+            except ImportError as exc:
+                pytest.skip(f"{scheduler} needs flux-core 0.88+'s Python bindings in this process "
+                            f"(run pytest under `flux env`): {exc}")
+        sim = Simulation(scheduler, *args, **kwargs)
+        made.append(sim)
+        return sim
+
+    yield make
+    for sim in made:
+        sim.close()
 
 
 @pytest.fixture

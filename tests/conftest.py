@@ -106,7 +106,7 @@ def target(request):
 
 # The package's pytest plugin (registered by its entry point when installed);
 # imported here too so the suite also runs from a plain checkout.
-from flux_brokermod_pytest import flux_broker, flux_instance, flux_session_instances, membroker  # noqa: E402,F401
+from flux_brokermod_pytest import flux_broker, flux_instance, flux_sched_simulation, flux_session_instances, membroker  # noqa: E402,F401
 from flux_brokermod_pytest import pytest_addoption as _plugin_addoption  # noqa: E402
 from flux_brokermod_pytest import pytest_configure as _plugin_configure  # noqa: E402
 

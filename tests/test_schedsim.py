@@ -120,14 +120,14 @@ def test_limited_mode_keeps_at_most_the_queue_depth_of_alloc_requests_outstandin
         assert sim.jobs[10].t_alloc == EPOCH + 45
 
 
-def test_sched_backfill_starts_a_short_job_ahead_of_a_blocked_one():
-    with Simulation("sched-backfill", nodes=4, cores=4) as sim:
-        sim.submit(nnodes=3, ncores=4, runtime=1000)
-        blocked = sim.submit(nnodes=4, ncores=4, runtime=100)
-        short = sim.submit(nnodes=1, ncores=4, runtime=50)
-        sim.run()
-        assert sim.jobs[short].t_alloc == EPOCH  # fits the hole and ends before the blocked job could start
-        assert sim.jobs[blocked].t_alloc == EPOCH + 1000
+def test_sched_backfill_starts_a_short_job_ahead_of_a_blocked_one(flux_sched_simulation):
+    sim = flux_sched_simulation("sched-backfill", nodes=4, cores=4)
+    sim.submit(nnodes=3, ncores=4, runtime=1000)
+    blocked = sim.submit(nnodes=4, ncores=4, runtime=100)
+    short = sim.submit(nnodes=1, ncores=4, runtime=50)
+    sim.run()
+    assert sim.jobs[short].t_alloc == EPOCH  # fits the hole and ends before the blocked job could start
+    assert sim.jobs[blocked].t_alloc == EPOCH + 1000
 
 
 def test_an_swf_trace_replays_under_two_policies_and_backfill_waits_less():

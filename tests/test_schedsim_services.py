@@ -73,10 +73,8 @@ class tinysched(BrokerModule):
 
 
 @pytest.fixture
-def tiny(write):
-    path = write("tinysched.py", TINY_SCHEDULER)
-    with Simulation(path, nodes=1, cores=4) as sim:
-        yield sim
+def tiny(write, flux_sched_simulation):
+    return flux_sched_simulation(write("tinysched.py", TINY_SCHEDULER), nodes=1, cores=4)
 
 
 def test_jobs_start_when_allocated_and_end_after_their_run_time(tiny):
@@ -170,3 +168,9 @@ def test_simulate_without_flux_core_says_what_it_needs_in_one_line(tmp_path, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["flux-brokermod: simulate: needs flux-core 0.88+'s Python bindings (flux.scheduler): "
                    "no flux on PATH (nor $FLUX_BROKERMOD_FLUX)"]
+
+
+def test_the_fixture_skips_saying_why_when_flux_cores_scheduler_cannot_run(flux_sched_simulation, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "flux.scheduler", None)  # as without flux-core 0.88+
+    with pytest.raises(pytest.skip.Exception, match="sched-fifo needs flux-core 0.88\\+'s Python bindings"):
+        flux_sched_simulation("sched-fifo")
