@@ -37,7 +37,7 @@ from flux.schedsim._services import KVS, Job, JobManager, Resource  # noqa: E402
 from flux.schedsim._swf import SWFJob, read_swf  # noqa: E402
 from flux.schedsim._wallclock import WallClock  # noqa: E402
 
-__all__ = ["Simulation", "Job", "SWFJob", "read_swf", "scheduler_path", "jobspec"]
+__all__ = ["EPOCH", "Simulation", "Job", "SWFJob", "read_swf", "scheduler_path", "jobspec"]
 
 #: The simulation's wall clock at virtual time 0 (2023-11-14T22:13:20Z):
 #: fixed, so that every run stamps the same times.
