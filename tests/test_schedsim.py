@@ -230,3 +230,17 @@ def test_sched_fifo_allocates_as_on_a_real_instance_with_simulated_execution(tmp
         duration = real_job["R"]["execution"]["expiration"] - real_job["R"]["execution"]["starttime"]
         execution = memory_job.R["execution"]
         assert execution["expiration"] - execution["starttime"] == pytest.approx(duration)
+
+
+def test_a_reloaded_scheduler_takes_running_jobs_back_from_the_kvs_through_hello(flux_sched_simulation):
+    sim = flux_sched_simulation("sched-fifo", nodes=4, cores=4)
+    running = sim.submit(nnodes=2, ncores=4, runtime=600)
+    sim.run(until=EPOCH + 100)
+    sim.reload_scheduler("queue-depth=unlimited")
+    later = sim.submit(nnodes=2, ncores=4, runtime=10)
+    sim.run()
+    assert lite(sim.jobs[running]) == [{"rank": "0-1", "children": {"core": "0-3"}}]
+    # the new scheduler knew ranks 0-1 were taken: it looked R up with flux.kvs.get (a synchronous libflux get)
+    assert lite(sim.jobs[later]) == [{"rank": "2-3", "children": {"core": "0-3"}}]
+    assert sim.jobs[later].t_alloc == EPOCH + 100
+    assert sim.jobs[running].t_end == EPOCH + 600

@@ -174,3 +174,15 @@ def test_the_fixture_skips_saying_why_when_flux_cores_scheduler_cannot_run(flux_
     monkeypatch.setitem(__import__("sys").modules, "flux.scheduler", None)  # as without flux-core 0.88+
     with pytest.raises(pytest.skip.Exception, match="sched-fifo needs flux-core 0.88\\+'s Python bindings"):
         flux_sched_simulation("sched-fifo")
+
+
+def test_pending_jobs_are_sent_again_to_a_reloaded_scheduler(tiny):
+    first = tiny.submit(ntasks=4, runtime=100)
+    waiting = tiny.submit(ntasks=2, runtime=10)  # its alloc request is with the old scheduler
+    tiny.run(until=EPOCH + 10)
+    tiny.reload_scheduler()
+    tiny.run()
+    assert tiny.jobs[waiting].state == "complete"
+    # the tiny scheduler's hello does not take running jobs back: it hands cores 0-1 out again at once
+    assert tiny.jobs[waiting].t_alloc == EPOCH + 10
+    assert tiny.allocations == [first, waiting]

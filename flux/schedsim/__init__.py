@@ -179,6 +179,21 @@ class Simulation:
         }).get()
         return int(reply["id"])
 
+    def reload_scheduler(self, *args: str) -> None:
+        """Remove the scheduler and load it again (with *args*), as ``flux
+        module reload`` does: the new one takes the running jobs back
+        through RFC 27's hello (looking their R up in the KVS) and is sent
+        the pending jobs again."""
+        name = self.scheduler.name
+        path = self.scheduler.path
+        self.broker.remove(name)
+        self._client.rpc("job-manager.sim-sched-gone").get()
+        record = self.broker.load(path, *args)
+        for namespace in _namespaces(record.instance):
+            self.clock.patch(namespace)
+        self.scheduler = record
+        self.broker.run_until(lambda: self._jm.ready, "the reloaded scheduler's sched-ready")
+
     def cancel(self, jobid: int) -> None:
         """Cancel a job: a pending one leaves the scheduler's queue, a running one ends now."""
         self._client.rpc("job-manager.sim-cancel", {"id": jobid}).get()

@@ -164,7 +164,11 @@ class JobManager(BrokerModule):
 
     @request_handler("sched-hello")
     def sched_hello(self, msg: Any) -> None:
-        self.handle.respond_error(msg, errno.ENODATA, None)  # no running jobs
+        for job in self.jobs.values():
+            if job.state == "running":  # a restarted scheduler takes them back
+                self.handle.respond(msg, {"id": job.id, "priority": job.priority, "userid": job.userid,
+                                          "t_submit": job.t_submit})
+        self.handle.respond_error(msg, errno.ENODATA, None)
 
     @request_handler("sched-ready")
     def sched_ready(self, msg: Any) -> Dict[str, Any]:
@@ -192,6 +196,8 @@ class JobManager(BrokerModule):
         p = msg.payload
         job = self.jobs[p["id"]]
         kind = p["type"]
+        if not job._alloc_sent or job.state != "pending":
+            return  # an answer from a scheduler that has gone
         if "annotations" in p:
             _merge(job.annotations, p["annotations"])
         if kind == ALLOC_ANNOTATE:
@@ -224,6 +230,20 @@ class JobManager(BrokerModule):
         self.handle.rpc(topic, payload, flags=FLUX_RPC_NORESPONSE)
 
     # The simulation's requests (this stand-in's own)
+
+    @request_handler("sim-sched-gone")
+    def sim_sched_gone(self, msg: Any) -> Dict[str, Any]:
+        """The scheduler was removed: its alloc requests are lost, so the jobs
+        go back to waiting for the next scheduler's sched-ready (as
+        flux-core's job manager does when the scheduler goes)."""
+        self.ready = False
+        self.limit = None
+        self.outstanding = 0
+        for job in self.jobs.values():
+            if job.state == "pending" and job._alloc_sent:
+                job._alloc_sent = False
+                heapq.heappush(self.pending, (-job.priority, job.id))
+        return {}
 
     @request_handler("sim-submit")
     def sim_submit(self, msg: Any) -> Dict[str, Any]:
