@@ -244,3 +244,14 @@ def test_a_reloaded_scheduler_takes_running_jobs_back_from_the_kvs_through_hello
     assert lite(sim.jobs[later]) == [{"rank": "2-3", "children": {"core": "0-3"}}]
     assert sim.jobs[later].t_alloc == EPOCH + 100
     assert sim.jobs[running].t_end == EPOCH + 600
+
+
+def test_a_schedulers_flux_respond_error_through_libflux_answers_the_caller(flux_sched_simulation):
+    """Scheduler answers some errors with lib.flux_respond_error(h.handle, msg.handle, ...)."""
+    import errno
+
+    sim = flux_sched_simulation("sched-fifo", nodes=1, cores=1)
+    with pytest.raises(OSError) as info:
+        sim.broker.rpc("sched.expiration", {"id": 1, "expiration": -1}).get()
+    assert (info.value.errno, info.value.strerror) == (errno.EINVAL, "invalid expiration -1")
+    assert sim.broker.rpc("sched.expiration", {"id": 1, "expiration": 5}).get() is None

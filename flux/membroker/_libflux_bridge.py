@@ -43,6 +43,12 @@ reactor asks ``pollevents`` and nothing is queued, the bridge runs the
 in-memory broker (as the in-memory ``get()`` does) until a response
 arrives, bounded as every in-memory wait is.
 
+A request a module with a bridge received answers ``msg.handle`` with a
+``flux_msg_t *`` copy (made on first use) carrying a route of its own:
+``lib.flux_respond_error(h.handle, msg.handle, ...)`` then sends libflux's
+response through the connector, which answers the in-memory request as
+the module (flux-core's ``Scheduler`` answers some errors so).
+
 What stays on the real clock: libev's timers.  A C future given a
 timeout (``then(cb, timeout=T)`` on a future libflux made) times out in
 real seconds.  Futures from the in-memory handle's own ``rpc()`` and its
@@ -52,6 +58,7 @@ timers keep to the virtual clock.
 import errno
 import os
 import sys
+import weakref
 from collections import deque
 from typing import Any, Deque, Optional
 
@@ -89,6 +96,7 @@ def module_handle_class() -> type:
                 "__module__": Handle.__module__,
                 "handle": property(_flux_t, doc="The ``flux_t *`` libflux's calls take (see _libflux_bridge)."),
                 "aux_txn": None,  # flux.kvs keeps its implicit transaction here, as on flux.Flux
+                "_dispatch": _dispatch_marking_requests,
             })
     return _CLASS
 
@@ -96,11 +104,34 @@ def module_handle_class() -> type:
 _CLASS: Optional[type] = None
 
 
-def _flux_t(handle: Handle) -> Any:
+def _bridge_of(handle: Handle) -> "LibfluxBridge":
     bridge = handle.__dict__.get("_libflux_bridge")
     if bridge is None:
         bridge = handle.__dict__["_libflux_bridge"] = LibfluxBridge(handle)
-    return bridge.ptr
+    return bridge
+
+
+def _flux_t(handle: Handle) -> Any:
+    return _bridge_of(handle).ptr
+
+
+def _dispatch_marking_requests(handle: Handle, msg: Message) -> None:
+    """Dispatch as the in-memory handle does, first noting on a request which
+    handle received it: its ``handle`` is then a ``flux_msg_t *`` that
+    libflux's ``flux_respond*()`` take (see :func:`c_request`)."""
+    if msg.type == FLUX_MSGTYPE_REQUEST:
+        msg.__dict__["_libflux_receiver"] = handle
+    Handle._dispatch(handle, msg)
+
+
+def c_request(msg: Message) -> Any:
+    """``msg.handle`` of an in-memory message: a ``flux_msg_t *`` standing for
+    a request a module with a libflux bridge received (libflux's responses
+    to it are routed back as the module's), else the message itself."""
+    receiver = msg.__dict__.get("_libflux_receiver")
+    if receiver is None:
+        return msg
+    return _bridge_of(receiver).c_request(msg)
 
 
 class _BridgeInbox:
@@ -143,6 +174,9 @@ class LibfluxBridge:
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
         self._activity = 0  # messages sent or received: tells a round that did something
+        # In-memory requests that libflux holds a copy of, by the route pushed on the copy.
+        self._requests: "weakref.WeakValueDictionary[str, Message]" = weakref.WeakValueDictionary()
+        self._request_seq = 0
         self._stepping = False  # True while the bridge itself runs libflux's reactor
         self._ops = ffi.new("struct flux_handle_ops *")
         # The callbacks must outlive the handle: kept on self.
@@ -195,7 +229,53 @@ class LibfluxBridge:
             self._module._link.send_request(msg)
         elif msg.type == FLUX_MSGTYPE_EVENT:
             self._module._link.publish(msg)
+        elif msg.type == FLUX_MSGTYPE_RESPONSE:
+            return self._respond_from_c(cmsg, msg)
         return 0
+
+    def _respond_from_c(self, cmsg: Any, msg: Message) -> int:
+        """libflux answered a request :meth:`c_request` copied: answer the
+        in-memory request, as the module (one final answer, counted)."""
+        ffi, lib = self._ffi, self._lib
+        route = lib.flux_msg_route_last(cmsg)
+        request = self._requests.get(ffi.string(route).decode()) if route != ffi.NULL else None
+        if request is None:
+            ffi.errno = errno.EHOSTUNREACH
+            return -1
+        errnum = ffi.new("int *")
+        lib.flux_msg_get_errnum(cmsg, errnum)
+        if errnum[0]:
+            text = None if msg._payload is None else msg._payload.decode("utf-8", "surrogateescape")
+            self._module._respond(request, None, errnum[0], text)
+        else:
+            self._module._respond(request, msg._payload, 0, None)
+        return 0
+
+    def c_request(self, msg: Message) -> Any:
+        """A ``flux_msg_t *`` copy of in-memory request *msg* (made once)."""
+        cmsg = msg.__dict__.get("_libflux_copy")
+        if cmsg is not None:
+            return cmsg
+        ffi, lib = self._ffi, self._lib
+        cmsg = ffi.gc(lib.flux_msg_create(FLUX_MSGTYPE_REQUEST), lib.flux_msg_destroy)
+        lib.flux_msg_route_enable(cmsg)
+        self._request_seq += 1
+        route = f"membroker-request-{self._request_seq}"
+        lib.flux_msg_route_push(cmsg, route.encode())
+        self._requests[route] = msg
+        lib.flux_msg_set_topic(cmsg, msg.topic.encode("utf-8", "surrogateescape"))
+        lib.flux_msg_set_matchtag(cmsg, msg._matchtag)
+        lib.flux_msg_set_nodeid(cmsg, msg._nodeid)
+        lib.flux_msg_set_userid(cmsg, msg.userid)
+        lib.flux_msg_set_rolemask(cmsg, msg.rolemask)
+        if msg._flags & FLUX_RPC_STREAMING:
+            lib.flux_msg_set_streaming(cmsg)
+        if msg._flags & FLUX_RPC_NORESPONSE:
+            lib.flux_msg_set_noresponse(cmsg)
+        if msg._payload is not None:
+            lib.flux_msg_set_string(cmsg, msg._payload.split(b"\0", 1)[0])
+        msg.__dict__["_libflux_copy"] = cmsg
+        return cmsg
 
     def _op_recv(self, impl: Any, flags: int) -> Any:
         if not self._queue:

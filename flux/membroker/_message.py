@@ -120,8 +120,15 @@ class Message:
         return cls(FLUX_MSGTYPE_EVENT, topic, encode_payload(payload))
 
     @property
-    def handle(self) -> "Message":
-        """What flux-core's is the raw ``flux_msg_t *``: here, the message itself."""
+    def handle(self) -> Any:
+        """What flux-core's is the raw ``flux_msg_t *``: here, the message
+        itself; or, for a request a module received where flux-core is
+        installed, a ``flux_msg_t *`` copy that libflux's ``flux_respond*()``
+        answer (see :mod:`flux.membroker._libflux_bridge`)."""
+        if "_libflux_receiver" in self.__dict__:
+            from flux.membroker._libflux_bridge import c_request
+
+            return c_request(self)
         return self
 
     @property
