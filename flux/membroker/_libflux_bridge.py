@@ -64,15 +64,14 @@ from typing import Any, Deque, Optional
 
 from flux.membroker._handle import Handle
 from flux.membroker._message import (
-    FLUX_MATCHTAG_NONE,
     FLUX_MSGTYPE_EVENT,
     FLUX_MSGTYPE_REQUEST,
     FLUX_MSGTYPE_RESPONSE,
-    FLUX_NODEID_ANY,
     FLUX_ROLE_OWNER,
     FLUX_RPC_NORESPONSE,
     FLUX_RPC_STREAMING,
     Message,
+    from_libflux,
 )
 
 #: Rounds of libflux's reactor one settling may take before it is an error
@@ -219,7 +218,8 @@ class LibfluxBridge:
 
     def _op_send(self, impl: Any, cmsg: Any, flags: int) -> int:
         try:
-            msg = self._from_c(cmsg)
+            msg = from_libflux(cmsg)
+            msg.userid, msg.rolemask = self._userid, self._rolemask  # the broker stamps the sender's
         except Exception:  # noqa: BLE001 - no exception may cross into C
             self._ffi.errno = errno.EPROTO
             return -1
@@ -285,25 +285,6 @@ class LibfluxBridge:
         return self._queue.popleft()
 
     # Messages between libflux and the in-memory broker
-
-    def _from_c(self, cmsg: Any) -> Message:
-        ffi, lib = self._ffi, self._lib
-        kind = ffi.new("int *")
-        lib.flux_msg_get_type(cmsg, kind)
-        topic = ffi.new("char **")
-        text = ffi.string(topic[0]).decode() if lib.flux_msg_get_topic(cmsg, topic) == 0 else ""
-        number = ffi.new("uint32_t *")
-        matchtag = int(number[0]) if lib.flux_msg_get_matchtag(cmsg, number) == 0 else FLUX_MATCHTAG_NONE
-        nodeid = int(number[0]) if lib.flux_msg_get_nodeid(cmsg, number) == 0 else FLUX_NODEID_ANY
-        flags = (FLUX_RPC_STREAMING if lib.flux_msg_is_streaming(cmsg) else 0) | (
-            FLUX_RPC_NORESPONSE if lib.flux_msg_is_noresponse(cmsg) else 0
-        )
-        data = ffi.new("void **")
-        size = ffi.new("size_t *")
-        payload = None
-        if lib.flux_msg_get_payload(cmsg, data, size) == 0 and size[0]:
-            payload = bytes(ffi.buffer(data[0], size[0])).rstrip(b"\0")
-        return Message(kind[0], text, payload, self._userid, self._rolemask, flags, matchtag, nodeid)
 
     def _to_c(self, msg: Message) -> Any:
         ffi, lib = self._ffi, self._lib

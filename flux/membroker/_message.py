@@ -197,25 +197,37 @@ class Message:
 
 def from_flux_core(message: Any) -> Message:
     """An in-memory copy of flux-core's ``flux.message.Message`` *message*:
-    what ``flux_send()`` reads of it (type, topic, payload, matchtag, flags,
-    nodeid).  Anything else is a TypeError."""
+    what ``flux_send()`` reads of it (see :func:`from_libflux`).  Anything
+    else is a TypeError."""
     if type(message).__module__ != "flux.message" or not hasattr(message, "pimpl"):
         raise TypeError(
             f"send() takes a flux.membroker.Message or flux-core's flux.message.Message, "
             f"not {type(message).__name__}"
         )
+    return from_libflux(message.handle)
+
+
+def from_libflux(ptr: Any) -> Message:
+    """An in-memory copy of libflux message *ptr* (a ``flux_msg_t *``): its
+    type, topic, payload (up to a NUL), matchtag, flags and nodeid."""
     from _flux._core import ffi, lib
 
-    ptr = message.handle
+    kind = ffi.new("int *")
+    lib.flux_msg_get_type(ptr, kind)
+    topic = ffi.new("char **")
+    text = ffi.string(topic[0]).decode("utf-8", "surrogateescape") if lib.flux_msg_get_topic(ptr, topic) == 0 else ""
     number = ffi.new("uint32_t *")
     matchtag = int(number[0]) if lib.flux_msg_get_matchtag(ptr, number) == 0 else FLUX_MATCHTAG_NONE
     nodeid = int(number[0]) if lib.flux_msg_get_nodeid(ptr, number) == 0 else FLUX_NODEID_ANY
     flags = (FLUX_RPC_STREAMING if lib.flux_msg_is_streaming(ptr) else 0) | (
         FLUX_RPC_NORESPONSE if lib.flux_msg_is_noresponse(ptr) else 0
     )
-    text = message.payload_str
-    payload = None if text is None else text.encode("utf-8", "surrogateescape")
-    return Message(message.type, message.topic, payload, flags=flags, matchtag=matchtag, nodeid=nodeid)
+    data = ffi.new("void **")
+    size = ffi.new("size_t *")
+    payload = None
+    if lib.flux_msg_get_payload(ptr, data, size) == 0 and size[0]:
+        payload = bytes(ffi.buffer(data[0], size[0])).split(b"\0", 1)[0]
+    return Message(kind[0], text, payload, flags=flags, matchtag=matchtag, nodeid=nodeid)
 
 
 def _register() -> None:
