@@ -255,3 +255,34 @@ def test_a_schedulers_flux_respond_error_through_libflux_answers_the_caller(flux
         sim.broker.rpc("sched.expiration", {"id": 1, "expiration": -1}).get()
     assert (info.value.errno, info.value.strerror) == (errno.EINVAL, "invalid expiration -1")
     assert sim.broker.rpc("sched.expiration", {"id": 1, "expiration": 5}).get() is None
+
+
+def test_flux_cores_own_message_sent_in_memory_keeps_its_topic_payload_and_matchtag(tmp_path):
+    from _flux._core import lib
+    from flux.membroker import Broker
+    from flux.message import Message as CoreMessage
+
+    module = tmp_path / "echo.py"
+    module.write_text(
+        "from flux.brokermod import BrokerModule, request_handler\n"
+        "class echo(BrokerModule):\n"
+        "    @request_handler('back')\n"
+        "    def back(self, msg):\n"
+        "        return {'got': msg.payload}\n"
+    )
+    broker = Broker()
+    try:
+        broker.load(str(module))
+        client = broker.connect()
+        answers = []
+        client.msg_watcher_create(lambda h, w, msg, arg: answers.append(msg.payload),
+                                  topic_glob="echo.back", type_mask=2).start()
+        request = CoreMessage()
+        request.topic = "echo.back"
+        request.payload = {"x": [1, "\u00e9"]}
+        lib.flux_msg_set_matchtag(request.handle, 0)
+        client.send(request)
+        broker.run_until_idle()
+        assert answers == [{"got": {"x": [1, "\u00e9"]}}]
+    finally:
+        broker.close()
