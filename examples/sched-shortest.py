@@ -7,9 +7,10 @@ that order that does not fit blocks the ones after it, so a wide short job
 is not overtaken forever by narrow ones.  Cancelling a pending job, freeing,
 draining and the rest are flux-core's :class:`flux.scheduler.Scheduler`'s.
 
-It needs flux-core 0.88 or later (``flux.scheduler``) and a real instance:
-the in-memory broker does not run schedulers.  Make it the instance's
-scheduler, in place of ``sched-simple``, with::
+It needs flux-core 0.88 or later (``flux.scheduler``).  Try it in memory,
+on virtual time, with ``flux.schedsim`` (``flux-brokermod simulate --swf
+TRACE --cores 32 examples/sched-shortest.py sched-fifo`` compares it with
+FIFO).  Make it an instance's scheduler, in place of ``sched-simple``, with::
 
     flux-brokermod modprobe --dir DIR --provides sched --provides feasibility examples/sched-shortest.py
 

@@ -286,3 +286,17 @@ def test_flux_cores_own_message_sent_in_memory_keeps_its_topic_payload_and_match
         assert answers == [{"got": {"x": [1, "\u00e9"]}}]
     finally:
         broker.close()
+
+
+def test_the_site_scheduler_example_starts_the_shortest_job_first_in_memory(flux_sched_simulation):
+    example = os.path.join(os.path.dirname(HERE), "examples", "sched-shortest.py")
+    sim = flux_sched_simulation(example, nodes=1, cores=1)
+    running = sim.submit(runtime=100)
+    long = sim.submit(runtime=50)
+    short = sim.submit(runtime=5)
+    middle = sim.submit(runtime=20)
+    sim.run()
+    assert sim.allocations == [running, short, middle, long]
+    assert [sim.jobs[j].t_alloc - EPOCH for j in (short, middle, long)] == [100, 105, 125]
+    # its time.time() is the virtual clock too: R's start time is when it was allocated
+    assert sim.jobs[long].R["execution"]["starttime"] == EPOCH + 125

@@ -165,7 +165,9 @@ class Simulation:
         (default: *runtime*; see :func:`jobspec`),
         unless *spec* gives the jobspec.  Once allocated it runs *runtime*
         virtual seconds.  *at* (seconds since the epoch, not before
-        :attr:`now`) first lets virtual time pass until then.
+        :attr:`now`) first lets virtual time pass until then.  The
+        scheduler has handled the job (allocated it, if it can) when this
+        returns, without the clock moving.
         """
         if at is not None:
             if at < self.now:
@@ -177,6 +179,9 @@ class Simulation:
             "jobspec": spec, "runtime": runtime, "priority": priority,
             "userid": self.broker.owner if userid is None else userid,
         }).get()
+        # The scheduler acts on it before the next submission, at the same
+        # virtual instant, as on an instance where submissions are ms apart.
+        self.broker.run_until_idle()
         return int(reply["id"])
 
     def reload_scheduler(self, *args: str) -> None:
