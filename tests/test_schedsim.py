@@ -300,3 +300,34 @@ def test_the_site_scheduler_example_starts_the_shortest_job_first_in_memory(flux
     assert [sim.jobs[j].t_alloc - EPOCH for j in (short, middle, long)] == [100, 105, 125]
     # its time.time() is the virtual clock too: R's start time is when it was allocated
     assert sim.jobs[long].R["execution"]["starttime"] == EPOCH + 125
+
+
+def test_a_libflux_get_nothing_will_answer_is_reported_not_a_hang(tmp_path):
+    from flux.membroker import Broker, ModuleHang
+
+    (tmp_path / "kvs.py").write_text(
+        "from flux.brokermod import BrokerModule, request_handler\n"
+        "class kvs(BrokerModule):\n"
+        "    @request_handler('lookup')\n"
+        "    def lookup(self, msg):\n"
+        "        pass  # never answers\n"
+    )
+    (tmp_path / "reader.py").write_text(
+        "import flux.kvs\n"
+        "from flux.brokermod import BrokerModule, request_handler\n"
+        "class reader(BrokerModule):\n"
+        "    @request_handler('read')\n"
+        "    def read(self, msg):\n"
+        "        try:\n"
+        "            return {'value': flux.kvs.get(self.handle, 'a')}\n"
+        "        except OSError as exc:\n"
+        "            return {'errno': exc.errno}\n"
+    )
+    broker = Broker()
+    try:
+        broker.load(str(tmp_path / "kvs.py"))
+        broker.load(str(tmp_path / "reader.py"))
+        with pytest.raises(ModuleHang, match="module reader waited for a response to a libflux request"):
+            broker.rpc("reader.read").get()
+    finally:
+        broker.close()

@@ -20,8 +20,10 @@ The connector's contract with libflux, and how it is kept
 - ``recv`` hands over an owned ``flux_msg_t *``, or fails with EAGAIN.
   Responses are built with the responder's credentials: libflux drops a
   response whose rolemask is FLUX_ROLE_NONE.
-- ``pollfd``/``pollevents``: the descriptor is a pipe written once per
-  message queued, so that a reactor blocked in it wakes.
+- ``pollfd``/``pollevents``: libflux asks ``pollevents`` before it would
+  wait on the descriptor; the bridge answers POLLIN whenever a message is
+  queued, and never lets a reactor wait with nothing queued (see below),
+  so the descriptor, one for all bridges, is never written.
 
 Stepping libflux's reactor, on the module's strand
 --------------------------------------------------
@@ -41,7 +43,10 @@ A synchronous ``future.get()`` of a C future (``flux.kvs.get(h, key)``)
 runs a reactor of libflux's own until the response is there; when that
 reactor asks ``pollevents`` and nothing is queued, the bridge runs the
 in-memory broker (as the in-memory ``get()`` does) until a response
-arrives, bounded as every in-memory wait is.
+arrives, bounded as every in-memory wait is: when nothing is left that
+could answer, the requests waiting fail with EDEADLK (and the broker
+reports the hang, as for an in-memory ``get()``), so the ``get()``
+raises instead of waiting forever.
 
 A request a module with a bridge received answers ``msg.handle`` with a
 ``flux_msg_t *`` copy (made on first use) carrying a route of its own:
@@ -169,9 +174,8 @@ class LibfluxBridge:
         self._rolemask = module._rolemask
         self._inbox = _BridgeInbox(self)
         self._queue: Deque[Any] = deque()  # owned flux_msg_t *, for recv
-        self._rfd, self._wfd = os.pipe()
-        os.set_blocking(self._rfd, False)
-        os.set_blocking(self._wfd, False)
+        # Requests libflux sent that wait for an answer: matchtag -> topic.
+        self._waiting: "dict[int, str]" = {}
         self._activity = 0  # messages sent or received: tells a round that did something
         # In-memory requests that libflux holds a copy of, by the route pushed on the copy.
         self._requests: "weakref.WeakValueDictionary[str, Message]" = weakref.WeakValueDictionary()
@@ -198,23 +202,28 @@ class LibfluxBridge:
     # The connector's operations (called by libflux, on the module's strand)
 
     def _op_pollfd(self, impl: Any) -> int:
-        return self._rfd
+        return _never_ready_fd()
 
     def _op_pollevents(self, impl: Any) -> int:
-        try:
-            os.read(self._rfd, 65536)
-        except BlockingIOError:
-            pass
         if not self._queue and sys._getframe(1).f_code is not _SETTLE_CODE:
             # Not the bridge's own round, so a reactor of libflux's own is
             # about to wait (a synchronous get(), maybe from a continuation
             # the round runs): run the in-memory broker until a response comes.
             try:
                 self._module._sync_wait(lambda: bool(self._queue), "a response to a libflux request")
-            except BaseException as exc:  # noqa: BLE001 - no exception may cross into C
-                self._module._link.handler_failed(self._module._record, "a libflux get()", exc)
-                return self._lib.FLUX_POLLERR
+            except Exception as exc:  # noqa: BLE001 - no exception may cross into C
+                # Nothing will answer (the broker recorded why): fail the
+                # requests that wait, so that the get() raises instead of spinning.
+                self._fail_waiting(exc)
         return self._lib.FLUX_POLLOUT | (self._lib.FLUX_POLLIN if self._queue else 0)
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        for matchtag, topic in list(self._waiting.items()):
+            failure = Message(FLUX_MSGTYPE_RESPONSE, topic, None, matchtag=matchtag)
+            failure._errnum = errno.EDEADLK
+            failure._errstr = f"{topic}: no answer ({exc})"
+            self._queue.append(self._to_c(failure))
+        self._waiting.clear()
 
     def _op_send(self, impl: Any, cmsg: Any, flags: int) -> int:
         try:
@@ -226,6 +235,8 @@ class LibfluxBridge:
         self._activity += 1
         if msg.type == FLUX_MSGTYPE_REQUEST:
             msg._sender = self
+            if msg._matchtag and not msg._flags & FLUX_RPC_NORESPONSE:
+                self._waiting[msg._matchtag] = msg.topic
             self._module._link.send_request(msg)
         elif msg.type == FLUX_MSGTYPE_EVENT:
             self._module._link.publish(msg)
@@ -305,11 +316,9 @@ class LibfluxBridge:
         return cmsg
 
     def _queue_response(self, msg: Message) -> None:
+        if msg._errnum or not msg._flags & FLUX_RPC_STREAMING:
+            self._waiting.pop(msg._matchtag, None)  # its final answer
         self._queue.append(self._to_c(msg))
-        try:
-            os.write(self._wfd, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full: the reader will find the queue anyway
         self._module._post(self.settle)
 
     # Running libflux's reactor
@@ -339,3 +348,15 @@ class LibfluxBridge:
 
 
 _SETTLE_CODE = LibfluxBridge.settle.__code__
+_NEVER_READY: list = []
+
+
+def _never_ready_fd() -> int:
+    """One descriptor for every bridge's ``pollfd``, never readable: libflux
+    only waits on it when ``pollevents`` said nothing was ready, which the
+    bridge never says to a reactor that would wait (it runs the broker
+    first), so no bridge needs a descriptor, or a write, of its own."""
+    if not _NEVER_READY:
+        read_end, write_end = os.pipe()
+        _NEVER_READY.extend([read_end, write_end])  # the write end stays open and unused
+    return _NEVER_READY[0]
