@@ -186,3 +186,17 @@ def test_pending_jobs_are_sent_again_to_a_reloaded_scheduler(tiny):
     # the tiny scheduler's hello does not take running jobs back: it hands cores 0-1 out again at once
     assert tiny.jobs[waiting].t_alloc == EPOCH + 10
     assert tiny.allocations == [first, waiting]
+
+
+def test_a_burst_reaches_the_scheduler_together_and_single_submissions_one_by_one(tiny):
+    with tiny.burst():
+        first = tiny.submit(ntasks=1, runtime=10)
+        assert tiny.jobs[first].state == "pending"  # not yet seen by the scheduler
+        second = tiny.submit(ntasks=1, runtime=10)
+    assert [tiny.jobs[j].state for j in (first, second)] == ["running", "running"]
+    third = tiny.submit(ntasks=1, runtime=10)
+    assert tiny.jobs[third].state == "running"  # handled before submit() returned
+    with pytest.raises(RuntimeError, match="do not nest"):
+        with tiny.burst():
+            with tiny.burst():
+                pass

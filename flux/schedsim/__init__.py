@@ -23,9 +23,11 @@ through a real ``flux_t *`` whose connector is the in-memory broker (see
 ``docs/scheduler-simulation.rst`` for the design).
 """
 
+import contextlib
+import itertools
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from flux._layout import prefer_this_package
 
@@ -113,6 +115,7 @@ class Simulation:
         if nodes < 1 or cores < 1 or gpus < 0:
             raise ValueError(f"nodes and cores must be 1 or more, gpus 0 or more (got {nodes}, {cores}, {gpus})")
         path = scheduler_path(scheduler)
+        self._bursting = False
         #: The in-memory broker the simulation runs in.
         self.broker = Broker()
         #: The virtual wall clock flux-core's code reads.
@@ -179,10 +182,27 @@ class Simulation:
             "jobspec": spec, "runtime": runtime, "priority": priority,
             "userid": self.broker.owner if userid is None else userid,
         }).get()
-        # The scheduler acts on it before the next submission, at the same
-        # virtual instant, as on an instance where submissions are ms apart.
-        self.broker.run_until_idle()
+        if not self._bursting:
+            # The scheduler acts on it before the next submission, at the same
+            # virtual instant, as on an instance where submissions are ms apart.
+            self.broker.run_until_idle()
         return int(reply["id"])
+
+    @contextlib.contextmanager
+    def burst(self) -> Iterator[None]:
+        """Jobs submitted in this block reach the scheduler together, at
+        the block's end (one scheduling pass for all), as when ``flux queue
+        start`` releases a stopped queue; a replay submits jobs of the same
+        submit time so.  Use it for thousands of jobs at one instant: one
+        pass each costs what flux-core's forecast of the whole queue costs."""
+        if self._bursting:
+            raise RuntimeError("burst() blocks do not nest")
+        self._bursting = True
+        try:
+            yield
+        finally:
+            self._bursting = False
+            self.broker.run_until_idle()
 
     def reload_scheduler(self, *args: str) -> None:
         """Remove the scheduler and load it again (with *args*), as ``flux
@@ -223,10 +243,13 @@ class Simulation:
         """Submit each job of an SWF trace at its submit time (relative to
         the simulation's start) and run them all."""
         start = self.now
-        for job in sorted(trace, key=lambda j: (j.submit, j.number)):
-            # one single-core task per processor, as a trace's processors are counted
-            self.submit(ntasks=job.processors, runtime=job.runtime, duration=job.requested_time,
-                        at=start + job.submit)
+        for submit, jobs in itertools.groupby(sorted(trace, key=lambda j: (j.submit, j.number)),
+                                              key=lambda j: j.submit):
+            self.run(until=start + submit)
+            with self.burst():
+                for job in jobs:
+                    # one single-core task per processor, as a trace's processors are counted
+                    self.submit(ntasks=job.processors, runtime=job.runtime, duration=job.requested_time)
         self.run()
 
     def summary(self) -> Dict[str, Any]:
