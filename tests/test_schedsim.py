@@ -1,7 +1,7 @@
 """flux-core's schedulers, unchanged, in the in-memory broker on virtual time.
 
-These need flux-core's Python bindings in this process (``flux python -m
-pytest``); ``test_schedsim_under_flux.py`` runs this file so whenever
+These need flux-core's Python bindings in this process (``flux env python3
+-m pytest``); ``test_schedsim_under_flux.py`` runs this file so whenever
 ``flux`` is on PATH.
 """
 
@@ -13,8 +13,9 @@ try:
     import _flux._core  # noqa: F401
     import flux.scheduler  # noqa: F401
 except ImportError:
-    pytest.skip("needs flux-core 0.88+'s Python bindings in this process: run under `flux python -m pytest` "
-                "(test_schedsim_under_flux.py does, when flux is on PATH)", allow_module_level=True)
+    pytest.skip("needs flux-core 0.88+'s Python bindings in this process (`flux env python3 -m pytest` from a "
+                "virtualenv with cffi, pyyaml and ply); test_schedsim_under_flux.py runs it so when flux is on PATH",
+                allow_module_level=True)
 
 from flux.schedsim import EPOCH, Simulation, read_swf  # noqa: E402
 
