@@ -19,7 +19,6 @@ Nothing here asserts a time.
 import argparse
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from flux._flux_command import find_flux  # noqa: E402
 from flux.schedsim import Simulation  # noqa: E402
 
 REAL = """set -e
@@ -68,7 +68,7 @@ def burst(jobs: int) -> None:
     real = time.perf_counter() - t0
     print(f"burst in memory: {jobs} jobs in {real:.2f} real s ({jobs / real:.0f} jobs/s), "
           f"{makespan:.2f} virtual s")
-    flux = os.environ.get("FLUX_BROKERMOD_FLUX") or shutil.which("flux")
+    flux = find_flux()
     if flux is None:
         print("burst on a real instance: skipped (no flux on PATH, nor $FLUX_BROKERMOD_FLUX)")
         return

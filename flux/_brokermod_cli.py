@@ -177,13 +177,14 @@ _FIX = ('run eval "$(flux-brokermod setup)" before flux start (for a system inst
 
 def check(out: Any = None) -> int:
     """Carry out ``flux-brokermod check``; return the exit status."""
-    import shutil
     import subprocess
+
+    from flux._flux_command import find_flux
     import tempfile
 
     out = out or sys.stdout
-    flux = os.environ.get("FLUX_BROKERMOD_FLUX") or shutil.which("flux")
-    if not flux or not os.access(flux, os.X_OK):
+    flux = find_flux()
+    if not flux:
         print("flux-core not found (no flux on PATH, nor $FLUX_BROKERMOD_FLUX): modules run on the "
               "in-memory broker only (flux-brokermod run FILE)", file=out)
         return 1

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -40,7 +39,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import pytest
 
 from flux import _idset
+from flux._flux_command import find_flux
 from flux._brokermod_cli import loader_dir
+
+find_flux.__module__ = __name__  # public here; defined where the CLI imports it without pytest
 
 __all__ = [
     "FluxInstance",
@@ -95,17 +97,6 @@ while True:
     f.reset()
 print(json.dumps(out))
 """
-
-
-def find_flux() -> Optional[str]:
-    """Return the ``flux`` command to use, or None.
-
-    ``$FLUX_BROKERMOD_FLUX`` if set, else ``flux`` on ``PATH``.
-    """
-    configured = os.environ.get("FLUX_BROKERMOD_FLUX")
-    if configured:
-        return configured if os.access(configured, os.X_OK) else None
-    return shutil.which("flux")
 
 
 def flux_version_text(flux: str) -> Optional[str]:

@@ -67,7 +67,7 @@ def simulate(options: argparse.Namespace, out: Any = None, err: Any = None) -> i
 
 def _again_with_flux_core(options: argparse.Namespace, err: Any) -> int:
     """Run the command again where flux-core's bindings import (``flux env``)."""
-    from flux.brokermod_testing import find_flux
+    from flux._flux_command import find_flux
 
     flux = find_flux()
     if flux is None or os.environ.get("FLUX_BROKERMOD_SIMULATE_REEXEC"):
