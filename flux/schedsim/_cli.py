@@ -66,7 +66,9 @@ def simulate(options: argparse.Namespace, out: Any = None, err: Any = None) -> i
 
 
 def _again_with_flux_core(options: argparse.Namespace, err: Any) -> int:
-    """Run the command again where flux-core's bindings import (``flux env``)."""
+    """Run the command again with a Python that imports flux-core's bindings:
+    this one under ``flux env``, else ``flux python`` (the one flux-core was
+    built for), with this package on its path."""
     from flux._flux_command import find_flux
 
     flux = find_flux()
@@ -82,4 +84,12 @@ def _again_with_flux_core(options: argparse.Namespace, err: Any) -> int:
     for arg in options.sched_arg:
         argv += ["--sched-arg", arg]
     argv += ["--", *options.schedulers]
-    return subprocess.call([flux, "env", sys.executable, "-m", "flux._brokermod_cli", *argv], env=env)
+    why = ""
+    for python in ([flux, "env", sys.executable], [flux, "python"]):
+        probe = subprocess.run([*python, "-c", "import flux.scheduler"], env=env, capture_output=True, text=True)
+        if probe.returncode == 0:
+            return subprocess.call([*python, "-m", "flux._brokermod_cli", *argv], env=env)
+        why = why or (probe.stderr.strip().splitlines() or ["?"])[-1]
+    print(f"flux-brokermod: simulate: needs flux-core 0.88+'s Python bindings (flux.scheduler), which import "
+          f"neither here nor in `flux python`: {why}", file=err)
+    return 1
