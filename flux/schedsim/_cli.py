@@ -20,8 +20,8 @@ def add_parser(sub: Any) -> None:
             "sched-simple, sched-backfill), unchanged, in the in-memory broker on virtual time, on "
             "NODES nodes of CORES cores; print each one's wait times (seconds) and utilisation. "
             "Needs flux-core 0.88+ (its Python bindings, not an instance): with `flux` on PATH, it runs "
-            "under `flux env` or `flux python` when this Python lacks them. Exit status: 0 when every scheduler ran every job, 1 when one could "
-            "not, 2 for a bad command line."
+            "under `flux env` or `flux python` when this Python lacks them. Exit status: 0 when every "
+            "scheduler ran every job, 1 when one could not, 2 for a bad command line."
         ),
     )
     simulate.add_argument("--swf", required=True, metavar="TRACE", help="the SWF trace to replay")
