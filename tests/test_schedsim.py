@@ -332,3 +332,31 @@ def test_a_libflux_get_nothing_will_answer_is_reported_not_a_hang(tmp_path):
             broker.rpc("reader.read").get()
     finally:
         broker.close()
+
+
+def test_an_urgent_job_overtakes_a_full_limited_queue_as_on_a_real_instance(flux_sched_simulation):
+    """Measured on 0.88.0 (flux start --test-size=1, --urgency=1 then 20): the
+    urgent job starts right after the blocker, though 8 alloc requests were out."""
+    sim = flux_sched_simulation("sched-simple", nodes=1, cores=2)
+    blocker = sim.submit(ncores=2, runtime=3)
+    low = [sim.submit(ncores=2, runtime=1, priority=1) for _ in range(10)]
+    urgent = sim.submit(ncores=2, runtime=1, priority=20)
+    sim.run()
+    assert sim.allocations[:3] == [blocker, urgent, low[0]]
+
+
+def test_two_simulations_in_one_process_each_read_their_own_clock(flux_sched_simulation):
+    def workload(sim):
+        sim.submit(ncores=4, runtime=100)
+        sim.submit(ncores=8, runtime=100)
+        sim.submit(ncores=4, runtime=300)
+        sim.run()
+        return {j.id: j.t_alloc - EPOCH for j in sim.jobs.values()}
+
+    alone = flux_sched_simulation("sched-backfill", nodes=1, cores=8)
+    expected = workload(alone)
+    assert expected == {1: 0.0, 2: 100.0, 3: 200.0}
+    fifo = flux_sched_simulation("sched-fifo", nodes=1, cores=8)
+    fifo.submit(ncores=1, runtime=5000)
+    fifo.run()
+    assert workload(flux_sched_simulation("sched-backfill", nodes=1, cores=8)) == expected

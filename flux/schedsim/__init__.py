@@ -12,8 +12,8 @@ the same allocations::
     from flux.schedsim import Simulation
 
     with Simulation("sched-fifo", nodes=4, cores=8) as sim:
-        first = sim.submit(nnodes=2, runtime=600)
-        second = sim.submit(nnodes=4, runtime=60)
+        first = sim.submit(nnodes=2, ncores=8, runtime=600)
+        second = sim.submit(nnodes=4, ncores=8, runtime=60)
         sim.run()
         assert sim.jobs[second].t_alloc == sim.jobs[first].t_end
 
@@ -26,8 +26,10 @@ through a real ``flux_t *`` whose connector is the in-memory broker (see
 import contextlib
 import itertools
 import json
+import math
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+import weakref
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from flux._layout import prefer_this_package
 
@@ -39,7 +41,7 @@ from flux.schedsim._services import KVS, Job, JobManager, Resource  # noqa: E402
 from flux.schedsim._swf import SWFJob, read_swf  # noqa: E402
 from flux.schedsim._wallclock import WallClock  # noqa: E402
 
-__all__ = ["EPOCH", "Simulation", "Job", "SWFJob", "read_swf", "scheduler_path", "jobspec"]
+__all__ = ["EPOCH", "PRIORITY_MAX", "Simulation", "Job", "SWFJob", "read_swf", "scheduler_path", "jobspec"]
 
 #: The simulation's wall clock at virtual time 0 (2023-11-14T22:13:20Z):
 #: fixed, so that every run stamps the same times.
@@ -100,6 +102,22 @@ def _rv1(nodes: int, cores: int, gpus: int) -> Dict[str, Any]:
     }
 
 
+def _count(name: str, value: Any, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be a whole number, {least} or more (got {value!r})")
+    return value
+
+
+def _seconds(name: str, value: Any, least: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < least:
+        raise ValueError(f"{name} must be a finite number of seconds, {least:g} or more (got {value!r})")
+    return float(value)
+
+
+#: The highest priority RFC 27 allows (priority 0 holds a job).
+PRIORITY_MAX = 4294967295
+
+
 class Simulation:
     """A scheduler, its services and its jobs, in one in-memory broker.
 
@@ -107,41 +125,60 @@ class Simulation:
     ``sched-simple``, ``sched-backfill``), loaded with *args* as ``flux
     module load`` would.  The instance has *nodes* nodes (ranks) of *cores*
     cores and *gpus* GPUs each.  Use it as a context manager, or call
-    :meth:`close`.
+    :meth:`close`.  Several may be open at once; flux-core's code reads the
+    clock of the one last used.
     """
 
     def __init__(self, scheduler: str, *args: str, nodes: int = 1, cores: int = 1, gpus: int = 0,
                  epoch: float = EPOCH) -> None:
-        if nodes < 1 or cores < 1 or gpus < 0:
-            raise ValueError(f"nodes and cores must be 1 or more, gpus 0 or more (got {nodes}, {cores}, {gpus})")
-        path = scheduler_path(scheduler)
+        nodes, cores, gpus = _count("nodes", nodes, 1), _count("cores", cores, 1), _count("gpus", gpus, 0)
+        epoch = _seconds("epoch", epoch)
+        self._path = scheduler_path(scheduler)
+        self._args = args
         self._bursting = False
-        #: The in-memory broker the simulation runs in.
-        self.broker = Broker()
+        self._closed = False
+        broker = self._broker = Broker()
         #: The virtual wall clock flux-core's code reads.
-        self.clock = WallClock(lambda: self.broker.now, epoch)
+        self.clock = WallClock(lambda: broker.now, epoch)
+        self._restore = weakref.finalize(self, self.clock.restore)  # also when dropped unclosed
         self.nodes, self.cores, self.gpus = nodes, cores, gpus
+        self.scheduler: Any = None
         try:
             try:
                 import flux.scheduler  # noqa: F401 - imported now, so that its clock is patched too
             except ImportError:
                 pass  # flux-core before 0.88, or none: only a scheduler of one's own can run
             self.clock.patch_flux_core()
-            self.broker.load(KVS, name="kvs")
-            self.broker.load(Resource, json.dumps(_rv1(nodes, cores, gpus), separators=(",", ":")), name="resource")
-            self.broker.load(JobManager, repr(epoch), name="job-manager")
-            record = self.broker.load(path, *args)
-            for namespace in _namespaces(record.instance):
-                self.clock.patch(namespace)
-            self.clock.patch_flux_core()  # what the scheduler's file imported
-            self._jm: JobManager = self.broker.modules["job-manager"].instance
-            self._client = self.broker.connect()
-            self.broker.run_until(lambda: self._jm.ready, "the scheduler's sched-ready")
+            broker.load(KVS, name="kvs")
+            broker.load(Resource, json.dumps(_rv1(nodes, cores, gpus), separators=(",", ":")), name="resource")
+            broker.load(JobManager, repr(epoch), name="job-manager")
+            self._jm: JobManager = broker.modules["job-manager"].instance
+            self._client = broker.connect()
+            self._load_scheduler(args)
         except BaseException:
             self.close()
             raise
+
+    def _load_scheduler(self, args: Sequence[str]) -> None:
+        record = self._broker.load(self._path, *args)
+        for namespace in _namespaces(record.instance):
+            self.clock.patch(namespace)
+        self.clock.patch_flux_core()  # what the scheduler's file imported
         #: The scheduler's module (a :class:`~flux.membroker.LoadedModule`).
         self.scheduler = record
+        self._broker.run_until(lambda: self._jm.ready, "the scheduler's sched-ready")
+
+    @property
+    def broker(self) -> Broker:
+        """The in-memory broker the simulation runs in (using it makes this
+        simulation's clock the one flux-core's code reads)."""
+        self._use()
+        return self._broker
+
+    def _use(self) -> None:
+        if self._closed:
+            raise RuntimeError("this simulation is closed")
+        self.clock.activate()
 
     @property
     def jobs(self) -> Dict[int, Job]:
@@ -165,27 +202,38 @@ class Simulation:
 
         It asks for *ntasks* slots of *ncores* cores (and *ngpus* GPUs), on
         each of *nnodes* nodes if given, with time limit *duration*
-        (default: *runtime*; see :func:`jobspec`),
-        unless *spec* gives the jobspec.  Once allocated it runs *runtime*
-        virtual seconds.  *at* (seconds since the epoch, not before
-        :attr:`now`) first lets virtual time pass until then.  The
-        scheduler has handled the job (allocated it, if it can) when this
-        returns, without the clock moving.
+        (default: *runtime*; 0: none; see :func:`jobspec`), unless *spec*
+        gives the jobspec.  Once allocated it runs *runtime* virtual
+        seconds, or until its time limit, as a real instance ends it.
+        *priority* 0 holds the job (as ``flux job urgency ID hold``).  *at*
+        (seconds since the epoch, not before :attr:`now`) first lets
+        virtual time pass until then.  The scheduler has handled the job
+        (allocated it, if it can) when this returns, without the clock
+        moving, unless in a :meth:`burst`.
         """
+        self._use()
+        runtime = _seconds("runtime", runtime)
+        priority = _count("priority", priority, 0)
+        if priority > PRIORITY_MAX:
+            raise ValueError(f"priority must be at most {PRIORITY_MAX} (got {priority})")
+        if spec is None:
+            nnodes, ncores, ngpus, ntasks = (_count("nnodes", nnodes, 0), _count("ncores", ncores, 1),
+                                             _count("ngpus", ngpus, 0), _count("ntasks", ntasks, 1))
+            duration = runtime if duration is None else _seconds("duration", duration)
+            spec = jobspec(nnodes, ncores, ngpus, duration, ntasks)
         if at is not None:
+            at = _seconds("at", at)
             if at < self.now:
                 raise ValueError(f"at={at} is before the simulation's clock ({self.now})")
-            self.broker.advance(at - self.now)
-        if spec is None:
-            spec = jobspec(nnodes, ncores, ngpus, runtime if duration is None else duration, ntasks)
+            self._broker.advance(at - self.now)
         reply = self._client.rpc("job-manager.sim-submit", {
             "jobspec": spec, "runtime": runtime, "priority": priority,
-            "userid": self.broker.owner if userid is None else userid,
+            "userid": self._broker.owner if userid is None else userid,
         }).get()
         if not self._bursting:
             # The scheduler acts on it before the next submission, at the same
             # virtual instant, as on an instance where submissions are ms apart.
-            self.broker.run_until_idle()
+            self._broker.run_until_idle()
         return int(reply["id"])
 
     @contextlib.contextmanager
@@ -202,39 +250,53 @@ class Simulation:
             yield
         finally:
             self._bursting = False
-            self.broker.run_until_idle()
+            self._use()
+            self._broker.run_until_idle()
 
     def reload_scheduler(self, *args: str) -> None:
         """Remove the scheduler and load it again (with *args*), as ``flux
         module reload`` does: the new one takes the running jobs back
         through RFC 27's hello (looking their R up in the KVS) and is sent
         the pending jobs again."""
-        name = self.scheduler.name
-        path = self.scheduler.path
-        self.broker.remove(name)
+        self._use()
+        if self.scheduler is not None and not self.scheduler.exited:
+            self._broker.remove(self.scheduler.name)
+        self.scheduler = None
         self._client.rpc("job-manager.sim-sched-gone").get()
-        record = self.broker.load(path, *args)
-        for namespace in _namespaces(record.instance):
-            self.clock.patch(namespace)
-        self.scheduler = record
-        self.broker.run_until(lambda: self._jm.ready, "the reloaded scheduler's sched-ready")
+        self._load_scheduler(args)
 
     def cancel(self, jobid: int) -> None:
         """Cancel a job: a pending one leaves the scheduler's queue, a running one ends now."""
+        self._use()
         self._client.rpc("job-manager.sim-cancel", {"id": jobid}).get()
+        self._broker.run_until_idle()
 
     def prioritize(self, jobid: int, priority: int) -> None:
-        """Change a pending job's priority (the scheduler gets ``sched.prioritize``)."""
+        """Change a pending job's priority, as ``flux job urgency`` does: the
+        scheduler gets ``sched.prioritize``; 0 holds the job."""
+        self._use()
+        priority = _count("priority", priority, 0)
+        if priority > PRIORITY_MAX:
+            raise ValueError(f"priority must be at most {PRIORITY_MAX} (got {priority})")
         self._client.rpc("job-manager.sim-priority", {"id": jobid, "priority": priority}).get()
+        self._broker.run_until_idle()
 
     def run(self, until: Optional[float] = None) -> None:
         """Let virtual time pass until every job has ended (or until wall
-        clock *until*).  OSError EDEADLK if jobs are left that nothing will
-        ever start (a job no free resources will fit and none will free)."""
+        clock *until*).  OSError EDEADLK, naming the jobs left, if nothing
+        will ever start or end them (a job that fits no free resources that
+        will ever be freed, a held job, a scheduler that stopped)."""
+        self._use()
         if until is not None:
-            self.broker.advance(max(0.0, until - self.now))
+            until = _seconds("until", until)
+            self._broker.advance(max(0.0, until - self.now))
             return
-        self.broker.run_until(self._all_ended, "every job to end")
+        try:
+            self._broker.run_until(self._all_ended, "every job to end")
+        except OSError as exc:
+            left = [job.id for job in self._jm.jobs.values() if job.t_end is None]
+            raise OSError(exc.errno, f"{exc.strerror}: jobs {_idset.encode(left)} never ended"
+                          + _last_error(self._broker)) from None
 
     def _all_ended(self) -> bool:
         return self._jm.ended == len(self._jm.jobs)
@@ -254,16 +316,19 @@ class Simulation:
 
     def summary(self) -> Dict[str, Any]:
         """Wait times and utilisation of the jobs so far: ``jobs``, ``started``,
-        ``mean_wait``, ``max_wait``, ``makespan`` (first submission to last
-        end) and ``utilisation`` (core-seconds used over core-seconds there
-        were in the makespan)."""
+        ``mean_wait``, ``max_wait``, ``makespan`` (first submission to the
+        last end, or to now while jobs run) and ``utilisation`` (core-seconds
+        used over core-seconds there were in the makespan)."""
         jobs = list(self._jm.jobs.values())
         started = [j for j in jobs if j.t_alloc is not None]
         waits = [j.wait for j in started]
         if not jobs:
             return {"jobs": 0, "started": 0, "mean_wait": 0.0, "max_wait": 0.0, "makespan": 0.0, "utilisation": 0.0}
         first = min(j.t_submit for j in jobs)
-        last = max((j.t_end for j in jobs if j.t_end is not None), default=first)
+        ends = [j.t_end for j in jobs if j.t_end is not None]
+        if any(j.t_end is None for j in started):
+            ends.append(self.now)
+        last = max(ends, default=first)
         makespan = last - first
         used = sum(_cores(j.R) * ((j.t_end if j.t_end is not None else self.now) - j.t_alloc) for j in started)
         total = self.nodes * self.cores * makespan
@@ -278,17 +343,26 @@ class Simulation:
 
     def close(self) -> None:
         """Remove the modules and put flux-core's clock back."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            if self.broker.panicked is None:
-                self.broker.close()
+            if self._broker.panicked is None:
+                self._broker.close()
         finally:
-            self.clock.restore()
+            self._restore()
 
     def __enter__(self) -> "Simulation":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _last_error(broker: Broker) -> str:
+    """The broker log's last error line, as '; the log's last error: ...' (or '')."""
+    errors = [line for line in broker.dmesg() if ".err[" in line or ".crit[" in line]
+    return f"; the log's last error: {errors[-1]}" if errors else ""
 
 
 def _cores(R: Optional[Dict[str, Any]]) -> int:
