@@ -200,3 +200,109 @@ def test_a_burst_reaches_the_scheduler_together_and_single_submissions_one_by_on
         with tiny.burst():
             with tiny.burst():
                 pass
+
+
+def test_in_limited_mode_a_more_urgent_job_takes_back_the_least_urgent_alloc_request(tiny):
+    """As flux-core's alloc_queue_recalc_pending(): the tiny scheduler's limit is 2."""
+    blocker = tiny.submit(ntasks=4, runtime=10)
+    low = [tiny.submit(ntasks=4, runtime=10, priority=1) for _ in range(3)]
+    urgent = tiny.submit(ntasks=4, runtime=10, priority=20)
+    assert sorted(tiny.scheduler.instance.requests) == [low[0], urgent]  # low[1]'s request was cancelled
+    assert tiny.jobs[low[1]]._alloc_sent is False  # it waits with the job manager again
+    tiny.run()
+    assert sorted(tiny.allocations) == [blocker, *low, urgent]
+    assert all(tiny.jobs[j].state == "complete" for j in low)
+
+
+def test_a_held_job_waits_until_released_and_a_held_alloc_request_is_given_back(tiny):
+    held = tiny.submit(ntasks=1, runtime=10, priority=0)
+    tiny.submit(ntasks=4, runtime=10)
+    waiting = tiny.submit(ntasks=4, runtime=10)  # its alloc request is with the scheduler
+    tiny.prioritize(waiting, 0)
+    with pytest.raises(OSError) as info:
+        tiny.run()
+    assert info.value.errno == errno.EDEADLK and f"jobs {held},{waiting} never ended" in str(info.value)
+    assert tiny.jobs[waiting]._alloc_sent is False
+    tiny.prioritize(held, 16)
+    tiny.prioritize(waiting, 16)
+    tiny.run()
+    assert tiny.jobs[held].t_alloc == EPOCH + 10 and tiny.jobs[waiting].t_alloc == EPOCH + 20
+
+
+def test_a_job_ends_at_its_time_limit_as_a_real_instance_ends_it(tiny):
+    job = tiny.submit(ntasks=1, runtime=100, duration=10)
+    tiny.run()
+    assert (tiny.jobs[job].state, tiny.jobs[job].t_end) == ("timeout", EPOCH + 10)
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"runtime": float("nan")}, "runtime"), ({"runtime": -5}, "runtime"), ({"runtime": float("inf")}, "runtime"),
+    ({"duration": float("nan")}, "duration"), ({"at": float("inf")}, "at"), ({"priority": -1}, "priority"),
+    ({"priority": 2 ** 32}, "priority"), ({"priority": 1.5}, "priority"), ({"ncores": 1.5}, "ncores"),
+    ({"nnodes": -1}, "nnodes"), ({"ngpus": float("nan")}, "ngpus"),
+])
+def test_a_bad_submission_is_refused_naming_the_argument_and_changes_nothing(tiny, kwargs, named):
+    with pytest.raises(ValueError, match=f"^{named} must be"):
+        tiny.submit(**kwargs)
+    assert tiny.jobs == {}
+
+
+def test_bad_instance_shapes_and_times_are_refused_naming_them(write, tiny):
+    path = write("tinysched2.py", TINY_SCHEDULER)
+    for kwargs, named in [({"nodes": 2.5}, "nodes"), ({"cores": 0}, "cores"), ({"gpus": -1}, "gpus"),
+                          ({"epoch": float("nan")}, "epoch")]:
+        with pytest.raises(ValueError, match=f"^{named} must be"):
+            Simulation(path, **kwargs)
+    with pytest.raises(ValueError, match="^until must be"):
+        tiny.run(until=float("nan"))
+
+
+def test_a_closed_simulation_says_so(write):
+    sim = Simulation(write("tinysched3.py", TINY_SCHEDULER))
+    sim.close()
+    for call in (lambda: sim.submit(), sim.run, lambda: sim.broker, sim.reload_scheduler):
+        with pytest.raises(RuntimeError, match="this simulation is closed"):
+            call()
+
+
+def test_summary_while_jobs_run_counts_up_to_now(tiny):
+    tiny.submit(ntasks=4, runtime=100)
+    tiny.run(until=EPOCH + 50)
+    assert tiny.summary()["makespan"] == 50 and tiny.summary()["utilisation"] == 1.0
+
+
+def test_prioritizing_an_unknown_job_is_enoent_as_cancel_is(tiny):
+    with pytest.raises(OSError) as info:
+        tiny.prioritize(42, 5)
+    assert (info.value.errno, info.value.strerror) == (errno.ENOENT, "no job 42")
+
+
+def test_read_swf_refuses_non_finite_and_negative_times_and_reads_any_comment(tmp_path):
+    for line, why in [("1 nan -1 60 4 -1 -1 4 60", "times must be finite"),
+                      ("1 0 -1 inf 4 -1 -1 4 60", "times must be finite"),
+                      ("1 -100 -1 60 4 -1 -1 4 60", "submit time -100 is before")]:
+        with pytest.raises(ValueError, match=f"line 1: {why}"):
+            list(read_swf(io.StringIO(line + " -1 1 1 1 -1 1 -1 -1 -1\n")))
+    trace = tmp_path / "latin1.swf"
+    trace.write_bytes(b"; caf\xe9\n1 0 -1 60 4 -1 -1 4 60 -1 1 1 1 -1 1 -1 -1 -1\n")
+    assert [j.number for j in read_swf(str(trace))] == [1]
+    with pytest.raises(ValueError, match="limit must be 0"):
+        list(read_swf(str(trace), limit=-1))
+
+
+def test_simulate_refuses_counts_below_one_as_a_bad_command_line(capsys):
+    from flux._brokermod_cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--swf", "x.swf", "--cores", "0", "sched-fifo"])
+    assert info.value.code == 2 and "argument --cores: 0 is below 1" in capsys.readouterr().err
+
+
+def test_the_fixture_skips_a_scheduler_file_that_needs_flux_cores_bindings(flux_sched_simulation, monkeypatch):
+    import os
+
+    monkeypatch.setitem(__import__("sys").modules, "flux.scheduler", None)  # as without flux-core 0.88+
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                           "sched-shortest.py")
+    with pytest.raises(pytest.skip.Exception, match="sched-shortest.py needs flux-core 0.88\\+'s Python bindings"):
+        flux_sched_simulation(example)

@@ -83,8 +83,8 @@ class KVS(BrokerModule):
 class Job:
     """One job of a simulation, as the stand-in job manager saw it."""
 
-    __slots__ = ("id", "jobspec", "runtime", "priority", "userid", "t_submit", "t_alloc", "t_end",
-                 "R", "annotations", "state", "note", "_alloc_sent", "_end_timer")
+    __slots__ = ("id", "jobspec", "runtime", "duration", "priority", "userid", "t_submit", "t_alloc", "t_end",
+                 "R", "annotations", "state", "note", "_alloc_sent", "_end_timer", "_recalling", "_canceling")
 
     def __init__(self, jobid: int, jobspec: Dict[str, Any], runtime: float, priority: int,
                  userid: int, t_submit: float) -> None:
@@ -94,6 +94,8 @@ class Job:
         self.jobspec = jobspec
         #: How long the job runs once started (virtual seconds).
         self.runtime = runtime
+        #: Its time limit (``attributes.system.duration``; 0: none): it ends then, as a real instance ends it.
+        self.duration = _duration_of(jobspec)
         #: Its priority (RFC 27: higher first).
         self.priority = priority
         #: The submitting user.
@@ -108,12 +110,15 @@ class Job:
         self.R: Optional[Dict[str, Any]] = None
         #: The annotations the scheduler set, merged as flux-core merges them.
         self.annotations: Dict[str, Any] = {}
-        #: ``pending``, ``running``, ``complete``, ``denied`` or ``canceled``.
+        #: ``pending``, ``running``, ``complete``, ``timeout`` (ended at its
+        #: time limit), ``denied`` or ``canceled``.
         self.state = "pending"
         #: Why it was denied, if it was.
         self.note: Optional[str] = None
         self._alloc_sent = False
         self._end_timer: Any = None
+        self._recalling = False  # its alloc request is being cancelled to send it again later
+        self._canceling = False  # the user cancelled it while its alloc request was out
 
     @property
     def wait(self) -> Optional[float]:
@@ -122,6 +127,14 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.state} t_submit={self.t_submit} t_alloc={self.t_alloc}>"
+
+
+def _duration_of(jobspec: Any) -> float:
+    try:
+        value = float(jobspec["attributes"]["system"]["duration"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+    return value if value > 0 and value != float("inf") else 0.0
 
 
 def _merge(into: Dict[str, Any], update: Dict[str, Any]) -> None:
@@ -191,6 +204,31 @@ class JobManager(BrokerModule):
             job._alloc_sent = True
             self.outstanding += 1
             self.handle.send(Message(FLUX_MSGTYPE_REQUEST, "sched.alloc", json.dumps(payload).encode()))
+        self._recalc()
+
+    def _recalc(self) -> None:
+        """In limited mode, as flux-core's alloc_queue_recalc_pending(): while
+        the best job waiting beats the worst one whose alloc request is out,
+        cancel that request (the job waits again once it is answered)."""
+        if self.limit is None or not self.pending:
+            return
+        out = sorted(((-j.priority, j.id) for j in self.jobs.values()
+                      if j._alloc_sent and j.state == "pending" and not j._recalling and not j._canceling),
+                     reverse=True)
+        for head, tail in zip(sorted(self.pending), out):
+            if head >= tail:
+                break
+            self._recall(self.jobs[tail[1]])
+
+    def _recall(self, job: Job) -> None:
+        job._recalling = True
+        self._noresponse("sched.cancel", {"id": job.id})
+
+    def _queue(self, job: Job) -> None:
+        """Wait for an alloc request (a held job, priority 0, waits to be released)."""
+        job._alloc_sent = False
+        if job.priority > 0:
+            heapq.heappush(self.pending, (-job.priority, job.id))
 
     def _alloc_response(self, h: Any, watcher: Any, msg: Any, args: Any) -> None:
         p = msg.payload
@@ -203,14 +241,19 @@ class JobManager(BrokerModule):
         if kind == ALLOC_ANNOTATE:
             return
         self.outstanding -= 1
+        recalled, job._recalling = job._recalling and not job._canceling, False
         if kind == ALLOC_SUCCESS:
             job.state, job.R, job.t_alloc = "running", p["R"], self.now()
             self.allocations.append(job.id)
-            job._end_timer = self.handle.timer_watcher_create(job.runtime, self._job_ends, args=job)
+            limited = 0 < job.duration < job.runtime
+            job._end_timer = self.handle.timer_watcher_create(job.duration if limited else job.runtime,
+                                                              self._job_ends, args=job)
             job._end_timer.start()
         elif kind == ALLOC_DENY:
             job.state, job.note = "denied", p.get("note")
             self._end(job)
+        elif kind == ALLOC_CANCEL and recalled:
+            self._queue(job)
         elif kind == ALLOC_CANCEL:
             job.state = "canceled"
             self._end(job)
@@ -221,13 +264,19 @@ class JobManager(BrokerModule):
         self.ended += 1
 
     def _job_ends(self, h: Any, watcher: Any, revents: int, job: Job) -> None:
-        job.state = "complete"
+        job.state = "timeout" if 0 < job.duration < job.runtime else "complete"
         self._end(job)
         job._end_timer = None
         self._noresponse("sched.free", {"id": job.id, "R": job.R, "final": True})
 
     def _noresponse(self, topic: str, payload: Dict[str, Any]) -> None:
         self.handle.rpc(topic, payload, flags=FLUX_RPC_NORESPONSE)
+
+    def _job(self, jobid: Any) -> Job:
+        job = self.jobs.get(jobid)
+        if job is None:
+            raise RequestError(errno.ENOENT, f"no job {jobid!r}")
+        return job
 
     # The simulation's requests (this stand-in's own)
 
@@ -241,51 +290,62 @@ class JobManager(BrokerModule):
         self.outstanding = 0
         for job in self.jobs.values():
             if job.state == "pending" and job._alloc_sent:
-                job._alloc_sent = False
-                heapq.heappush(self.pending, (-job.priority, job.id))
+                job._recalling = False
+                if job._canceling:
+                    job.state = "canceled"
+                    self._end(job)
+                else:
+                    self._queue(job)
         return {}
 
     @request_handler("sim-submit")
     def sim_submit(self, msg: Any) -> Dict[str, Any]:
         p = msg.payload
         jobid = len(self.jobs) + 1
-        self.jobs[jobid] = Job(jobid, p["jobspec"], float(p["runtime"]), int(p["priority"]),
-                               int(p["userid"]), self.now())
-        heapq.heappush(self.pending, (-self.jobs[jobid].priority, jobid))
+        job = self.jobs[jobid] = Job(jobid, p["jobspec"], float(p["runtime"]), int(p["priority"]),
+                                     int(p["userid"]), self.now())
+        self._queue(job)
         self._send_allocs()
         return {"id": jobid}
 
     @request_handler("sim-cancel")
     def sim_cancel(self, msg: Any) -> Dict[str, Any]:
-        job = self.jobs.get(msg.payload["id"])
-        if job is None:
-            raise RequestError(errno.ENOENT, f"no job {msg.payload['id']}")
+        job = self._job(msg.payload["id"])
         if job.state == "running":
             job._end_timer.stop()
             self._job_ends(self.handle, None, 0, job)
             job.state = "canceled"
         elif job.state == "pending":
             if job._alloc_sent:
-                self._noresponse("sched.cancel", {"id": job.id})  # the alloc is answered with type 3
+                if not job._canceling and not job._recalling:
+                    self._noresponse("sched.cancel", {"id": job.id})  # the alloc is answered with type 3
+                job._canceling = True
             else:
-                self.pending.remove((-job.priority, job.id))
-                heapq.heapify(self.pending)
+                if job.priority > 0:
+                    self.pending.remove((-job.priority, job.id))
+                    heapq.heapify(self.pending)
                 job.state = "canceled"
                 self._end(job)
         return {}
 
     @request_handler("sim-priority")
     def sim_priority(self, msg: Any) -> Dict[str, Any]:
-        job = self.jobs[msg.payload["id"]]
+        job = self._job(msg.payload["id"])
+        priority = int(msg.payload["priority"])
         if job.state != "pending":
             raise RequestError(errno.EINVAL, f"job {job.id} is {job.state}, not pending")
         if job._alloc_sent:
-            job.priority = int(msg.payload["priority"])
-            self._noresponse("sched.prioritize", {"jobs": [[job.id, job.priority]]})
+            job.priority = priority
+            if priority == 0:
+                if not job._recalling and not job._canceling:
+                    self._recall(job)  # a held job gives its alloc request back
+            else:
+                self._noresponse("sched.prioritize", {"jobs": [[job.id, job.priority]]})
         else:
-            self.pending.remove((-job.priority, job.id))
-            job.priority = int(msg.payload["priority"])
-            heapq.heappush(self.pending, (-job.priority, job.id))
-            heapq.heapify(self.pending)
+            if job.priority > 0:
+                self.pending.remove((-job.priority, job.id))
+                heapq.heapify(self.pending)
+            job.priority = priority
+            self._queue(job)
         self._send_allocs()
         return {}
