@@ -163,18 +163,28 @@ def flux_sched_simulation() -> Iterator[Callable[..., Any]]:
     ``flux.scheduler`` need flux-core 0.88+'s Python bindings in the test's
     process (``flux env python -m pytest``): without them, the test is
     skipped, saying so."""
+    from flux.membroker import ModuleError
     from flux.schedsim import Simulation
 
     made: List[Any] = []
 
     def make(scheduler: str, *args: str, **kwargs: Any) -> Any:
-        if not scheduler.endswith(".py"):
-            try:
-                import flux.scheduler  # noqa: F401
-            except ImportError as exc:
+        try:
+            import flux.scheduler  # noqa: F401
+        except ImportError as exc:
+            missing = f"{exc}"
+        else:
+            missing = ""
+        if missing and not scheduler.endswith(".py"):
+            pytest.skip(f"{scheduler} needs flux-core 0.88+'s Python bindings in this process "
+                        f"(run pytest under `flux env`): {missing}")
+        try:
+            sim = Simulation(scheduler, *args, **kwargs)
+        except ModuleError as exc:
+            if missing and ("No module named 'flux." in str(exc) or "No module named '_flux" in str(exc)):
                 pytest.skip(f"{scheduler} needs flux-core 0.88+'s Python bindings in this process "
                             f"(run pytest under `flux env`): {exc}")
-        sim = Simulation(scheduler, *args, **kwargs)
+            raise
         made.append(sim)
         return sim
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from typing import Any, List, Optional
 
-_HEADER = f"{'scheduler':<24} {'jobs':>6} {'started':>7} {'mean wait':>10} {'max wait':>10} {'makespan':>10} {'util':>6}"
+_COLUMNS = f"{'jobs':>6} {'started':>7} {'mean wait':>10} {'max wait':>10} {'makespan':>10} {'util':>6}"
 
 
 def add_parser(sub: Any) -> None:
@@ -25,12 +25,26 @@ def add_parser(sub: Any) -> None:
         ),
     )
     simulate.add_argument("--swf", required=True, metavar="TRACE", help="the SWF trace to replay")
-    simulate.add_argument("--nodes", type=int, default=1, help="nodes in the instance (default 1)")
-    simulate.add_argument("--cores", type=int, required=True, help="cores per node")
-    simulate.add_argument("--jobs", type=int, default=0, metavar="N", help="replay the first N jobs only")
+    simulate.add_argument("--nodes", type=_at_least(1), default=1, help="nodes in the instance (default 1)")
+    simulate.add_argument("--cores", type=_at_least(1), required=True, help="cores per node")
+    simulate.add_argument("--jobs", type=_at_least(0), default=0, metavar="N",
+                          help="replay the first N jobs only (default 0: all)")
     simulate.add_argument("--sched-arg", action="append", default=[], metavar="ARG",
                           help="a module argument for every scheduler (repeatable), e.g. queue-depth=unlimited")
     simulate.add_argument("schedulers", nargs="+", metavar="SCHEDULER")
+
+
+def _at_least(least: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is below {least}")
+        return value
+
+    return parse
 
 
 def simulate(options: argparse.Namespace, out: Any = None, err: Any = None) -> int:
@@ -49,19 +63,25 @@ def simulate(options: argparse.Namespace, out: Any = None, err: Any = None) -> i
         print(f"flux-brokermod: simulate: {options.swf}: {exc}", file=err)
         return 1
     print(f"{len(trace)} jobs of {options.swf} on {options.nodes} nodes x {options.cores} cores", file=out)
-    print(_HEADER, file=out)
+    width = max([len("scheduler")] + [len(name) for name in options.schedulers])
+    print(f"{'scheduler':<{width}} {_COLUMNS}", file=out)
     status = 0
     for scheduler in options.schedulers:
         try:
             with Simulation(scheduler, *options.sched_arg, nodes=options.nodes, cores=options.cores) as sim:
                 sim.replay(trace)
                 s = sim.summary()
-        except (OSError, ValueError) as exc:
+                denied = [job for job in sim.jobs.values() if job.state == "denied"]
+        except Exception as exc:  # noqa: BLE001 - one scheduler's failure must not hide the others
             print(f"flux-brokermod: simulate: {scheduler}: {exc}", file=err)
             status = 1
             continue
-        print(f"{scheduler:<24} {s['jobs']:>6} {s['started']:>7} {s['mean_wait']:>10.1f} {s['max_wait']:>10.1f} "
+        print(f"{scheduler:<{width}} {s['jobs']:>6} {s['started']:>7} {s['mean_wait']:>10.1f} {s['max_wait']:>10.1f} "
               f"{s['makespan']:>10.1f} {s['utilisation']:>6.3f}", file=out)
+        if denied:
+            print(f"flux-brokermod: simulate: {scheduler}: {len(denied)} jobs denied, the first ({denied[0].id}): "
+                  f"{denied[0].note}", file=err)
+            status = 1
     return status
 
 

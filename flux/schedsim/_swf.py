@@ -8,6 +8,7 @@ processors (8, requested; else 5, allocated) and the requested time (9;
 else the run time).
 """
 
+import math
 from typing import Iterable, Iterator, NamedTuple, TextIO, Union
 
 
@@ -31,8 +32,10 @@ def read_swf(source: Union[str, TextIO, Iterable[str]], limit: int = 0) -> Itera
     jobs that never ran (run time or processors unknown or zero); at most
     *limit* jobs when *limit* > 0.  ValueError names the line of a line
     that is not SWF."""
+    if limit < 0:
+        raise ValueError(f"limit must be 0 (all) or more (got {limit})")
     if isinstance(source, str):
-        with open(source) as f:
+        with open(source, encoding="utf-8", errors="surrogateescape") as f:  # comments may hold anything
             yield from read_swf(f, limit)
         return
     count = 0
@@ -49,6 +52,10 @@ def read_swf(source: Union[str, TextIO, Iterable[str]], limit: int = 0) -> Itera
             requested = float(fields[8]) if float(fields[8]) > 0 else runtime
         except ValueError as exc:
             raise ValueError(f"line {lineno}: {exc}") from None
+        if not all(math.isfinite(x) for x in (submit, runtime, requested)):
+            raise ValueError(f"line {lineno}: times must be finite numbers")
+        if submit < 0:
+            raise ValueError(f"line {lineno}: submit time {submit:g} is before the trace's start (0)")
         if runtime <= 0 or processors <= 0:
             continue
         yield SWFJob(number, submit, runtime, processors, max(requested, runtime))
