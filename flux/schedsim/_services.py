@@ -23,7 +23,7 @@ import base64
 import errno
 import heapq
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from flux.brokermod import BrokerModule, RequestError, request_handler
 from flux.membroker import Message
@@ -161,6 +161,7 @@ class JobManager(BrokerModule):
         self.limit: Optional[int] = None  # None: unlimited
         self.ready = False
         self.outstanding = 0  # alloc requests sent and not answered finally
+        self.sent: Set[int] = set()  # jobs whose alloc request is out (not yet answered finally)
         # Jobs waiting for an alloc request: a heap of (-priority, id), the
         # order flux-core's job manager sends them in (highest priority, then oldest).
         self.pending: List[Any] = []
@@ -202,6 +203,7 @@ class JobManager(BrokerModule):
             payload = {"id": job.id, "priority": job.priority, "userid": job.userid,
                        "t_submit": job.t_submit, "jobspec": job.jobspec}
             job._alloc_sent = True
+            self.sent.add(job.id)
             self.outstanding += 1
             self.handle.send(Message(FLUX_MSGTYPE_REQUEST, "sched.alloc", json.dumps(payload).encode()))
         self._recalc()
@@ -212,9 +214,8 @@ class JobManager(BrokerModule):
         cancel that request (the job waits again once it is answered)."""
         if self.limit is None or not self.pending:
             return
-        out = sorted(((-j.priority, j.id) for j in self.jobs.values()
-                      if j._alloc_sent and j.state == "pending" and not j._recalling and not j._canceling),
-                     reverse=True)
+        out = sorted(((-self.jobs[i].priority, i) for i in self.sent
+                      if not self.jobs[i]._recalling and not self.jobs[i]._canceling), reverse=True)
         for head, tail in zip(sorted(self.pending), out):
             if head >= tail:
                 break
@@ -241,6 +242,7 @@ class JobManager(BrokerModule):
         if kind == ALLOC_ANNOTATE:
             return
         self.outstanding -= 1
+        self.sent.discard(job.id)
         recalled, job._recalling = job._recalling and not job._canceling, False
         if kind == ALLOC_SUCCESS:
             job.state, job.R, job.t_alloc = "running", p["R"], self.now()
@@ -288,6 +290,7 @@ class JobManager(BrokerModule):
         self.ready = False
         self.limit = None
         self.outstanding = 0
+        self.sent.clear()
         for job in self.jobs.values():
             if job.state == "pending" and job._alloc_sent:
                 job._recalling = False
