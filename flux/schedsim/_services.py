@@ -212,11 +212,13 @@ class JobManager(BrokerModule):
         """In limited mode, as flux-core's alloc_queue_recalc_pending(): while
         the best job waiting beats the worst one whose alloc request is out,
         cancel that request (the job waits again once it is answered)."""
-        if self.limit is None or not self.pending:
+        if self.limit is None or not self.pending or not self.sent:
             return
-        out = sorted(((-self.jobs[i].priority, i) for i in self.sent
+        out = sorted(((-self.jobs[i].priority, i) for i in self.sent  # at most the limit: few
                       if not self.jobs[i]._recalling and not self.jobs[i]._canceling), reverse=True)
-        for head, tail in zip(sorted(self.pending), out):
+        if not out or self.pending[0] >= out[0]:
+            return  # the usual case: the best job waiting comes after every request out
+        for head, tail in zip(heapq.nsmallest(len(out), self.pending), out):
             if head >= tail:
                 break
             self._recall(self.jobs[tail[1]])
