@@ -607,8 +607,12 @@ class MemoryBroker(_BothBrokers):
         client = self._client(guest)
         future = client.rpc(topic, payload, nodeid=membroker.FLUX_NODEID_ANY if nodeid is None else nodeid,
                             flags=membroker.FLUX_RPC_STREAMING if streaming else 0)
-        return RPCResult(topic, collect_answers(future, streaming, lambda: cancel_stream(client, future, topic), take,
-                                                topic, lambda: self.broker.now))
+        answers = collect_answers(future, streaming, lambda: cancel_stream(client, future, topic), take,
+                                  topic, lambda: self.broker.now)
+        # As the real side's client process exits: its disconnects reach the
+        # module now, not whenever the garbage collector finds the handle.
+        client.close()
+        return RPCResult(topic, answers)
 
     def start_rpc(self, topic, payload=None, streaming=False):
         """Send a request; return at once with something whose ``wait()``

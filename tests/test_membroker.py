@@ -1586,3 +1586,28 @@ def test_a_dropped_client_handle_disconnects_as_a_real_one_does(write_module):
         broker.run_until_idle()
         assert broker.connect().rpc("tied.joined", nodeid=1).get() == ["b"]
         assert other.rpc("tied.joined", nodeid=1).get() == ["b"]
+
+
+def test_a_closed_client_disconnects_once_and_dropping_it_later_sends_nothing_more(broker, write):
+    import gc
+
+    path = write("counted.py", """
+        from flux.brokermod import BrokerModule, request_handler
+
+        class counted(BrokerModule):
+            @request_handler("hello")
+            def hello(self, msg):
+                return {}
+    """)
+    broker.load(path)
+    client = broker.connect()
+    client.rpc("counted.hello").get()
+    before = broker.rpc("counted.stats-get").get()["rx"]["request"]
+    client.close()
+    broker.run_until_idle()
+    after_close = broker.rpc("counted.stats-get").get()["rx"]["request"]
+    del client
+    gc.collect()
+    broker.run_until_idle()
+    after_drop = broker.rpc("counted.stats-get").get()["rx"]["request"]
+    assert (after_close - before, after_drop - after_close) == (2, 1)  # disconnect + stats-get; then stats-get only
