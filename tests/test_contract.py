@@ -577,4 +577,3 @@ def test_the_broker_answers_its_own_methods(target):
 def test_a_module_cannot_take_a_service_the_broker_runs(target, write):
     errnum, _ = target.load_error(write("probe.py", PROBE), name="log")
     assert errnum == errno.EEXIST
-
