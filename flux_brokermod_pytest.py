@@ -175,15 +175,18 @@ def flux_sched_simulation() -> Iterator[Callable[..., Any]]:
             missing = f"{exc}"
         else:
             missing = ""
-        if missing and not scheduler.endswith(".py"):
+
+        def skip(why: str) -> None:
             pytest.skip(f"{scheduler} needs flux-core 0.88+'s Python bindings in this process "
-                        f"(run pytest under `flux env`): {missing}")
+                        f"(run pytest under `flux env`): {why}")
+
+        if missing and not scheduler.endswith(".py"):
+            skip(missing)
         try:
             sim = Simulation(scheduler, *args, **kwargs)
         except ModuleError as exc:
             if missing and ("No module named 'flux." in str(exc) or "No module named '_flux" in str(exc)):
-                pytest.skip(f"{scheduler} needs flux-core 0.88+'s Python bindings in this process "
-                            f"(run pytest under `flux env`): {exc}")
+                skip(str(exc))
             raise
         made.append(sim)
         return sim

@@ -139,26 +139,16 @@ def c_request(msg: Message) -> Any:
 
 
 class _BridgeInbox:
-    """What the broker calls on the bridge: the interface it calls on a handle."""
+    """What the broker calls on the sender of a request: its rank, and where
+    responses go (the bridge sends requests only, so nothing else)."""
 
     def __init__(self, bridge: "LibfluxBridge") -> None:
         self._bridge = bridge
         self.rank = bridge._module._rank
-        self.record = bridge._module._record
-        self.subscriptions: list = []
 
     def receive_response(self, msg: Message) -> None:
         """Queue *msg* for libflux and have the module's strand dispatch it."""
         self._bridge._queue_response(msg)
-
-    def deliver(self, msg: Message) -> None:
-        """Requests and events do not reach the bridge (it registers no service)."""
-
-    def watched_fds(self) -> list:
-        return []
-
-    def wake(self) -> None:
-        """Nothing to wake: the module's own handle polls."""
 
 
 class LibfluxBridge:

@@ -134,7 +134,6 @@ class Simulation:
         nodes, cores, gpus = _count("nodes", nodes, 1), _count("cores", cores, 1), _count("gpus", gpus, 0)
         epoch = _seconds("epoch", epoch)
         self._path = scheduler_path(scheduler)
-        self._args = args
         self._bursting = False
         self._closed = False
         broker = self._broker = Broker()

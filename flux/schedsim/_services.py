@@ -19,7 +19,6 @@ as flux-core's do, on the in-memory broker's virtual clock:
   through ``job-manager.sim-*`` requests, which are this stand-in's own.
 """
 
-import base64
 import errno
 import heapq
 import json
@@ -39,14 +38,12 @@ class Resource(BrokerModule):
     def __init__(self, h: Any, *args: str) -> None:
         super().__init__(h, *args)
         self.R = json.loads(args[0])
-        self.streams: List[Any] = []
 
     @request_handler("acquire")
     def acquire(self, msg: Any) -> None:
         ranks = self.R["execution"]["R_lite"]
         up = ",".join(entry["rank"] for entry in ranks)
-        self.handle.respond(msg, {"resources": self.R, "up": up})
-        self.streams.append(msg)  # the stream stays open, as flux-core's does
+        self.handle.respond(msg, {"resources": self.R, "up": up})  # the stream stays open, as flux-core's does
 
 
 class KVS(BrokerModule):
@@ -74,10 +71,6 @@ class KVS(BrokerModule):
         if key not in self.store:
             raise RequestError(errno.ENOENT, f"{key}: no such key in the simulation's KVS")
         return {"key": key, "val": self.store[key]}
-
-    def value(self, key: str) -> Any:
-        """The JSON value stored under *key* (KeyError if none)."""
-        return json.loads(base64.b64decode(self.store[key]["data"]))
 
 
 class Job:
@@ -160,7 +153,6 @@ class JobManager(BrokerModule):
         self.epoch = float(args[0]) if args else 0.0
         self.limit: Optional[int] = None  # None: unlimited
         self.ready = False
-        self.outstanding = 0  # alloc requests sent and not answered finally
         self.sent: Set[int] = set()  # jobs whose alloc request is out (not yet answered finally)
         # Jobs waiting for an alloc request: a heap of (-priority, id), the
         # order flux-core's job manager sends them in (highest priority, then oldest).
@@ -169,6 +161,11 @@ class JobManager(BrokerModule):
         self.ended = 0
         self.allocations: List[int] = []  # job IDs in the order they were allocated
         self.handle.msg_watcher_create(self._alloc_response, FLUX_MSGTYPE_RESPONSE, "sched.alloc").start()
+
+    @property
+    def outstanding(self) -> int:
+        """How many alloc requests are out."""
+        return len(self.sent)
 
     def now(self) -> float:
         """The simulation's wall clock: the epoch plus the virtual clock."""
@@ -204,7 +201,6 @@ class JobManager(BrokerModule):
                        "t_submit": job.t_submit, "jobspec": job.jobspec}
             job._alloc_sent = True
             self.sent.add(job.id)
-            self.outstanding += 1
             self.handle.send(Message(FLUX_MSGTYPE_REQUEST, "sched.alloc", json.dumps(payload).encode()))
         self._recalc()
 
@@ -243,7 +239,6 @@ class JobManager(BrokerModule):
             _merge(job.annotations, p["annotations"])
         if kind == ALLOC_ANNOTATE:
             return
-        self.outstanding -= 1
         self.sent.discard(job.id)
         recalled, job._recalling = job._recalling and not job._canceling, False
         if kind == ALLOC_SUCCESS:
@@ -291,7 +286,6 @@ class JobManager(BrokerModule):
         flux-core's job manager does when the scheduler goes)."""
         self.ready = False
         self.limit = None
-        self.outstanding = 0
         self.sent.clear()
         for job in self.jobs.values():
             if job.state == "pending" and job._alloc_sent:
