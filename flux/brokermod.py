@@ -385,15 +385,18 @@ def _is_seconds(value: Any) -> bool:
 
 
 class _Timer:
-    """A ``@timer_handler`` method's timer: flux-core's timer watcher, whose
-    ``reset()`` refuses, with one line naming the timer, what would abort
-    the module process."""
+    """A ``@timer_handler`` method's timer: flux-core's timer watcher, with a
+    ``reset()`` that re-arms it from now even while it runs (flux-core's
+    leaves a running timer due when it was) and refuses, with one line
+    naming the timer, what would abort the module process."""
 
-    __slots__ = ("_watcher", "_name")
+    __slots__ = ("_watcher", "_name", "_after", "_repeat")
 
-    def __init__(self, watcher: Any, name: str) -> None:
+    def __init__(self, watcher: Any, name: str, after: float, repeat: float) -> None:
         self._watcher = watcher
         self._name = name
+        self._after = after
+        self._repeat = repeat
 
     def start(self) -> Any:
         """Start the timer again.  As libev does, it resumes the time it had
@@ -406,15 +409,21 @@ class _Timer:
         return self._watcher.stop()
 
     def reset(self, after: Optional[float] = None, repeat: Optional[float] = None) -> None:
-        """Re-arm the timer from now: *after* seconds, then every *repeat*
-        (each defaults to the value it has).  ValueError for a value that is
-        not a finite number of seconds >= 0."""
+        """Re-arm the timer from now, running or not: *after* seconds, then
+        every *repeat* (each defaults to the value it has).  ValueError for
+        a value that is not a finite number of seconds >= 0."""
         for what, value in (("after", after), ("repeat", repeat)):
             if value is not None and not _is_seconds(value):
                 raise ValueError(
                     f"timer {self._name}: reset({what}={value!r}): a timer needs a finite number of seconds >= 0"
                 )
-        self._watcher.reset(after, repeat)
+        if after is not None:
+            self._after = after
+        if repeat is not None:
+            self._repeat = repeat
+        # libev takes a new setting only while the timer is stopped.
+        self._watcher.stop()
+        self._watcher.reset(self._after, self._repeat)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._watcher, name)
@@ -630,7 +639,9 @@ class BrokerModule:
 
         It offers flux-core's timer watcher methods: ``stop()``,
         ``start()`` and ``reset(after=None, repeat=None)``, which re-arms it
-        from now.  Its callback stays protected like the handlers.
+        from now, even while it runs (flux-core's own ``reset()`` does not
+        re-arm a running timer).  Its callback stays protected like the
+        handlers.
         """
         try:
             return self._flux_timers[name]
@@ -742,7 +753,7 @@ class BrokerModule:
                 timer = h.timer_watcher_create(after, dispatch.timer_callback(attr, method, kind), repeat=repeat)
                 timer.start()
                 self._watchers.append(timer)
-                self._flux_timers[attr] = _Timer(timer, attr)
+                self._flux_timers[attr] = _Timer(timer, attr, after, repeat)
                 continue
             topic = f"{self._name}.{spec['topic']}" if spec["prefix"] else spec["topic"]
             rolemask = _ROLE_OWNER | _ROLE_USER if spec.get("allow_guest") else None
@@ -850,7 +861,6 @@ class BrokerModule:
             for attr, periods in timers.items():
                 if periods != self._flux_timer_periods.get(attr):
                     self._flux_timers[attr].reset(*periods)
-                    self._flux_timers[attr].start()
             self._flux_timer_periods.update(timers)
             for attr, seconds in timeouts.items():
                 self._flux_reducers[attr].timeout = seconds

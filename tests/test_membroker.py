@@ -1048,8 +1048,9 @@ def test_a_response_before_its_future_is_used_is_lost_as_libflux_loses_it(broker
 def test_timer_start_resumes_the_time_left_as_libev_does(broker):
     """Measured on flux-core 0.88 (tests/test_tree_real.py runs it there):
     a one-shot timer started again after it fired fires at once; one stopped
-    at 0.6 s of 1.0 and started again fires at 1.0, not 1.6; reset() re-arms
-    from now."""
+    at 0.6 s of 1.0 and started again fires at 1.0, not 1.6; reset() of a
+    running timer leaves it due when it was (tests/test_timers.py runs that
+    on both brokers)."""
     fired = []
 
     def mod_main(h):
@@ -1069,7 +1070,8 @@ def test_timer_start_resumes_the_time_left_as_libev_does(broker):
 
     broker.load(mod_main, name="resume")
     broker.advance(5)
-    assert fired == [("once", 0.5), ("once", 0.5), ("paused", 1.0), ("reset", 1.8)]
+    assert fired[:2] == [("once", 0.5), ("once", 0.5)]
+    assert sorted(fired[2:]) == [("paused", 1.0), ("reset", 1.0)]
 
 
 def test_repeating_timer_restarted_in_its_callback_fires_once_per_period(broker):

@@ -240,11 +240,17 @@ class MessageWatcher:
 
 
 class TimerWatcher:
-    """Calls ``callback(handle, watcher, revents, args)`` on the broker's clock."""
+    """Calls ``callback(handle, watcher, revents, args)`` on the broker's clock.
 
+    It keeps libev's rules, as flux-core's timer watcher does on a real
+    broker (measured on flux-core 0.88, ``tests/test_timers.py``):
+    ``start()`` resumes the time left, and ``reset()`` re-arms only a timer
+    that is not running.
+    """
 
     def __getattr__(self, name: str) -> Any:
         raise missing('TimerWatcher', self, name)
+
     def __init__(
         self,
         handle: "Handle",
@@ -258,11 +264,20 @@ class TimerWatcher:
         _refuse_what_libev_aborts_on(after, repeat)
         self.flux_handle = handle
         self.callback = callback
+        # As flux-core's: the values given at creation, which reset() falls
+        # back on (reset() does not change them).
         self.after = float(after)
         self.repeat = float(repeat)
         self.args = args
-        # libev keeps a stopped timer's time left, which start() resumes.
+        # libev's own fields: the time a stopped timer has left (start()
+        # resumes it) and the period.
         self._left = self.after
+        self._period = self.repeat
+        # Set by reset() on a running timer: libev's ev_timer_set() wrote a
+        # relative time where a running timer keeps its absolute due time.
+        # The due time armed stays; once it fires, a repeating timer falls
+        # due again at once (that time is long past), then every period.
+        self._clobbered = False
 
     def start(self) -> "TimerWatcher":
         """Arm the timer for the time it has left, as libev does (measured on
@@ -280,22 +295,27 @@ class TimerWatcher:
         clock = self.flux_handle._link.clock
         left = clock.left(self)
         if left is not None:
-            self._left = left
+            # A clobbered due time is long past: started again, the timer
+            # fires at once, and is still clobbered (measured).
+            self._left = 0.0 if self._clobbered else left
             clock.disarm(self)
         return self
 
     def reset(self, after: Optional[float] = None, repeat: Optional[float] = None) -> None:
-        """Re-arm the timer from now, as flux-core's does: *after* seconds
-        (and then every *repeat*), defaulting to the values it has; it
-        starts even if it was stopped."""
-        _refuse_what_libev_aborts_on(self.after if after is None else after,
-                                     self.repeat if repeat is None else repeat)
-        if after is not None:
-            self.after = float(after)
-        if repeat is not None:
-            self.repeat = float(repeat)
-        self.stop()
-        self._left = self.after
+        """Set the timer to *after* seconds, then every *repeat* (each
+        defaulting to the value given at creation), and start it, as
+        flux-core's does.  As there, this re-arms a stopped timer only: a
+        running one keeps the time it was due at (libev ignores a new
+        setting of an active timer), and its next period comes at once.
+        ``stop()`` first to re-arm a running timer from now."""
+        after = self.after if after is None else float(after)
+        repeat = self.repeat if repeat is None else float(repeat)
+        _refuse_what_libev_aborts_on(after, repeat)
+        self._period = repeat
+        if self.flux_handle._link.clock.is_armed(self):
+            self._clobbered = True
+            return
+        self._left, self._clobbered = after, False
         self.start()
 
     def destroy(self) -> None:
@@ -313,9 +333,9 @@ class TimerWatcher:
     def _fire(self) -> None:
         clock = self.flux_handle._link.clock
         self._left = 0.0  # a one-shot timer started again fires at once
-        if self.repeat > 0 and not clock.is_armed(self):
-            clock.arm(self, self.repeat)
-            self._left = self.repeat
+        if self._period > 0 and not clock.is_armed(self):
+            clock.arm(self, 0.0 if self._clobbered else self._period)
+        self._clobbered = False
         self.flux_handle._run_callback(self.callback, self.flux_handle, self, 0, self.args)
 
     def __enter__(self) -> "TimerWatcher":
