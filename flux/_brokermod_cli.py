@@ -513,8 +513,7 @@ def modprobe_files(options: argparse.Namespace, out: Any = None) -> int:
     from flux import _layout, _modprobe, modloader
 
     _layout.prefer_this_package()
-    from flux.brokermod import module_classes
-    from flux._options import OptionError, parse_options
+    from flux.brokermod import check_load, module_classes
 
     path = os.path.abspath(options.file)
     name = options.name or os.path.basename(path).split(".", 1)[0]
@@ -538,9 +537,9 @@ def modprobe_files(options: argparse.Namespace, out: Any = None) -> int:
         try:
             modloader.resolve_entry_point(module)
             for cls in module_classes(module):
-                if cls._flux_options:  # type: ignore[attr-defined]
-                    parse_options(cls._flux_options, modloader.split_args(" ".join(options.args)))  # type: ignore
-        except (modloader.LoadError, OptionError) as exc:
+                # What the load would refuse before setup(), by the load's own rules.
+                check_load(cls, name, modloader.split_args(" ".join(options.args)))
+        except (modloader.LoadError, ValueError) as exc:
             print(f"flux-brokermod: modprobe: {path}: {exc}", file=sys.stderr)
             return 1
         finally:
