@@ -122,8 +122,10 @@ def _parser() -> argparse.ArgumentParser:
             "every broker of an instance whose modprobe path holds DIR loads the module at "
             "start, and rc3 removes it at shutdown. DIR is /etc/flux/modprobe (flux-core's "
             "sysconfdir) for a system instance; any directory named in "
-            "FLUX_MODPROBE_PATH_APPEND for `flux start`. FILE is imported and its options "
-            "checked against ARGS first. Exit status: 0 when written, 1 when FILE does not "
+            "FLUX_MODPROBE_PATH_APPEND for `flux start`. FILE is imported first, and what its "
+            "load would refuse before setup() runs is refused here: ARGS its options refuse, "
+            "and timer periods, reduction timeouts and combine functions that cannot work "
+            "with them (options not in ARGS are taken at their defaults). Exit status: 0 when written, 1 when FILE does not "
             "load or ARGS are refused, 2 for a bad command line."
         ),
     )
