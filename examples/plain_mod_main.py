@@ -1,7 +1,7 @@
 """A module written as a plain mod_main() function, without BrokerModule.
 
     flux module load examples/plain_mod_main.py hello world
-    flux rpc plain_mod_main.args     # ["hello", "world"]
+    flux python -c 'import flux; print(flux.Flux().rpc("plain_mod_main.args").get())'   # ['hello', 'world']
 """
 
 

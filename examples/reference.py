@@ -1,7 +1,9 @@
 """The API reference's example: a raw-string response and stop_error().
+The answer is a plain string, not JSON: read it with get_str() (get()
+would fail to decode it).
 
     flux module load examples/reference.py
-    flux rpc reference.info      # reference   (a plain string, not JSON)
+    flux python -c 'import flux; print(flux.Flux().rpc("reference.info").get_str())'   # reference
     flux event pub reference.panic   # the module stops with an error
 """
 

@@ -1,7 +1,8 @@
 """Two BrokerModule subclasses in one file: mod_main() picks which one runs.
 
     flux module load examples/two_modules.py --verbose --count=4
-    flux rpc two_modules.args    # {"args": ["--verbose", "--count=4"], "class": "Primary"}
+    flux python -c 'import flux; print(flux.Flux().rpc("two_modules.args").get())'
+    # {'args': ['--verbose', '--count=4'], 'class': 'Primary'}
 """
 
 from flux.brokermod import BrokerModule, request_handler

@@ -122,8 +122,10 @@ def _parser() -> argparse.ArgumentParser:
             "every broker of an instance whose modprobe path holds DIR loads the module at "
             "start, and rc3 removes it at shutdown. DIR is /etc/flux/modprobe (flux-core's "
             "sysconfdir) for a system instance; any directory named in "
-            "FLUX_MODPROBE_PATH_APPEND for `flux start`. FILE is imported and its options "
-            "checked against ARGS first. Exit status: 0 when written, 1 when FILE does not "
+            "FLUX_MODPROBE_PATH_APPEND for `flux start`. FILE is imported first, and what its "
+            "load would refuse before setup() runs is refused here: ARGS its options refuse, "
+            "and timer periods, reduction timeouts and combine functions that cannot work "
+            "with them (options not in ARGS are taken at their defaults). Exit status: 0 when written, 1 when FILE does not "
             "load or ARGS are refused, 2 for a bad command line."
         ),
     )
@@ -513,8 +515,7 @@ def modprobe_files(options: argparse.Namespace, out: Any = None) -> int:
     from flux import _layout, _modprobe, modloader
 
     _layout.prefer_this_package()
-    from flux.brokermod import module_classes
-    from flux._options import OptionError, parse_options
+    from flux.brokermod import check_load, module_classes
 
     path = os.path.abspath(options.file)
     name = options.name or os.path.basename(path).split(".", 1)[0]
@@ -538,9 +539,9 @@ def modprobe_files(options: argparse.Namespace, out: Any = None) -> int:
         try:
             modloader.resolve_entry_point(module)
             for cls in module_classes(module):
-                if cls._flux_options:  # type: ignore[attr-defined]
-                    parse_options(cls._flux_options, modloader.split_args(" ".join(options.args)))  # type: ignore
-        except (modloader.LoadError, OptionError) as exc:
+                # What the load would refuse before setup(), by the load's own rules.
+                check_load(cls, name, modloader.split_args(" ".join(options.args)))
+        except (modloader.LoadError, ValueError) as exc:
             print(f"flux-brokermod: modprobe: {path}: {exc}", file=sys.stderr)
             return 1
         finally:

@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import syslog
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar, Union
 
 from flux._constants import (
     FLUX_MSGTYPE_EVENT,
@@ -382,6 +382,84 @@ def _is_seconds(value: Any) -> bool:
     process on a NaN period, and libflux refuses a negative one)."""
     return (not isinstance(value, bool) and isinstance(value, (int, float))
             and math.isfinite(value) and value >= 0)
+
+
+#: What a look-up gives for a name only the running module can resolve
+#: (modprobe's check, which has a class and no instance).
+_UNKNOWN: Any = object()
+
+
+def _seconds(owner: str, value: Union[float, str], what: str, lookup: Callable[[str], Any],
+             positive: bool = False) -> Optional[float]:
+    """A timer's *after* or *repeat*, or a reduction's *timeout* (*positive*:
+    more than 0): a number, or what ``lookup(value)`` gives for the option or
+    attribute it names (*owner* says whose, in errors); None when the look-up
+    cannot tell (_UNKNOWN)."""
+    if not isinstance(value, str):
+        return value
+    seconds = lookup(value)
+    if seconds is _UNKNOWN:
+        return None
+    if not _is_seconds(seconds) or (positive and seconds == 0):
+        raise ValueError(
+            f"{owner}: {what}={value!r} must name an option or attribute holding "
+            f"a finite number of seconds {'>' if positive else '>='} 0, not {seconds!r}"
+        )
+    return float(seconds)
+
+
+def _timer_periods(attr: str, spec: Dict[str, Any], lookup: Callable[[str], Any]) -> Tuple[Optional[float], ...]:
+    """(after, repeat) of timer method *attr*."""
+    return tuple(_seconds(f"timer {attr}", spec[what], what, lookup) for what in ("after", "repeat"))
+
+
+def _reduction_timeout(attr: str, spec: Dict[str, Any], lookup: Callable[[str], Any]) -> Optional[float]:
+    # A literal 0 is refused where it is written; an option's here.
+    return _seconds(f"reduction {attr}", spec["reduce"]["timeout"], "timeout", lookup, positive=True)
+
+
+def _combine_function(cls: type, topic: str, attr: str, spec: Dict[str, Any],
+                      lookup: Callable[[str], Any]) -> Optional[Callable[[Any, Any], Any]]:
+    """The combine function of reduction method *attr* (None when the look-up cannot tell)."""
+    combine = spec["reduce"]["combine"]
+    if isinstance(combine, str):
+        combine = lookup(combine)
+        if combine is _UNKNOWN:
+            return None
+        if not callable(combine):
+            raise ValueError(f"@reduce_handler({topic!r}) on {attr}: combine={spec['reduce']['combine']!r} "
+                             f"names no method of {cls.__qualname__}")
+    if kind_of(combine) != PLAIN:
+        raise ValueError(f"@reduce_handler({topic!r}) on {attr}: combine must be a plain function of two "
+                         f"values, not {kind_of(combine)} {getattr(combine, '__name__', combine)!r}")
+    return combine
+
+
+def _handler_settings(cls: type, name: str, attr: str, spec: Dict[str, Any], method: Callable[..., Any],
+                      lookup: Callable[[str], Any]) -> Dict[str, Any]:
+    """What the load of module *name* derives from handler *attr* before it
+    registers it: a timer's ``periods``, a request handler's payload
+    ``schema``, a reduction's ``combine`` and ``timeout``.  *method* is the
+    handler (bound, on the load; the class's function, for modprobe's
+    check); ``lookup(name)`` gives the option or attribute a period, timeout
+    or combine names.  The one place these rules live: the load and
+    :func:`check_load` both call it.
+
+    :raises ValueError: one line naming the handler and what it cannot use.
+    """
+    if spec["msgtype"] == _TIMER:
+        return {"periods": _timer_periods(attr, spec, lookup)}
+    if spec["msgtype"] == _MSGTYPE_EVENT:
+        return {}
+    try:
+        settings: Dict[str, Any] = {"schema": schema_of(method, f"{cls.__qualname__}.{attr}")}
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    if "reduce" in spec:
+        topic = f"{name}.{spec['topic']}" if spec["prefix"] else spec["topic"]
+        settings["combine"] = _combine_function(cls, topic, attr, spec, lookup)
+        settings["timeout"] = _reduction_timeout(attr, spec, lookup)
+    return settings
 
 
 class _Timer:
@@ -748,8 +826,9 @@ class BrokerModule:
         for attr, spec in type(self)._flux_handlers.items():
             method = getattr(self, attr)
             kind = kind_of(method)
+            settings = _handler_settings(type(self), self._name, attr, spec, method, self._lookup)
             if spec["msgtype"] == _TIMER:
-                after, repeat = self._flux_timer_periods[attr] = self._timer_periods(attr)
+                after, repeat = self._flux_timer_periods[attr] = settings["periods"]
                 timer = h.timer_watcher_create(after, dispatch.timer_callback(attr, method, kind), repeat=repeat)
                 timer.start()
                 self._watchers.append(timer)
@@ -763,12 +842,11 @@ class BrokerModule:
                 h.event_subscribe(topic)
                 callback = dispatch.event_callback(method, kind)
             else:
-                try:
-                    schema = schema_of(method, f"{type(self).__qualname__}.{attr}")
-                except TypeError as exc:
-                    raise ValueError(str(exc)) from None
+                schema = settings["schema"]
                 if "reduce" in spec:
-                    reducer = self._flux_reducers[attr] = self._reducer(attr, topic, method, spec["reduce"])
+                    reducer = self._flux_reducers[attr] = Reducer(
+                        h, self._flux_place, topic, method, settings["combine"], settings["timeout"],
+                        dispatch.failed)
                     forward = forward_topic(topic)
                     # Forwarded with the caller's credentials: it admits whom the topic admits.
                     self._watch(_MSGTYPE_REQUEST, forward,
@@ -799,22 +877,14 @@ class BrokerModule:
             bound.append(sets)
         return bound
 
-    def _reducer(self, attr: str, topic: str, method: Callable[..., Any], spec: Dict[str, Any]) -> Reducer:
-        combine = spec["combine"]
-        if isinstance(combine, str):
-            combine = getattr(self, combine, None)
-            if not callable(combine):
-                raise ValueError(f"@reduce_handler({topic!r}) on {attr}: combine={spec['combine']!r} "
-                                 f"names no method of {type(self).__qualname__}")
-        if kind_of(combine) != PLAIN:
-            raise ValueError(f"@reduce_handler({topic!r}) on {attr}: combine must be a plain function of two "
-                             f"values, not {kind_of(combine)} {getattr(combine, '__name__', combine)!r}")
-        timeout = self._reduction_timeout(attr, spec)
-        return Reducer(self._h, self._flux_place, topic, method, combine, timeout, self._flux_dispatch.failed)
+    def _reduction_timeout(self, attr: str) -> float:
+        """The timeout of reduction method *attr*, options read now."""
+        return _reduction_timeout(attr, type(self)._flux_handlers[attr], self._lookup)  # type: ignore[return-value]
 
-    def _reduction_timeout(self, attr: str, spec: Dict[str, Any]) -> float:
-        # A literal 0 is refused where it is written; an option's here.
-        return self._seconds(f"reduction {attr}", spec["timeout"], "timeout", positive=True)
+    def _lookup(self, name: str) -> Any:
+        """The option or attribute a timer period, a reduction's timeout or its
+        combine names (None if there is none)."""
+        return getattr(self, name, None)
 
     def options_changed(self, changed: Dict[str, Tuple[Any, Any]]) -> None:
         """Called when ``flux config reload`` changed options of this module:
@@ -845,8 +915,7 @@ class BrokerModule:
             self.__dict__["_flux_options"] = new
             try:
                 timers = {attr: self._timer_periods(attr) for attr in self._flux_timers}
-                timeouts = {attr: self._reduction_timeout(attr, type(self)._flux_handlers[attr]["reduce"])
-                            for attr in self._flux_reducers}
+                timeouts = {attr: self._reduction_timeout(attr) for attr in self._flux_reducers}
             except ValueError as exc:  # a period or timeout the new values make impossible
                 self.__dict__["_flux_options"] = old
                 h.respond_error(msg, errno.EINVAL, str(exc))
@@ -870,9 +939,7 @@ class BrokerModule:
 
     def _timer_periods(self, attr: str) -> Tuple[float, float]:
         """(after, repeat) of timer method *attr*, options read now."""
-        spec = type(self)._flux_handlers[attr]
-        return tuple(self._seconds(f"timer {attr}", spec[what], what)  # type: ignore[return-value]
-                     for what in ("after", "repeat"))
+        return _timer_periods(attr, type(self)._flux_handlers[attr], self._lookup)  # type: ignore[return-value]
 
     def _disconnect_callback(self, rank_sets: List[Any]) -> Callable[..., None]:
         """``NAME.disconnect``: end the departed client's tasks, and leave the
@@ -915,20 +982,6 @@ class BrokerModule:
         if getattr(method, "_flux_handler", None) is not None:
             return None
         return method()
-
-    def _seconds(self, owner: str, value: Union[float, str], what: str, positive: bool = False) -> float:
-        """A timer's *after* or *repeat*, or a reduction's *timeout* (*positive*:
-        more than 0): a number, or the option or attribute it names (*owner*
-        says whose, in errors)."""
-        if not isinstance(value, str):
-            return value
-        seconds = getattr(self, value, None)
-        if not _is_seconds(seconds) or (positive and seconds == 0):
-            raise ValueError(
-                f"{owner}: {what}={value!r} must name an option or attribute holding "
-                f"a finite number of seconds {'>' if positive else '>='} 0, not {seconds!r}"
-            )
-        return float(seconds)
 
     def _handler_failed(self) -> None:
         if self.stop_on_error:
@@ -973,6 +1026,45 @@ def describe(cls: type, name: str, guest: bool = False) -> Dict[str, Any]:
                          "doc": doc[0] if doc else ""})
     options = [] if guest else option_table(cls._flux_options)  # type: ignore[attr-defined]
     return {"name": name, "handlers": handlers, "options": options}
+
+
+def check_load(cls: type, name: str, args: Sequence[str]) -> None:
+    """Refuse what loading *cls* as module *name* with the arguments *args*
+    would refuse before :meth:`BrokerModule.setup` runs, without a broker
+    (``flux-brokermod modprobe`` calls it): the arguments, and each
+    handler's timer periods, reduction timeout and combine function, and
+    payload declaration, by the load's own rules.
+
+    An option holds the value *args* give it, else its default: the
+    instance configuration's table, which may set it at load, is not read.
+    A name that only an instance can resolve (a property, or any
+    non-option attribute of a class with its own ``__init__`` or
+    ``__getattr__``) is left to the load.
+
+    :raises OptionError: for an argument; ValueError: for a handler (one line each).
+    """
+    declared: Dict[str, Option] = cls._flux_options  # type: ignore[attr-defined]
+    values = parse_options(declared, args) if declared else {}
+    own = cls.__mro__[:cls.__mro__.index(BrokerModule)]
+    dynamic = any(hook in vars(klass) for klass in own for hook in ("__init__", "__getattr__", "__getattribute__"))
+
+    def lookup(attr: str) -> Any:
+        if attr in declared:
+            return values[attr]
+        if dynamic:
+            return _UNKNOWN
+        try:
+            found = inspect.getattr_static(cls, attr)
+        except AttributeError:
+            return None  # as the load's getattr(module, attr, None)
+        if inspect.isfunction(found) or isinstance(found, (staticmethod, classmethod)):
+            return getattr(cls, attr)
+        if hasattr(type(found), "__get__"):  # a property...: computed on the instance
+            return _UNKNOWN
+        return found
+
+    for attr, spec in cls._flux_handlers.items():  # type: ignore[attr-defined]
+        _handler_settings(cls, name, attr, spec, getattr(cls, attr), lookup)
 
 
 def cancel_stream(h: Any, future: Any, topic: str, nodeid: Optional[int] = None) -> None:

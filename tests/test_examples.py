@@ -1,13 +1,19 @@
 """One test per file in examples/: load it (on both brokers where it can) and check
 what its docstring says it does."""
 
+import ast
 import errno
 import os
+import re
+import subprocess
 import syslog
 
 import pytest
 
+from flux.brokermod_testing import start_instance
 from flux.membroker import Broker
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emerg"]
 DMESG = ["debug", "info", "notice", "warning", "err", "crit", "alert", "emerg"]
@@ -146,3 +152,86 @@ def test_every_example_the_code_names_exists():
                 with open(os.path.join(directory, name)) as f:
                     named.update(re.findall(r"examples/(\w+\.py)", f.read()))
     assert named and all(os.path.exists(os.path.join(root, "examples", name)) for name in named), named
+
+
+# Issue 35, item 2: examples told users to run `flux rpc`, which flux-core
+# 0.88 does not have.  A command line running it (`flux rpc TOPIC`,
+# `flux rpc -r 1 ...`), not a sentence naming it ("has no `flux rpc` command").
+_RUNS_FLUX_RPC = re.compile(r"\bflux rpc\s+[-\w]")
+
+
+def _user_facing_files():
+    yield os.path.join(ROOT, "README.md")
+    for top in ("docs", "examples", "flux"):
+        for directory, dirs, files in os.walk(os.path.join(ROOT, top)):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "_build", "__pycache__"))]
+            for name in files:
+                if name.endswith((".py", ".rst", ".md", ".txt")):
+                    yield os.path.join(directory, name)
+
+
+def test_no_example_doc_or_readme_tells_users_to_run_flux_rpc():
+    """README.md, docs/, examples/ and the package's docstrings (which the API
+    docs show) give `flux python -c '...rpc(...)...'` instead."""
+    found = []
+    for path in _user_facing_files():
+        with open(path, errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if _RUNS_FLUX_RPC.search(line):
+                    found.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
+    assert found == []
+
+
+_CALL = re.compile(r"^(?P<command>.*\bflux python -c '[^']*')(?:\s+#\s*(?P<output>.*))?$")
+
+
+def _docstring_commands(name):
+    """The ``flux module load`` lines of example *name*'s docstring, and its
+    ``flux python -c '...'`` lines with the output written after each (``#
+    OUTPUT``, on the line or the next)."""
+    with open(os.path.join(ROOT, "examples", name)) as f:
+        lines = [line.strip() for line in (ast.get_docstring(ast.parse(f.read())) or "").splitlines()]
+    loads, calls = [], []
+    for number, line in enumerate(lines):
+        match = _CALL.match(line)
+        if line.startswith("flux module load "):
+            loads.append(line)
+        elif match:
+            output = match["output"]
+            if output is None and number + 1 < len(lines) and lines[number + 1].startswith("#"):
+                output = lines[number + 1].lstrip("#").strip()
+            calls.append((match["command"], output))
+    return loads, calls
+
+
+@pytest.fixture(scope="module")
+def instance():
+    started = start_instance()  # skips the test without a real flux-core
+    yield started
+    assert started.stop() == 0, started.stderr()[-2000:]
+
+
+@pytest.mark.real_flux
+@pytest.mark.parametrize("name", ["mymod.py", "plain_mod_main.py", "reference.py", "status.py", "two_modules.py"])
+def test_an_examples_flux_python_lines_print_what_its_docstring_says(instance, name):
+    """Run as written, in a shell inside a real instance, from the project's
+    directory: each ``flux module load`` line, then each ``flux python``
+    line, whose last line printed (stderr's, when it fails) is the one the
+    docstring shows."""
+    loads, calls = _docstring_commands(name)
+    assert loads and calls and all(output for _, output in calls), (loads, calls)
+    env = dict(instance.environment(), FLUX_URI=str(instance.uri))
+
+    def shell(line):
+        return subprocess.run(line, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    try:
+        for line in loads:
+            loaded = shell(line)
+            assert loaded.returncode == 0, loaded.stderr
+        for command, output in calls:
+            result = shell(command)
+            printed = (result.stdout if result.returncode == 0 else result.stderr).strip().splitlines()
+            assert printed[-1:] == [output], (command, result.stdout, result.stderr[-1000:])
+    finally:
+        shell(f"flux module remove -f {name.split('.', 1)[0]}")

@@ -1,5 +1,6 @@
 """``flux-brokermod modprobe``: the files that load a module at instance start."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -152,3 +153,149 @@ def test_a_site_scheduler_replaces_sched_simple_and_starts_jobs_in_its_order(tmp
         assert runs["cancelme"] == (0.0, "CANCELED"), runs
     finally:
         assert instance.stop() == 0, instance.stderr()[-3000:]
+
+
+# Issue 35, item 1: modprobe wrote files that the next start's rc1 failed
+# to load.  What the load refuses before setup() runs, modprobe refuses.
+
+HEADER = """\
+from __future__ import annotations
+from flux.brokermod import BrokerModule, Option, reduce_handler, request_handler, timer_handler
+"""
+
+REFUSED = {
+    "timer-after": ("""
+class M(BrokerModule):
+    interval = Option(float, default=1.0)
+
+    @timer_handler("interval", repeat="interval")
+    def tick(self):
+        pass
+""", ["interval=-1"], "timer tick: after='interval' must name an option or attribute holding a finite number of "
+                      "seconds >= 0, not -1.0"),
+    "timer-repeat": ("""
+class M(BrokerModule):
+    every = Option(int, default=5)
+
+    @timer_handler(0, repeat="every")
+    def tick(self):
+        pass
+""", ["every=-3"], "timer tick: repeat='every' must name an option or attribute holding a finite number of "
+                   "seconds >= 0, not -3"),
+    "timer-class-attribute": ("""
+class M(BrokerModule):
+    period = -1
+
+    @timer_handler("period")
+    def tick(self):
+        pass
+""", [], "timer tick: after='period' must name an option or attribute holding a finite number of seconds >= 0, "
+         "not -1"),
+    "reduction-timeout": ("""
+class M(BrokerModule):
+    t = Option(float, default=2.0)
+
+    @reduce_handler("count", combine=max, timeout="t")
+    def count(self, msg):
+        return 1
+""", ["t=0"], "reduction count: timeout='t' must name an option or attribute holding a finite number of "
+              "seconds > 0, not 0.0"),
+    "reduction-combine-missing": ("""
+class M(BrokerModule):
+    @reduce_handler("count", combine="merge")
+    def count(self, msg):
+        return 1
+""", [], "@reduce_handler('m.count') on count: combine='merge' names no method of M"),
+    "reduction-combine-async": ("""
+class M(BrokerModule):
+    async def merge(self, a, b):
+        return a + b
+
+    @reduce_handler("count", combine="merge")
+    def count(self, msg):
+        return 1
+""", [], "@reduce_handler('m.count') on count: combine must be a plain function of two values, not coroutine "
+         "'merge'"),
+    "payload-annotation": ("""
+class M(BrokerModule):
+    @request_handler("get")
+    def get(self, msg, *, key: Nonesuch):
+        return key
+""", [], "M.get: cannot read the annotations: name 'Nonesuch' is not defined"),
+}
+
+# What only an instance can tell is left to the load, which accepts these.
+ACCEPTED = {
+    "property": ("""
+class M(BrokerModule):
+    @property
+    def period(self):
+        return 5.0
+
+    @timer_handler("period")
+    def tick(self):
+        pass
+""", []),
+    "own-init": ("""
+class M(BrokerModule):
+    def __init__(self, h, *args):
+        self.period = 5.0
+        super().__init__(h, *args)
+
+    @timer_handler("period", repeat="period")
+    def tick(self):
+        pass
+""", []),
+    "good-values": (REFUSED["timer-after"][0] + """
+    t = Option(float, default=2.0)
+
+    @reduce_handler("count", combine=max, timeout="t")
+    def count(self, msg):
+        return 1
+""", ["interval=0.5", "t=3"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_modprobe_refuses_in_one_line_what_the_load_refuses_before_setup(tmp_path, case):
+    source, args, text = REFUSED[case]
+    module = tmp_path / "m.py"
+    module.write_text(HEADER + source)
+    out = tmp_path / "modprobe"
+    result = cli("modprobe", "--dir", str(out), str(module), *args)
+    assert (result.returncode, result.stderr) == (1, f"flux-brokermod: modprobe: {module}: {text}\n")
+    assert result.stdout == "" and not out.exists()
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_modprobe_leaves_to_the_load_what_only_an_instance_can_tell(tmp_path, case):
+    source, args = ACCEPTED[case]
+    module = tmp_path / "m.py"
+    module.write_text(HEADER + source)
+    result = cli("modprobe", "--dir", str(tmp_path / "modprobe"), str(module), *args)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert sorted(os.listdir(tmp_path / "modprobe")) == ["modprobe.d", "rc1.d"]
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_what_modprobe_refuses_the_load_refuses_with_the_same_line(target, write, case):
+    """On the in-memory broker and on a real instance (flux on PATH): the
+    file and arguments modprobe refuses fail the load, saying the same."""
+    source, args, text = REFUSED[case]
+    before = target.modules()
+    try:
+        errnum, said = target.load_error(write("m.py", HEADER + source), *args)
+    finally:
+        target.cleanup(before)  # should the load succeed, the next case's must not find m loaded
+    assert errnum == errno.EINVAL and text in said
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_what_modprobe_leaves_to_the_load_the_load_accepts(target, write, case):
+    source, args = ACCEPTED[case]
+    before = target.modules()
+    try:
+        target.load(write("m.py", HEADER + source), *args)
+        assert "m" in target.modules()
+    finally:
+        target.cleanup(before)
