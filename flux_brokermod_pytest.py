@@ -219,15 +219,19 @@ class _SessionInstances:
         """The shared instance of *size* brokers in tree *topo*; skips the
         test, with the reason, without flux-core 0.84+."""
         key = (size, topo)
+        if key in self._instances and self._instances[key].lost:  # a test lost ranks of it
+            self._instances.pop(key).stop()
         if key not in self._instances:
             from flux.brokermod_testing import start_instance
 
             # broker.module-nopanic: a crashing module cannot take the
-            # instance down for the tests after it.
+            # instance down for the tests after it; exit mode leader: a
+            # follower that exits (lose_rank) leaves the others serving.
             attrs = {"broker.module-nopanic": "1"}
             if topo is not None:
                 attrs["tbon.topo"] = topo
-            self._instances[key] = start_instance(size=size, attrs=attrs)
+            self._instances[key] = start_instance(size=size, attrs=attrs,
+                                                  exit_mode="leader" if size > 1 else None)
         return self._instances[key]
 
     def stop(self) -> None:

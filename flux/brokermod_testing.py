@@ -68,7 +68,7 @@ import flux
 from flux.constants import FLUX_RPC_STREAMING
 # The payload comes on stdin: an argument list is limited (about 128 KiB).
 topic, nodeid, streaming = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-take = int(sys.argv[4])
+take, cancel_wait, timeout = int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
 payload = json.loads(sys.stdin.read())
 h = flux.Flux()
 f = h.rpc(topic, payload if payload is not None else None, nodeid=nodeid,
@@ -84,6 +84,12 @@ while True:
         except OSError:
             print(json.dumps({"not_cancelled": take}))
             sys.exit(0)
+    else:
+        try:
+            f.wait_for(timeout)
+        except OSError:
+            print(json.dumps({"no_answer": len(out)}))
+            sys.exit(0)
     try:
         out.append({"payload": f.get_str()})
     except OSError as exc:
@@ -93,9 +99,50 @@ while True:
         break
     if len(out) == take:  # enough: cancel, as flux-core's own clients do
         h.rpc(topic + "-cancel", {"matchtag": f.pimpl.get_matchtag()}, nodeid, 1)
-        deadline = time.monotonic() + float(sys.argv[5])
+        deadline = time.monotonic() + cancel_wait
     f.reset()
 print(json.dumps(out))
+"""
+
+# A request sent without a matchtag (flux_send(), as flux-core's job manager
+# sends sched.alloc): its answers are taken by topic, up to a count.
+_SEND_SCRIPT = r"""
+import json, sys
+import flux
+from flux.constants import FLUX_MSGTYPE_RESPONSE
+from flux.message import Message
+from _flux._core import lib
+topic, nodeid, count, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+payload = json.loads(sys.stdin.read())
+h = flux.Flux()
+out = []
+
+def answer(h, watcher, msg, arg):
+    try:
+        out.append({"payload": msg.decode()[2]})
+    except OSError as exc:
+        out.append({"errno": exc.errno, "error": exc.strerror})
+    if len(out) >= count:
+        h.reactor_stop()
+
+late = []
+
+def too_late(h, watcher, revents, arg):
+    late.append(len(out))
+    h.reactor_stop()
+
+watcher = h.msg_watcher_create(answer, FLUX_MSGTYPE_RESPONSE, topic)
+watcher.start()
+request = Message()
+request.topic = topic
+if payload is not None:
+    request.payload_str = json.dumps(payload)
+lib.flux_msg_set_nodeid(request.handle, nodeid)
+h.send(request)
+if count > 0:
+    h.timer_watcher_create(timeout, too_late).start()
+    h.reactor_run()
+print(json.dumps({"no_answer": late[0]} if late else out))
 """
 
 
@@ -156,10 +203,11 @@ class RPCResult:
 class PendingRPC:
     """A request sent by :meth:`FluxInstance.start_rpc`, not yet answered."""
 
-    def __init__(self, topic: str, proc: "subprocess.Popen[str]", timeout: float) -> None:
+    def __init__(self, topic: str, proc: "subprocess.Popen[str]", timeout: float, rpc_timeout: float) -> None:
         self.topic = topic
         self._proc = proc
         self._timeout = timeout
+        self._rpc_timeout = rpc_timeout
 
     def wait(self) -> RPCResult:
         """Wait for the answer(s) and return them."""
@@ -172,6 +220,8 @@ class PendingRPC:
         if self._proc.returncode != 0:
             raise AssertionError(f"rpc {self.topic} client failed: {err.strip()}")
         answers = json.loads(out)
+        if isinstance(answers, dict) and "no_answer" in answers:
+            raise AssertionError(_no_answer(self.topic, self._rpc_timeout, answers["no_answer"]))
         if isinstance(answers, dict):
             raise AssertionError(_not_cancelled(self.topic, answers["not_cancelled"]))
         return RPCResult(self.topic, answers)
@@ -186,7 +236,9 @@ class FluxInstance:
     runs ``.py`` modules on this library's loader (False: flux-core's);
     *env* adds variables to the environment of the instance and of every
     command run in it; *config_path* is a directory of TOML files, the
-    instance configuration (``flux start --config-path``).
+    instance configuration (``flux start --config-path``); *exit_mode*
+    ``"leader"`` keeps the instance running when a follower broker exits
+    (``flux start --test-exit-mode``), as a system instance does.
     """
 
     def __init__(
@@ -198,9 +250,13 @@ class FluxInstance:
         timeout: float = 120.0,
         env: Optional[Dict[str, str]] = None,
         config_path: Optional[str] = None,
+        exit_mode: Optional[str] = None,
     ) -> None:
         self.flux_command = flux
         self.config_path = config_path
+        self.exit_mode = exit_mode
+        #: Ranks cut off by :meth:`RealBroker.lose_rank` (their brokers exited).
+        self.lost: set = set()
         self.size = size
         self.attrs = dict(attrs or {})
         self.setup = setup
@@ -226,6 +282,8 @@ class FluxInstance:
         cmd = [self.flux_command, "start", f"--test-size={self.size}"]
         if self.config_path is not None:
             cmd.append(f"--config-path={self.config_path}")
+        if self.exit_mode is not None:
+            cmd.append(f"--test-exit-mode={self.exit_mode}")
         cmd += [f"-S{key}={value}" for key, value in self.attrs.items()]
         cmd += ["sh", "-c", 'echo "$FLUX_URI"; exec cat']
         self._proc = subprocess.Popen(
@@ -315,6 +373,7 @@ class FluxInstance:
         streaming: bool = False,
         guest: bool = False,
         take: int = 0,
+        timeout: Optional[float] = None,
     ) -> RPCResult:
         """Send a request from a separate client process; return its answers.
 
@@ -322,8 +381,10 @@ class FluxInstance:
         rolemask FLUX_ROLE_USER), as the instance owner may for tests.  A
         *streaming* request is read to its end; with *take*, after that many
         responses it is cancelled (``TOPIC-cancel``) and read to its ENODATA.
+        Each answer must come within *timeout* seconds (default
+        :data:`RPC_TIMEOUT`), else AssertionError naming the topic.
         """
-        return self.start_rpc(topic, payload, nodeid, streaming, guest, take).wait()
+        return self.start_rpc(topic, payload, nodeid, streaming, guest, take, timeout).wait()
 
     def start_rpc(
         self,
@@ -333,15 +394,17 @@ class FluxInstance:
         streaming: bool = False,
         guest: bool = False,
         take: int = 0,
+        timeout: Optional[float] = None,
     ) -> "PendingRPC":
         """Like :meth:`rpc`, but return at once; ``.wait()`` gives the result."""
+        timeout = RPC_TIMEOUT if timeout is None else _rpc_timeout(timeout)
         if self.uri is None:
             raise RuntimeError("the instance is not running")
         env = self.environment()
         env["FLUX_URI"] = self.uri
         if guest:
             env.update(FLUX_HANDLE_USERID="1234", FLUX_HANDLE_ROLEMASK="0x2")
-        args = [topic, str(nodeid), "1" if streaming else "0", str(take), str(CANCEL_WAIT)]
+        args = [topic, str(nodeid), "1" if streaming else "0", str(take), str(CANCEL_WAIT), repr(timeout)]
         proc = subprocess.Popen(
             [self.flux_command, "python", "-c", _RPC_SCRIPT, *args],
             stdin=subprocess.PIPE,
@@ -358,7 +421,40 @@ class FluxInstance:
         finally:
             proc.stdin.close()
             proc.stdin = None  # closed: communicate() must not flush it
-        return PendingRPC(topic, proc, self.timeout)
+        # The client process itself is bounded too (it might hang connecting).
+        return PendingRPC(topic, proc, max(self.timeout, timeout + 30.0), timeout)
+
+    def send_without_matchtag(
+        self,
+        topic: str,
+        payload: Any = None,
+        answers: int = 0,
+        nodeid: int = 0xFFFFFFFF,
+        guest: bool = False,
+        timeout: Optional[float] = None,
+    ) -> RPCResult:
+        """Send a request without a matchtag from a client process, as
+        flux-core's job manager sends ``sched.alloc`` (``flux_send()``);
+        take its first *answers* responses by topic (each within *timeout*
+        seconds, default :data:`RPC_TIMEOUT`) and return them."""
+        timeout = RPC_TIMEOUT if timeout is None else _rpc_timeout(timeout)
+        if self.uri is None:
+            raise RuntimeError("the instance is not running")
+        env = self.environment()
+        env["FLUX_URI"] = self.uri
+        if guest:
+            env.update(FLUX_HANDLE_USERID=str(GUEST), FLUX_HANDLE_ROLEMASK="0x2")
+        result = subprocess.run(
+            [self.flux_command, "python", "-c", _SEND_SCRIPT, topic, str(nodeid), str(answers), repr(timeout)],
+            input=json.dumps(payload), capture_output=True, text=True, env=env, timeout=timeout + 30.0,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"send {topic} client failed: {result.stderr.strip()}")
+        out = json.loads(result.stdout)
+        if isinstance(out, dict):
+            raise AssertionError(f"send {topic} without matchtag: {out['no_answer']} of {answers} answers "
+                                 f"in {timeout:g} s")
+        return RPCResult(topic, out)
 
     def dmesg(self) -> List[str]:
         """``flux dmesg`` lines, without their timestamps."""
@@ -377,6 +473,7 @@ def start_instance(
     attrs: Optional[Dict[str, str]] = None,
     setup: bool = True,
     env: Optional[Dict[str, str]] = None,
+    exit_mode: Optional[str] = None,
 ) -> FluxInstance:
     """Start a :class:`FluxInstance`, or skip the calling test with the reason."""
     reason = skip_reason()
@@ -384,7 +481,7 @@ def start_instance(
         pytest.skip(reason)
     flux = find_flux()
     assert flux is not None
-    return FluxInstance(flux, size=size, attrs=attrs, setup=setup, env=env).start()
+    return FluxInstance(flux, size=size, attrs=attrs, setup=setup, env=env, exit_mode=exit_mode).start()
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
@@ -417,17 +514,21 @@ def _membroker() -> Any:
 
 def collect_answers(future: Any, streaming: bool, cancel: Optional[Callable[[], None]] = None,
                     take: int = 0, topic: str = "?",
-                    clock: Callable[[], float] = time.monotonic) -> List[Dict[str, Any]]:
+                    clock: Callable[[], float] = time.monotonic,
+                    timeout: Optional[float] = None) -> List[Dict[str, Any]]:
     """Every answer *future* gets, as RPCResult records; after *take*
     responses of a stream, *cancel* is called (and the stream read on to
     its end).
 
-    ``wait_for()`` comes first and is not caught: when no answer comes,
-    the in-memory broker's EDEADLK or ETIMEDOUT fails the test instead of
-    passing for an error answer.  After the cancel it is bounded as on a
-    real instance (:data:`CANCEL_WAIT`), and a stream that does not end is
-    an AssertionError saying so.
+    Each answer is waited for first, for up to *timeout* seconds of
+    *clock* (default :data:`RPC_TIMEOUT`): when none comes, that is an
+    AssertionError naming the topic, so that no test passes for an error
+    answer that never came (the in-memory broker's EDEADLK, nothing left
+    to run that could answer, is one too).  After the cancel the wait is
+    :data:`CANCEL_WAIT`, and a stream that does not end is an
+    AssertionError saying so.
     """
+    timeout = RPC_TIMEOUT if timeout is None else _rpc_timeout(timeout)
     answers: List[Dict[str, Any]] = []
     deadline: Optional[float] = None  # by *clock*, once cancelled
     while True:
@@ -439,7 +540,13 @@ def collect_answers(future: Any, streaming: bool, cancel: Optional[Callable[[], 
             except OSError:
                 raise AssertionError(_not_cancelled(topic, take)) from None
         else:
-            future.wait_for()
+            try:
+                future.wait_for(timeout)
+            except OSError as exc:
+                if exc.errno == errno.ETIMEDOUT:
+                    raise AssertionError(_no_answer(topic, timeout, len(answers))) from None
+                raise AssertionError(f"rpc {topic}: no answer, and nothing left to run in memory could answer it "
+                                     f"(a real broker: no answer in {timeout:g} s)") from None
         try:
             answers.append({"payload": future.get_str()})
         except OSError as exc:
@@ -456,6 +563,21 @@ def collect_answers(future: Any, streaming: bool, cancel: Optional[Callable[[], 
 
 #: Seconds a stream has to end after its ``TOPIC-cancel`` (``take=``).
 CANCEL_WAIT = 10.0
+
+#: Seconds the fixtures' ``rpc`` waits for each answer by default (virtual
+#: seconds in memory), before failing the test naming the topic.
+RPC_TIMEOUT = 30.0
+
+
+def _rpc_timeout(timeout: Any) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ValueError(f"rpc timeout={timeout!r}: expected a finite number of seconds > 0")
+    return float(timeout)
+
+
+def _no_answer(topic: str, timeout: float, answered: int) -> str:
+    after = f" after {answered} responses" if answered else ""
+    return f"rpc {topic}: no answer in {timeout:g} s{after}"
 
 
 def _not_cancelled(topic: str, taken: int) -> str:
@@ -521,11 +643,39 @@ class _BothBrokers:
         """``remove(name, rank=rank)``."""
         self.remove(name, rank=rank)
 
+    def lose_rank(self, rank: int) -> List[int]:
+        """``flux overlay disconnect RANK``: cut *rank* and the ranks below
+        it off the instance, as when a node fails.  Their brokers exit, the
+        others go on serving; return once rank 0 has logged them dead to
+        Flux, with the ranks lost (sorted).  A real instance that lost a
+        rank is not shared with later tests."""
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 < rank < self.size:
+            raise ValueError(f"lose_rank({rank!r}): expected a rank from 1 to {self.size - 1} (rank 0 has no parent)")
+        self._disconnect(rank)
+        dead: List[int] = []
+
+        def logged() -> bool:
+            for line in self.dmesg():
+                match = re.search(r"broker\.err\[0\]: dead to Flux: .* \(rank ([0-9,-]+)\)$", line)
+                if match and rank in _idset.decode(match.group(1)):
+                    dead[:] = sorted(_idset.decode(match.group(1)))
+                    return True
+            return False
+
+        self.settle(logged, f"rank 0 to log rank {rank} dead to Flux")
+        self._lost_ranks().update(dead)
+        return dead
+
     def cleanup(self, before: Sequence[str] = ()) -> None:
         """Remove what this object loaded, on every rank where it still
         runs, and whatever else is on rank 0 but not in *before*."""
         for name, rank in reversed(self._loaded):
-            self._remove(name, self._ranks(rank), force=True)
+            ranks = self._ranks(rank)
+            if ranks is not None:
+                ranks = [r for r in ranks if r not in self._lost_ranks()]
+                if not ranks:
+                    continue
+            self._remove(name, ranks, force=True)
         self._loaded.clear()
         for name in set(self.modules()) - set(before):
             self._remove(name, None, force=True)
@@ -579,6 +729,12 @@ class MemoryBroker(_BothBrokers):
                 continue
             self.broker.remove(name, rank=rank)
 
+    def _disconnect(self, rank):
+        self.broker.overlay_disconnect(rank)
+
+    def _lost_ranks(self):
+        return self.broker.lost
+
     def try_load(self, path, *args):
         """Load; return None, or the errno the load failed with."""
         try:
@@ -597,35 +753,68 @@ class MemoryBroker(_BothBrokers):
     def _client(self, guest):
         return self.broker.connect(userid=GUEST, rolemask=_membroker().FLUX_ROLE_USER) if guest else self.broker.connect()
 
-    def rpc(self, topic, payload=None, streaming=False, guest=False, take=0, nodeid=None):
-        """Send a request (to rank *nodeid*, default: any); return its
-        answers.  A *streaming* request is read to its end; with *take*, it
-        is cancelled after that many responses."""
+    def rpc(self, topic, payload=None, streaming=False, guest=False, take=0, nodeid=None, timeout=None):
+        """Send a request (to rank *nodeid*, default: any) from a client of
+        its own; return its answers.  A *streaming* request is read to its
+        end; with *take*, it is cancelled after that many responses.  Each
+        answer must come within *timeout* seconds (default
+        :data:`RPC_TIMEOUT`; virtual time here), else AssertionError naming
+        the topic."""
+        return self.start_rpc(topic, payload, streaming, guest, take, nodeid, timeout).wait()
+
+    def start_rpc(self, topic, payload=None, streaming=False, guest=False, take=0, nodeid=None, timeout=None):
+        """Send a request as :meth:`rpc` does, and return at once, once the
+        broker has nothing left to run; ``wait()`` gives its RPCResult."""
         from flux.brokermod import cancel_stream
 
         membroker = _membroker()
         client = self._client(guest)
         future = client.rpc(topic, payload, nodeid=membroker.FLUX_NODEID_ANY if nodeid is None else nodeid,
                             flags=membroker.FLUX_RPC_STREAMING if streaming else 0)
-        answers = collect_answers(future, streaming, lambda: cancel_stream(client, future, topic), take,
-                                  topic, lambda: self.broker.now)
-        # As the real side's client process exits: its disconnects reach the
-        # module now, not whenever the garbage collector finds the handle.
-        client.close()
-        return RPCResult(topic, answers)
-
-    def start_rpc(self, topic, payload=None, streaming=False):
-        """Send a request; return at once with something whose ``wait()``
-        gives its RPCResult (a *streaming* one read to its end)."""
-        membroker = _membroker()
-        future = self.broker.connect().rpc(topic, payload, flags=membroker.FLUX_RPC_STREAMING if streaming else 0)
         self.broker.run_until_idle()
+        broker = self.broker
 
         class Pending:
             def wait(self_):
-                return RPCResult(topic, collect_answers(future, streaming))
+                answers = collect_answers(future, streaming, lambda: cancel_stream(client, future, topic), take,
+                                          topic, lambda: broker.now, timeout)
+                # As the real side's client process exits: its disconnects reach
+                # the module now, not whenever the garbage collector finds the handle.
+                client.close()
+                return RPCResult(topic, answers)
 
         return Pending()
+
+    def send_without_matchtag(self, topic, payload=None, answers=0, nodeid=None, guest=False, timeout=None):
+        """Send a request without a matchtag, as flux-core's job manager
+        sends ``sched.alloc`` (``flux_send()``), from a client of its own;
+        take its first *answers* responses by topic (within *timeout*
+        seconds, default :data:`RPC_TIMEOUT`; virtual time here) and return
+        them as an RPCResult.  AssertionError if fewer come."""
+        membroker = _membroker()
+        timeout = RPC_TIMEOUT if timeout is None else _rpc_timeout(timeout)
+        client = self._client(guest)
+        got = []
+
+        def answer(h, watcher, msg, arg):
+            try:
+                got.append({"payload": msg.decode()[2]})
+            except OSError as exc:
+                got.append({"errno": exc.errno, "error": exc.strerror})
+
+        client.msg_watcher_create(answer, membroker.FLUX_MSGTYPE_RESPONSE, topic).start()
+        body = None if payload is None else json.dumps(payload).encode()
+        client.send(membroker.Message(membroker.FLUX_MSGTYPE_REQUEST, topic, body,
+                                      nodeid=membroker.FLUX_NODEID_ANY if nodeid is None else nodeid))
+        try:
+            self.broker.run_until(lambda: len(got) >= answers, f"{answers} answers to {topic}", timeout)
+            self.broker.run_until_idle()
+        except OSError:
+            raise AssertionError(f"send {topic} without matchtag: {len(got)} of {answers} answers "
+                                 f"in {timeout:g} s") from None
+        finally:
+            client.close()
+        return RPCResult(topic, got[:answers] if answers else [])
 
     def event(self, topic, payload=None, guest=False):
         """Publish an event (as a guest with *guest*)."""
@@ -721,6 +910,17 @@ class RealBroker(_BothBrokers):
         if result.returncode != 0:
             raise AssertionError(f"flux {' '.join(cmd)} failed: {result.stderr.strip()}")
 
+    def _disconnect(self, rank):
+        if self.instance.exit_mode != "leader":
+            raise RuntimeError("lose_rank: this instance stops when a broker exits: start it with "
+                               "exit_mode='leader' (the flux_broker fixture's instances of size > 1 are)")
+        result = self.instance.flux("overlay", "disconnect", str(rank))
+        assert result.returncode == 0, f"flux overlay disconnect {rank} failed: {result.stderr.strip()}"
+        self.instance.lost.add(rank)
+
+    def _lost_ranks(self):
+        return self.instance.lost
+
     def try_load(self, path, *args):
         """Load; return None, or the errno the load failed with."""
         result = self.instance.flux("module", "load", path, *args)
@@ -742,14 +942,20 @@ class RealBroker(_BothBrokers):
         found = [code for message, code in codes.items() if message in result.stderr]
         return (found[0] if found else None), text
 
-    def rpc(self, topic, payload=None, streaming=False, guest=False, take=0, nodeid=None):
+    def rpc(self, topic, payload=None, streaming=False, guest=False, take=0, nodeid=None, timeout=None):
         """As :meth:`MemoryBroker.rpc`, from a client process."""
-        return self.instance.rpc(topic, payload, nodeid=0xFFFFFFFF if nodeid is None else nodeid,
-                                 streaming=streaming, guest=guest, take=take)
+        return self.start_rpc(topic, payload, streaming, guest, take, nodeid, timeout).wait()
 
-    def start_rpc(self, topic, payload=None, streaming=False):
-        """As :meth:`MemoryBroker.start_rpc`."""
-        return self.instance.start_rpc(topic, payload, streaming=streaming)
+    def start_rpc(self, topic, payload=None, streaming=False, guest=False, take=0, nodeid=None, timeout=None):
+        """As :meth:`MemoryBroker.start_rpc` (the client process has sent
+        the request, or is about to)."""
+        return self.instance.start_rpc(topic, payload, nodeid=0xFFFFFFFF if nodeid is None else nodeid,
+                                       streaming=streaming, guest=guest, take=take, timeout=timeout)
+
+    def send_without_matchtag(self, topic, payload=None, answers=0, nodeid=None, guest=False, timeout=None):
+        """As :meth:`MemoryBroker.send_without_matchtag`, from a client process."""
+        return self.instance.send_without_matchtag(topic, payload, answers, 0xFFFFFFFF if nodeid is None else nodeid,
+                                                   guest, timeout)
 
     def event(self, topic, payload=None, guest=False):
         """Publish an event (``flux event pub``; as a guest with *guest*)."""

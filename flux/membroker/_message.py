@@ -1,5 +1,7 @@
 """Messages as the in-memory broker carries them (RFC 3, minus the wire)."""
 
+import errno
+import os
 from typing import Any, Optional
 
 from flux._decoding import json_of, text_of
@@ -180,7 +182,10 @@ class Message:
     def decode(self) -> Any:
         """Return ``(type, topic, payload_str)``; OSError for an error response."""
         if self.type == FLUX_MSGTYPE_RESPONSE and self._errnum:
-            raise OSError(self._errnum, self._errstr or "")
+            # flux_response_decode() fails; flux-core's wrapper raises with
+            # the errno's name and text, not the response's error text
+            # (measured on 0.88: "ENOSPC: No space left on device").
+            raise libflux_error(self._errnum)
         return self.type, self.topic, self.payload_str
 
     def __getattr__(self, name: str) -> Any:
@@ -193,6 +198,12 @@ class Message:
             f"<Message {self.type_str} {self.topic!r} userid={self.userid} "
             f"rolemask={self.rolemask:#x}>"
         )
+
+
+def libflux_error(errnum: int) -> OSError:
+    """The OSError flux-core's bindings raise when a libflux call fails
+    with *errnum*: ``OSError(errnum, "ENOENT: No such file or directory")``."""
+    return OSError(errnum, f"{errno.errorcode.get(errnum, f'Errno{errnum}')}: {os.strerror(errnum)}")
 
 
 def from_flux_core(message: Any) -> Message:
