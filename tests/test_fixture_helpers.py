@@ -32,6 +32,10 @@ class Helped(BrokerModule):
             yield {"i": i}
             await asyncio.sleep(0.05)
 
+    @request_handler("clock")
+    def clock(self, msg):
+        return {"now": self.handle.reactor_now(self.handle.get_reactor())}
+
     @request_handler("where")
     def where(self, msg):
         return {"rank": self.rank}
@@ -56,16 +60,25 @@ def helped(flux_broker, write_module):
     return flux_broker
 
 
+def _clock(broker):
+    """The module's reactor clock (virtual seconds in memory)."""
+    return broker.rpc("helped.clock").get()["now"]
+
+
 def test_rpc_fails_naming_the_topic_when_no_answer_comes_in_time(helped):
+    before = _clock(helped)
     with pytest.raises(AssertionError, match=r"^rpc helped\.never: no answer in 2 s$"):
         helped.rpc("helped.never", {}, timeout=2)
+    assert 2 <= _clock(helped) - before < 10
     assert helped.rpc("helped.where", {}, timeout=2).get() == {"rank": 0}  # the module still serves
 
 
 def test_rpcs_default_bound_is_well_under_two_minutes(helped):
     assert RPC_TIMEOUT <= 30
+    before = _clock(helped)
     with pytest.raises(AssertionError, match=rf"^rpc helped\.never: no answer in {RPC_TIMEOUT:g} s$"):
         helped.rpc("helped.never", {})
+    assert RPC_TIMEOUT <= _clock(helped) - before < RPC_TIMEOUT + 10
 
 
 def test_a_stream_that_stops_answering_fails_saying_how_far_it_got(helped):
