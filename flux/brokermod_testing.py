@@ -779,8 +779,11 @@ class MemoryBroker(_BothBrokers):
                 answers = collect_answers(future, streaming, lambda: cancel_stream(client, future, topic), take,
                                           topic, lambda: broker.now, timeout)
                 # As the real side's client process exits: its disconnects reach
-                # the module now, not whenever the garbage collector finds the handle.
-                client.close()
+                # the module now, not whenever the garbage collector finds the
+                # handle; a broker that went down takes no more (as a real
+                # client's answers reach it before the instance goes down).
+                if broker.panicked is None:
+                    client.close()
                 return RPCResult(topic, answers)
 
         return Pending()
@@ -847,9 +850,12 @@ class MemoryBroker(_BothBrokers):
         return self.broker.owner
 
     def settle(self, predicate, what, timeout=30.0):
-        """Let virtual time pass (up to *timeout* s, as RealTarget waits) until *predicate*."""
-        self.broker.run_until_idle()
+        """Let virtual time pass (up to *timeout* s, as RealTarget waits) until
+        *predicate* (on a broker that went down, time stops: it is asked once)."""
         for _ in range(int(timeout * 10)):
+            if self.broker.panicked is not None:
+                break
+            self.broker.run_until_idle()
             if predicate():
                 return
             self.broker.advance(0.1)

@@ -14,7 +14,6 @@ import textwrap
 import pytest
 from _helpers import error_of
 
-from flux.membroker import BrokerPanic
 
 
 @pytest.fixture
@@ -521,13 +520,7 @@ class Stopper(BrokerModule):
 """
 
 
-@pytest.fixture(params=[
-    pytest.param("memory", marks=pytest.mark.xfail(strict=True, raises=BrokerPanic, reason=(
-        "membroker disagrees: MemoryBroker.rpc() collects the answer, then the client's disconnect "
-        "(client.close()) raises BrokerPanic, so the caller never gets the answer; a real client "
-        "gets it and exits"))),
-    "real",
-])
+@pytest.fixture(params=["memory", "real"])
 def panicking(request):
     """A broker WITHOUT broker.module-nopanic, of this test's own: a module's
     runtime failure takes it down (on a real instance, a private one)."""
