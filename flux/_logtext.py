@@ -12,6 +12,24 @@ TEXT_LIMIT = 400
 _HEAD = 300
 
 
+#: The most characters of an error text flux-core's ``flux_error_t`` holds
+#: (a 160-byte buffer): its broker cuts a longer one to this many, the last
+#: one a ``+`` (measured on 0.88: a refused ``flux config reload`` shows 159).
+FLUX_ERROR_TEXT = 159
+
+
+def flux_error_text(text: str) -> str:
+    """*text* as a ``flux_error_t`` holds it (errprintf): cut to
+    :data:`FLUX_ERROR_TEXT` characters, ending in ``+``, when longer."""
+    return text if len(text) <= FLUX_ERROR_TEXT else text[:FLUX_ERROR_TEXT - 1] + "+"
+
+
+def fit(text: str, limit: int) -> str:
+    """*text* if it has at most *limit* characters; else its start, ending
+    in ``...``, in *limit* characters."""
+    return text if len(text) <= limit else text[:max(limit - 3, 0)] + "..."
+
+
 def excerpt(text: str, limit: int = TEXT_LIMIT) -> str:
     """*text* if it has at most *limit* characters; else its start and end
     with ``[... N characters cut ...]`` between them."""

@@ -15,6 +15,10 @@ import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from flux._brief import BriefHelp
+from flux._logtext import excerpt
+
+#: Characters of a configuration key an error repeats (start and end).
+_KEY_EXCERPT = 20
 
 _REQUIRED = object()
 _TRUE = {"1", "true", "yes", "on"}
@@ -163,14 +167,16 @@ def config_values(options: Dict[str, Option], table: Any, table_name: str) -> Di
 
     :raises OptionError: one line naming the table and the key.
     """
+    # The key and the reason come first, and the options by name only: a
+    # refused reload reaches the admin in what a flux_error_t holds.
     where = f"config [{table_name}]"
     if not isinstance(table, dict):
-        raise OptionError(f"{where}: is a TOML {_toml_kind(table)}, not a table of options; {_listing(options)}")
+        raise OptionError(f"{where}: is a TOML {_toml_kind(table)}, not a table of options; {_names(options)}")
     values = {}
     for key, value in table.items():
         option = options.get(key) or options.get(key.replace("-", "_"))
         if option is None:
-            raise OptionError(f"{where}: unknown key {key!r}; {_listing(options)}")
+            raise OptionError(f"{where}: unknown key {excerpt(key, _KEY_EXCERPT)!r}; {_names(options)}")
         if option.name in values:
             raise OptionError(f"{where}: option {option.name!r} is set twice")
         values[option.name] = option.from_config(value, f"{where} {key}")
@@ -192,6 +198,12 @@ def _listing(options: Dict[str, Option]) -> str:
     if not options:
         return "this module takes no options"
     return "options: " + ", ".join(option.describe() for option in options.values())
+
+
+def _names(options: Dict[str, Option]) -> str:
+    if not options:
+        return "this module takes no options"
+    return "options: " + ", ".join(options)
 
 
 def option_table(options: Dict[str, Option]) -> List[Dict[str, Any]]:

@@ -46,7 +46,7 @@ from flux._dispatch import (
 )
 from flux import _startfail
 from flux._awaitable import run_to_completion
-from flux._logtext import log_verbatim
+from flux._logtext import FLUX_ERROR_TEXT, excerpt, fit, log_verbatim
 from flux._observe import module_created
 from flux._options import Option, OptionError, option_table, options_of, parse_options
 from flux._payloads import PayloadError, schema_of
@@ -908,7 +908,7 @@ class BrokerModule:
         try:
             new = parse_options(type(self)._flux_options, self._args, config.get(self._name), self._name)
         except OptionError as exc:
-            h.respond_error(msg, errno.EINVAL, str(exc))
+            self._refuse_config(msg, errno.EINVAL, str(exc))
             return
         changed = {name: (old[name], value) for name, value in new.items() if value != old[name]}
         if changed:
@@ -918,14 +918,14 @@ class BrokerModule:
                 timeouts = {attr: self._reduction_timeout(attr) for attr in self._flux_reducers}
             except ValueError as exc:  # a period or timeout the new values make impossible
                 self.__dict__["_flux_options"] = old
-                h.respond_error(msg, errno.EINVAL, str(exc))
+                self._refuse_config(msg, errno.EINVAL, str(exc))
                 return
             try:
                 self.options_changed(changed)
             except Exception as exc:  # noqa: BLE001 - the reload is refused with its text
                 self.__dict__["_flux_options"] = old
                 code = exc.errno if isinstance(exc, RequestError) and exc.errno else errno.EINVAL
-                h.respond_error(msg, code, f"{self._name}: {exception_text(exc)}")
+                self._refuse_config(msg, code, f"{self._name}: {exception_text(exc)}")
                 return
             for attr, periods in timers.items():
                 if periods != self._flux_timer_periods.get(attr):
@@ -936,6 +936,14 @@ class BrokerModule:
             self.log.info(f"options changed by the configuration: "
                           + ", ".join(f"{name}={value!r}" for name, (_, value) in changed.items()))
         h.respond(msg)
+
+    def _refuse_config(self, msg: Any, code: int, text: str) -> None:
+        """Refuse a configuration: one line in this rank's log at LOG_ERR (a
+        follower's refusal reaches no one else: flux-core's reload still
+        succeeds), and an answer that fits what flux-core's config service
+        passes on ("error updating NAME: TEXT" in a flux_error_t)."""
+        self.log.error(f"configuration refused, keeping the old values: {excerpt(text)}")
+        self._h.respond_error(msg, code, fit(text, FLUX_ERROR_TEXT - len(f"error updating {self._name}: ")))
 
     def _timer_periods(self, attr: str) -> Tuple[float, float]:
         """(after, repeat) of timer method *attr*, options read now."""

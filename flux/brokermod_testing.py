@@ -718,6 +718,12 @@ class MemoryBroker(_BothBrokers):
 
     def _load_config(self, config):
         try:
+            json.dumps(config, allow_nan=False)
+        except ValueError:
+            # What flux config load says of the JSON Python writes for NaN or
+            # an infinity: not JSON, so it reads it as TOML (measured on 0.88).
+            return "flux-config: TOML parse error: syntax error"
+        try:
             self.broker.load_config(config)
         except OSError as exc:
             return exc.strerror

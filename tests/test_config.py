@@ -74,8 +74,8 @@ def test_options_come_from_the_configuration_table_and_arguments_override_it(flu
 @pytest.mark.parametrize("table, text", [
     ({"interval": "soon"}, "config [poller] interval: 'soon' is not a valid float (could not convert string "
                            "to float: 'soon')"),
-    ({"intervall": 2}, "config [poller]: unknown key 'intervall'; options: interval (float, default 1.0), "
-                       "label (str, default 'x'), limit (int, default 10), verbose (flag, default False)"),
+    # by name only: a refused reload's whole line must fit a flux_error_t
+    ({"intervall": 2}, "config [poller]: unknown key 'intervall'; options: interval, label, limit, verbose"),
     ({"limit": 2.5}, "config [poller] limit: 2.5 is not a valid int (a TOML float)"),
     ({"verbose": "maybe"}, "config [poller] verbose: 'maybe' is not a boolean (true/false)"),
     ({"interval": "inf"}, "config [poller] interval: 'inf' is not a finite number"),

@@ -20,6 +20,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from flux import _idset, _layout, modloader
+from flux._logtext import flux_error_text
 from flux.membroker._libflux_bridge import module_handle_class
 from flux.membroker._handle import DepartedClient, Future, Handle, send_disconnects
 from flux.membroker._message import (
@@ -653,7 +654,8 @@ class Broker:
                             self._owner_handle.rpc(f"{done}.config-reload", old, nodeid=rank).get()
                         except OSError as undo:
                             self._log("config", syslog.LOG_ERR, f"error reverting {done}: {undo.strerror}", rank)
-                    return exc.errno, f"error updating {name}: {exc.strerror}"
+                    # config.c formats it into a flux_error_t, which cuts it
+                    return exc.errno, flux_error_text(f"error updating {name}: {exc.strerror}")
                 updated.append(name)
         finally:
             self._config_updating.pop(rank, None)
