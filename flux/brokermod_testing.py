@@ -561,6 +561,17 @@ def collect_answers(future: Any, streaming: bool, cancel: Optional[Callable[[], 
     return answers
 
 
+def _epoch(stamp: str) -> float:
+    """Seconds since the epoch of a ``flux dmesg`` ISO timestamp (0 if not one)."""
+    import datetime
+
+    try:
+        return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return 0.0
+
+
 #: Seconds a stream has to end after its ``TOPIC-cancel`` (``take=``).
 CANCEL_WAIT = 10.0
 
@@ -603,11 +614,23 @@ class _BothBrokers:
     def load_config(self, config: Dict[str, Any]) -> Optional[str]:
         """Replace the instance configuration (``flux config load``): each
         module gets ``NAME.config-reload``.  Return None when every rank's
-        modules took it, else the one-line error of rank 0's module that
-        refused it (``error updating NAME: TEXT``)."""
+        modules took it; else one line: the error of rank 0's module that
+        refused it (``error updating NAME: TEXT``), or, when followers'
+        modules refused it (flux config load still succeeds), which ranks
+        did and the first one's error (``ranks 1-3 refused: error updating
+        NAME: TEXT``); each keeps its old configuration, and so do the
+        ranks below it."""
         if self._first_config is None:
             self._first_config = self.config()
-        return self._load_config(config)
+        started = time.time()
+        refused = self._load_config(config)
+        if refused is not None or self.size == 1:
+            return refused
+        followers = self._followers_refusals(config, started)
+        if not followers:
+            return None
+        ranks = sorted(followers)
+        return f"rank{'s' if len(ranks) > 1 else ''} {_idset.encode(ranks)} refused: {followers[ranks[0]]}"
 
     def _ranks(self, rank: Any) -> Optional[List[int]]:
         """*rank* as a sorted list of ranks (None for the default rank)."""
@@ -716,7 +739,11 @@ class MemoryBroker(_BothBrokers):
         """The configuration rank 0 holds (``flux config get``)."""
         return self.broker.connect().rpc("config.get").get()
 
+    def _followers_refusals(self, config, started):
+        return self._refusals
+
     def _load_config(self, config):
+        self._refusals = {}
         try:
             json.dumps(config, allow_nan=False)
         except ValueError:
@@ -724,7 +751,7 @@ class MemoryBroker(_BothBrokers):
             # an infinity: not JSON, so it reads it as TOML (measured on 0.88).
             return "flux-config: TOML parse error: syntax error"
         try:
-            self.broker.load_config(config)
+            self._refusals = self.broker.load_config(config)
         except OSError as exc:
             return exc.strerror
         return None
@@ -913,6 +940,38 @@ class RealBroker(_BothBrokers):
         if result.returncode == 0:
             return None
         return result.stderr.strip().split("flux-config: load: ", 1)[-1]
+
+    def _followers_refusals(self, config, started):
+        """Wait for each follower to take *config* or refuse it (its config
+        service logs ``parent update: TEXT`` at LOG_ERR); {rank: TEXT}."""
+        from flux.membroker._topology import DEFAULT_TOPO, Topology
+
+        topology = Topology(self.size, self.instance.attrs.get("tbon.topo", DEFAULT_TOPO))
+        refused: Dict[int, str] = {}
+        kept = set(self.instance.lost)  # ranks the configuration will not reach
+        for rank in range(1, self.size):
+            if rank in kept or topology.parent(rank) in kept:
+                kept.add(rank)
+                continue
+            deadline = time.monotonic() + 30.0
+            while self.rpc("config.get", nodeid=rank).get() != config:
+                text = self._refusal_logged(rank, started)
+                if text is not None:
+                    refused[rank] = text
+                    kept.add(rank)
+                    break
+                assert time.monotonic() < deadline, f"load_config: rank {rank} neither took nor refused it in 30 s"
+                time.sleep(0.1)
+        return refused
+
+    def _refusal_logged(self, rank, started):
+        out = self.instance.flux("exec", "-r", str(rank), "flux", "dmesg").stdout
+        for line in out.splitlines():
+            stamp, _, text = line.partition(" ")
+            prefix = f"config.err[{rank}]: parent update: "
+            if text.startswith(prefix) and _epoch(stamp) >= started - 1.0:
+                return text[len(prefix):]
+        return None
 
     def _remove(self, name, ranks, force):
         cmd = ["module", "remove", *(["-f"] if force else []), name]

@@ -71,3 +71,17 @@ def test_a_configuration_holding_nan_is_refused_as_not_json(nodecheck):
         assert nodecheck.load_config({"nodecheck": {"interval": value}}) == (
             "flux-config: TOML parse error: syntax error")
     assert nodecheck.config().get("nodecheck") is None
+
+
+@pytest.mark.flux_broker(size=4)
+def test_followers_that_refuse_are_named_and_log_it_on_their_rank(flux_broker, write_module):
+    """The module on ranks 1-3 only: rank 0 has nothing to refuse, so flux
+    config load succeeds, and each follower keeps its old values."""
+    flux_broker.load(write_module("nodecheck.py", NODECHECK), rank="1-3")
+    refused = flux_broker.load_config({"nodecheck": {"intervall": 2}})
+    assert refused == ("ranks 1-3 refused: error updating nodecheck: config [nodecheck]: unknown key 'intervall'; "
+                       "options: interval, load_limit, disk_limit, alert_topic, hostname_pattern")
+    for rank in (1, 2, 3):
+        assert any(line.startswith(f"nodecheck.err[{rank}]: configuration refused, keeping the old values: ")
+                   for line in flux_broker.dmesg_on(rank))
+    assert flux_broker.load_config({"nodecheck": {"interval": 5}}) is None

@@ -600,7 +600,7 @@ class Broker:
         self._owner_handle.rpc(f"{name}.shutdown", nodeid=on, flags=FLUX_RPC_NORESPONSE)
         self._run_until(lambda: record.state == EXITED, f"remove {name}")
 
-    def load_config(self, config: Dict[str, Any]) -> None:
+    def load_config(self, config: Dict[str, Any]) -> Dict[int, str]:
         """Replace the instance configuration, as ``flux config load`` (or
         ``flux config reload`` after editing the TOML files) does.
 
@@ -611,7 +611,8 @@ class Broker:
         updating NAME: TEXT``), the configuration unchanged.  Then each
         follower does the same, parents before children; a follower whose
         module refuses logs ``parent update: ...`` at LOG_ERR and keeps
-        its old configuration, and so does its subtree.
+        its old configuration, and so does its subtree.  Return the
+        followers' refusals, ``{rank: TEXT}`` (empty when all took it).
         """
         self._check_alive()
         if not isinstance(config, dict):
@@ -623,6 +624,7 @@ class Broker:
             raise OSError(failure[0], failure[1])
         self.config = new
         applied = {0}
+        refused: Dict[int, str] = {}
         for rank in range(1, self.size):  # a parent's rank is below its children's
             if self.topology.parent(rank) not in applied or rank in self.lost:
                 continue
@@ -632,6 +634,8 @@ class Broker:
                 self._log("config", syslog.LOG_DEBUG, "parent update applied", rank)
             else:
                 self._log("config", syslog.LOG_ERR, f"parent update: {failure[1]}", rank)
+                refused[rank] = failure[1]
+        return refused
 
     def _update_rank(self, rank: int, new: Dict[str, Any]) -> Optional[Tuple[int, str]]:
         """Give *rank*'s modules configuration *new* (config.c's
