@@ -207,12 +207,7 @@ def test_without_nopanic_a_runtime_failure_panics_the_broker_on_both_brokers(pan
         assert panicking.instance.stop() != 0  # flux start fails
 
 
-@pytest.mark.parametrize("panicking", [
-    pytest.param("memory", marks=pytest.mark.xfail(strict=True, reason=(
-        "membroker disagrees: the client that asked gets its answer, but closing it after the panic "
-        "raises BrokerPanic (its disconnect); a real client exits cleanly"))),
-    "real",
-], indirect=True)
+@pytest.mark.parametrize("panicking", ["memory", "real"], indirect=True)
 def test_the_request_that_panics_the_broker_is_answered_on_both_brokers(panicking, module_file):
     """The handler answers, then calls stop_error(): the client has its
     answer and exits cleanly, though the broker is down."""
