@@ -58,6 +58,10 @@ def needs_the_bindings(test):
     if os.environ.get(CHILD):
         pytest.skip("flux-core's Python bindings do not import under `flux env` either "
                     "(pip install 'flux-brokermod[flux]': cffi, pyyaml, ply)")
+    probe = subprocess.run([flux, "env", sys.executable, "-c", "import flux.scheduler"], capture_output=True, text=True)
+    if probe.returncode != 0:  # as test_schedsim_under_flux.py does
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"flux-core's bindings do not import in this Python ({sys.version.split()[0]}): {last}")
     run_under_flux_env(flux, test)
     return None
 
