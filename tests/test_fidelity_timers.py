@@ -217,7 +217,7 @@ class Gatedticks(BrokerModule):
 
     def setup(self):
         self.started = self.finished = self.running = self.most = self.plain = 0
-        self.gate = asyncio.Event()
+        self.gate = None  # made in the module's loop: Python 3.9 binds an Event where it is made
 
     @timer_handler(0.1, repeat=0.1)
     async def tick(self):
@@ -225,6 +225,8 @@ class Gatedticks(BrokerModule):
         self.running += 1
         self.most = max(self.most, self.running)
         try:
+            if self.gate is None:
+                self.gate = asyncio.Event()
             await self.gate.wait()
             self.gate = asyncio.Event()  # open for one tick only
             self.finished += 1
@@ -243,7 +245,8 @@ class Gatedticks(BrokerModule):
     def stop_and_open(self, msg):
         """Stop the async tick's timer, then let the running tick finish."""
         self.timer("tick").stop()
-        self.gate.set()
+        if self.gate is not None:
+            self.gate.set()
         return {}
 '''
 
