@@ -8,9 +8,11 @@ matters too.
 
 import errno
 import os
+import re
 import textwrap
 
 import pytest
+from flux.membroker._surface import current
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MYMOD = os.path.join(ROOT, "examples", "mymod.py")
@@ -216,3 +218,68 @@ def test_an_annotation_that_cannot_be_checked_fails_the_load_in_one_line(flux_br
     assert "badtype.py: BadType.x: field 'items': cannot check the annotation" in line
     assert "Traceback" not in text
     assert "badtype" not in flux_broker.modules()
+
+
+# load-24: what a module logs while it loads, after the broker's load lines -----
+
+# setup() and teardown() log a line each; the other refuses in setup().
+LOUD = """
+from flux.brokermod import BrokerModule
+
+
+class Loud(BrokerModule):
+    def setup(self):
+        self.log.info("setup logs this")
+
+    def teardown(self):
+        self.log.info("teardown logs this")
+"""
+
+REFUSES = """
+import errno
+from flux.brokermod import BrokerModule
+
+
+class Refuses(BrokerModule):
+    def setup(self):
+        self.log.info("setup logs this")
+        raise OSError(errno.EPERM, "setup refuses")
+"""
+
+
+def broker_and_module_lines(broker, name):
+    """*name*'s lines of rank 0's log, in their order, pids as N."""
+    return [re.sub(r"pid=\d+$", "pid=N", line) for line in broker.dmesg() if re.search(rf"\b{name}\b", line)]
+
+
+def load_lines(name):
+    """The broker's lines when it starts *name*'s loader: flux-core 0.86+
+    logs ``insmod NAME``, then the loader's pid once its process runs;
+    0.84 and 0.85 one line (measured on 0.84)."""
+    if current().older_than("0.86"):
+        return [f"broker.debug[0]: insmod {name} exec pid=-1"]
+    return [f"broker.debug[0]: insmod {name}", f"broker.debug[0]: module-python-exec {name} pid=N"]
+
+
+def test_what_a_module_logs_while_it_loads_comes_after_the_brokers_load_lines(flux_broker, module_file):
+    """In flux dmesg: the broker's load lines, then what setup() logs;
+    ``rmmod`` before what teardown() logs, ``module NAME exited`` last.
+    A load that fails in setup() logs the same start, then the failure."""
+    flux_broker.load(module_file("loud.py", LOUD))
+    flux_broker.remove("loud")
+    assert broker_and_module_lines(flux_broker, "loud") == load_lines("loud") + [
+        "loud.info[0]: setup logs this",
+        "broker.debug[0]: rmmod loud",
+        "loud.info[0]: teardown logs this",
+        "broker.debug[0]: module loud exited",
+    ]
+
+    path = module_file("refuses.py", REFUSES)
+    errnum, text = flux_broker.load_error(path)
+    assert (errnum, one_line_with(text, "setup refuses").endswith("refuses.py: setup refuses")) == (errno.EPERM, True)
+    assert broker_and_module_lines(flux_broker, "refuses") == load_lines("refuses") + [
+        "refuses.info[0]: setup logs this",
+        "refuses.err[0]: refuses.py: setup refuses",
+        "broker.debug[0]: module refuses exited",
+        "broker.err[0]: refuses: Operation not permitted",
+    ]

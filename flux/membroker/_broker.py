@@ -564,8 +564,14 @@ class Broker:
         self._modules[on][name] = record
         self._services[on][name] = record
         # flux-core 0.84 and 0.85 log the loader's start with the insmod line
-        # (its pid still -1); 0.86 and later log it once the loader runs.
-        self._log("broker", syslog.LOG_DEBUG, f"insmod {name} exec pid=-1" if _old_insmod() else f"insmod {name}", on)
+        # (its pid still -1); 0.86 and later log insmod, then the loader's
+        # pid as soon as its process runs: before anything the module logs,
+        # even when it fails to load.
+        if _old_insmod():
+            self._log("broker", syslog.LOG_DEBUG, f"insmod {name} exec pid=-1", on)
+        else:
+            self._log("broker", syslog.LOG_DEBUG, f"insmod {name}", on)
+            self._log("broker", syslog.LOG_DEBUG, f"module-python-exec {name} pid={os.getpid()}", on)
         _make_room_for_descriptors(sum(map(len, self._modules)))
         self._strands.spawn(record.ctx, lambda: self._module_main(record, entry))
         self._run_until(lambda: record.state != INIT, f"load {name}")
@@ -871,8 +877,6 @@ class Broker:
         record.state = RUNNING
         record.was_running = True
         record.handle._counters["tx"]["request"] += 1  # the loader's status request
-        if not _old_insmod():
-            self._log("broker", syslog.LOG_DEBUG, f"module-python-exec {record.name} pid={os.getpid()}", record.rank)
         if pause:
             self._strands.pause(record.ctx)
 
