@@ -994,32 +994,36 @@ def test_memberships_end_with_their_module_and_a_module_loaded_again_heals_its_s
     assert flux_broker.rpc("drained.list", nodeid=1).get() == {"ranks": "4,7"}
 
 
-def test_a_reduction_cut_off_below_reports_no_route_to_host():
-    """Trial 2, D8: in memory the cut subtree's error was "module
-    disconnect" (in flight) or ENOSYS (just after); a real instance says
-    "No route to host" (EHOSTUNREACH without a text), measured."""
-    source = '''
+SLOW_BELOW = """
 import asyncio
 from flux.brokermod import BrokerModule, reduce_handler
 
 
 class Slow(BrokerModule):
-    @reduce_handler("collect", combine=lambda a, b: a + b, timeout=4)
+    @reduce_handler("collect", combine=lambda a, b: a + b, timeout=60)
     async def collect(self, msg):
         if self.rank == 7:
-            await asyncio.sleep(2)
+            self.log.info("rank 7 holds its answer")
+            await asyncio.sleep(30)
         return 1
-'''
-    namespace = {}
-    exec(compile(source, "slow", "exec"), namespace)
-    with kary2() as broker:
-        broker.load(namespace["Slow"], name="slow", rank="all")
-        pending = broker.rpc("slow.collect")
-        broker.advance(0.5)
-        broker.overlay_disconnect(3)
-        answer = pending.get()
-        assert (answer["ranks"], answer["missing"], answer["errors"]) == ("0-2,4-6", "3,7", {"3": "No route to host"})
-        assert error_of(broker.rpc("slow.collect", nodeid=7)) == (errno.EHOSTUNREACH, "No route to host")
+"""
+
+
+@kary2_both
+def test_a_reduction_cut_off_below_reports_no_route_to_host(flux_broker, write_module):
+    """Trial 2, D8: in memory the cut subtree's error was "module
+    disconnect" (in flight) or ENOSYS (just after); a real instance says
+    "No route to host" (EHOSTUNREACH), measured.  Rank 3 is cut off while
+    rank 7, below it, holds its answer."""
+    flux_broker.load(write_module("slow.py", SLOW_BELOW), rank="all")
+    pending = flux_broker.start_rpc("slow.collect")
+    flux_broker.settle(lambda: "slow.info[7]: rank 7 holds its answer" in flux_broker.dmesg_on(7),
+                       "rank 7's part of the reduction to start")
+    assert flux_broker.lose_rank(3) == [3, 7]
+    answer = pending.wait().get()
+    assert (answer["ranks"], answer["missing"], answer["errors"]) == ("0-2,4-6", "3,7", {"3": "No route to host"})
+    assert flux_broker.rpc("slow.collect", nodeid=7).answers == [
+        {"errno": errno.EHOSTUNREACH, "error": "No route to host"}]
 
 
 HOSTILE = '''
