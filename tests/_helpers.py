@@ -21,3 +21,9 @@ def error_of(answer):
     """The (errno, text) of the error *answer* (a future or an RPC result) holds."""
     exc = raised_by(answer)
     return exc.errno, exc.strerror
+
+
+def exited(broker, name):
+    """Wait until module *name* is no longer loaded on *broker* (a
+    MemoryBroker or RealBroker of flux.brokermod_testing)."""
+    broker.settle(lambda: name not in broker.modules(), f"module {name} to exit")

@@ -84,3 +84,21 @@ class RealTarget(RealBroker):
         assert result.returncode == 0, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
+
+def nopanic_broker(request):
+    """For a fixture parametrised ``"memory"``/``"real"`` to ``yield from``:
+    an in-memory broker or the session's real instance, both with
+    broker.module-nopanic=1, so a module's runtime failure is reported on
+    both instead of a panic; the modules the test loaded are removed after
+    it (conftest.py's ``nopanic``)."""
+    if request.param == "memory":
+        broker = MemTarget(attrs={"broker.module-nopanic": "1"})
+    else:
+        broker = RealTarget(request.getfixturevalue("flux_session_instances").get())
+    before = set(broker.modules())
+    broker.clear_log()
+    try:
+        yield broker
+    finally:
+        broker.cleanup(before)
+        broker.close()

@@ -104,6 +104,18 @@ def target(request):
     t.close()
 
 
+@pytest.fixture(params=["memory", "real"])
+def nopanic(request):
+    """Each test twice: on an in-memory broker and on the session's real
+    instance, both with broker.module-nopanic=1, so a module's runtime
+    failure is reported on both instead of a panic (tests/_targets.py's
+    MemTarget and RealTarget); the modules the test loaded are removed
+    after it.  (test_spec.py has an in-memory-only fixture of this name.)"""
+    from _targets import nopanic_broker
+
+    yield from nopanic_broker(request)
+
+
 # The package's pytest plugin (registered by its entry point when installed);
 # imported here too so the suite also runs from a plain checkout.
 from flux_brokermod_pytest import flux_broker, flux_instance, flux_sched_simulation, flux_session_instances, membroker  # noqa: E402,F401

@@ -14,8 +14,8 @@ import re
 import textwrap
 
 import pytest
-from _helpers import error_of
-from _targets import MemTarget, RealTarget
+from _helpers import error_of, exited
+from _targets import nopanic_broker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -24,20 +24,10 @@ EXAMPLES = os.path.join(ROOT, "examples")
 
 @pytest.fixture(params=["memory", "real"])
 def both(request):
-    """Each test twice: an in-memory broker and the session's real
-    instance, both with broker.module-nopanic=1; what the test loaded is
-    removed after it."""
-    if request.param == "memory":
-        broker = MemTarget(attrs={"broker.module-nopanic": "1"})
-    else:
-        broker = RealTarget(request.getfixturevalue("flux_session_instances").get())
-    before = set(broker.modules())
-    broker.clear_log()
-    try:
-        yield broker
-    finally:
-        broker.cleanup(before)
-        broker.close()
+    """conftest.py's ``nopanic`` under this file's name (its tests
+    parametrise it indirectly): each test twice, an in-memory broker and
+    the session's real instance, both with broker.module-nopanic=1."""
+    yield from nopanic_broker(request)
 
 
 @pytest.fixture
@@ -48,10 +38,6 @@ def module_file(tmp_path):
         return str(path)
 
     return write
-
-
-def exited(broker, name):
-    broker.settle(lambda: name not in broker.modules(), f"module {name} to exit")
 
 
 # fix-20: service_register("NAME") serves another service until unregistered ---

@@ -15,28 +15,9 @@ import os
 import textwrap
 
 import pytest
-from _helpers import error_of
+from _helpers import error_of, exited
 from _targets import MemTarget, RealTarget
-
-NOPANIC = {"broker.module-nopanic": "1"}
-
-
-@pytest.fixture(params=["memory", "real"])
-def nopanic(request):
-    """Each test twice: on an in-memory broker and on the session's real
-    instance, both with broker.module-nopanic=1; the modules the test
-    loaded are removed after it."""
-    if request.param == "memory":
-        broker = MemTarget(attrs=NOPANIC)
-    else:
-        broker = RealTarget(request.getfixturevalue("flux_session_instances").get())
-    before = set(broker.modules())
-    broker.clear_log()
-    try:
-        yield broker
-    finally:
-        broker.cleanup(before)
-        broker.close()
+from test_spec import QUIT_THEN, RUN_FAILS, STOPPER, STOPPER_MAIN
 
 
 @pytest.fixture
@@ -49,11 +30,6 @@ def module_file(tmp_path):
         return str(path)
 
     return write
-
-
-def exited(broker, name):
-    """Wait until module *name* is no longer loaded."""
-    broker.settle(lambda: name not in broker.modules(), f"module {name} to exit")
 
 
 def logged(broker, line):
@@ -123,26 +99,7 @@ def test_teardown_runs_when_the_reactor_fails_on_both_brokers(nopanic, module_fi
 
 
 # life-9: without broker.module-nopanic a runtime failure panics the broker ------
-
-STOPPER = """
-from flux.brokermod import BrokerModule, event_handler, request_handler
-
-
-class Stopper(BrokerModule):
-    @request_handler("fail")
-    def fail(self, msg):
-        self.handle.respond(msg, {})
-        self.stop_error()
-
-    @request_handler("done")
-    def done(self, msg):
-        self.handle.respond(msg, {})
-        self.stop()
-
-    @event_handler("panic")
-    def panic(self, msg):
-        self.stop_error()
-"""
+# (test_spec.py's STOPPER module)
 
 
 @pytest.fixture(params=["memory", "real"])
@@ -217,19 +174,7 @@ def test_the_request_that_panics_the_broker_is_answered_on_both_brokers(panickin
 
 
 # life-10: mod_main raising any exception after it runs is a runtime failure -----
-
-QUIT_THEN = """
-import errno
-
-def mod_main(h, *args):
-    def quit(h, watcher, msg, arg):
-        h.respond(msg, None)
-        h.reactor_stop()
-
-    h.msg_watcher_create(quit, 1, "crash.quit").start()
-    h.reactor_run()
-    raise {exc}
-"""
+# (test_spec.py's QUIT_THEN module)
 
 
 @pytest.mark.parametrize("exc", ["RuntimeError('boom')", "KeyError('k')", "OSError(errno.EPERM, 'no')",
@@ -255,33 +200,7 @@ def test_keyboard_interrupt_escaping_mod_main_at_once_fails_the_load_on_both_bro
 
 
 # life-11: run() raising OSError is a runtime failure; stop_error() makes run() raise
-
-RUN_FAILS = """
-import errno
-from flux.brokermod import BrokerModule, request_handler
-
-class Fails(BrokerModule):
-    @request_handler("quit")
-    def quit(self, msg):
-        self.handle.respond(msg, None)
-        self.stop()
-
-    def run(self):
-        super().run()
-        raise OSError(errno.EIO, "disk on fire")
-"""
-
-STOPPER_MAIN = STOPPER + """
-import syslog
-
-def mod_main(h, *args):
-    try:
-        Stopper(h, *args).run()
-    except OSError:
-        h.log(syslog.LOG_NOTICE, "run raised OSError")
-        return
-    h.log(syslog.LOG_NOTICE, "run returned")
-"""
+# (test_spec.py's RUN_FAILS and STOPPER_MAIN modules)
 
 
 def test_run_raising_oserror_is_a_runtime_failure_on_both_brokers(nopanic, module_file):

@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 from _helpers import error_of
+from test_payloads import TYPED
 
 
 
@@ -166,43 +167,7 @@ def test_a_text_payload_arrives_raw(flux_broker, module_file):
 
 
 # Declared payloads: the module checks them; the broker only carries them ---
-
-TYPED = '''
-from __future__ import annotations
-
-from typing import Any, Dict, List, Optional, Union
-
-from flux.brokermod import BrokerModule, request_handler
-
-
-class Typed(BrokerModule):
-    @request_handler("opt")
-    def opt(self, msg, *, n: Optional[int] = None, tag: Union[int, str] = 0):
-        return {"n": n, "tag": tag}
-
-    @request_handler("maps")
-    def maps(self, msg, *, counts: Dict[str, int], anything: Any = None, plain: dict = {}):
-        return {"counts": counts, "anything": anything, "plain": plain}
-
-    @request_handler("extra")
-    def extra(self, msg, *, name: str, **rest):
-        return {"name": name, "rest": rest}
-
-    @request_handler("later")
-    def later(self, msg, *, point: Point):
-        return point
-
-    @request_handler("flags")
-    def flags(self, msg, *, on: bool, count: int = 1, names: List[str] = []):
-        return {"on": on, "count": count, "names": names}
-
-    @request_handler("types")
-    def types(self, msg, *, ttl: float, n: int):
-        return {"ttl": [type(ttl).__name__, ttl], "n": [type(n).__name__, n]}
-
-
-Point = Dict[str, float]
-'''
+# (test_payloads.py's TYPED module, loaded from a file)
 
 
 @pytest.fixture

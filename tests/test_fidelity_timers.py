@@ -14,8 +14,6 @@ library's) on both brokers; it is not repeated here.
 
 import pytest
 
-from flux.brokermod_testing import MemoryBroker, RealBroker
-
 #: A fire may be seen this much before its due time: the module rounds
 #: times to the millisecond.  Nothing bounds how late it is.
 EARLY = 0.002
@@ -271,26 +269,7 @@ def test_an_async_tick_still_running_makes_the_next_one_skip(flux_broker, write_
 
 
 # timer-12 and timer-13: failing timers, on brokers that survive a module's
-# runtime failure (broker.module-nopanic=1, as the fixture's real instance)
-
-
-@pytest.fixture(params=["memory", "real"])
-def nopanic(request):
-    """Like flux_broker, but the in-memory broker also runs with
-    broker.module-nopanic=1, as the shared real instance does, so a
-    module's runtime failure is reported on both instead of a panic in
-    memory."""
-    if request.param == "memory":
-        broker = MemoryBroker(attrs={"broker.module-nopanic": "1"})
-    else:
-        broker = RealBroker(request.getfixturevalue("flux_session_instances").get())
-    before = set(broker.modules())
-    broker.clear_log()
-    try:
-        yield broker
-    finally:
-        broker.cleanup(before)
-        broker.close()
+# runtime failure (broker.module-nopanic=1: conftest.py's nopanic fixture)
 
 
 FAILING_TIMER = '''

@@ -20,6 +20,7 @@ import errno
 import textwrap
 
 import pytest
+from test_tree import CENSUS, MEMBERS
 
 kary2 = pytest.mark.flux_broker(size=8, topo="kary:2")
 
@@ -141,31 +142,7 @@ def test_overlay_monitor_is_owner_only_streaming_only_and_answers_once_per_child
 
 
 # Census: reductions (tree-17, tree-22, tree-28) -----------------------------------
-
-CENSUS = '''
-import asyncio
-import operator
-
-from flux.brokermod import BrokerModule, reduce_handler, request_handler
-
-
-class Census(BrokerModule):
-    @reduce_handler("count", combine=operator.add, timeout=4)
-    def count(self, msg):
-        return 1
-
-    @reduce_handler("ranks", combine="merge", allow_guest=True)
-    async def ranks(self, msg, *, scale: int = 1):
-        await asyncio.sleep(0)
-        return {str(self.rank): scale}
-
-    def merge(self, a, b):
-        return {**a, **b}
-
-    @request_handler("where")
-    def where(self, msg):
-        return {"rank": self.rank, "parent": self.parent, "children": list(self.children)}
-'''
+# (test_tree.py's CENSUS module, loaded from a file)
 
 
 def _counters(flux_broker, rank):
@@ -285,42 +262,7 @@ def test_reduce_handler_arguments_are_checked_and_an_async_combine_fails_the_loa
 
 
 # Rank sets (tree-30, tree-37, tree-43) ---------------------------------------------
-
-MEMBERS = '''
-import asyncio
-
-from flux.brokermod import BrokerModule, RankSets, request_handler
-
-
-class Members(BrokerModule):
-    members = RankSets()
-
-    @request_handler("add")
-    def add(self, msg, *, name: str, tied: bool = False):
-        self.members.add(name, msg if tied else None)
-        return {}
-
-    @request_handler("discard")
-    def discard(self, msg, *, name: str):
-        self.members.discard(name)
-        return {}
-
-    @request_handler("members")
-    def get_members(self, msg, *, name: str):
-        return {"members": self.members.members(name), "names": self.members.names()}
-
-    @request_handler("hold")
-    async def hold(self, msg, *, name: str):
-        """Add this rank to *name* for as long as the caller stays; answer
-        what rank 0 has once it shows the change (or after 10 s)."""
-        self.members.add(name, msg)
-        for _ in range(50):
-            await asyncio.sleep(0.2)
-            seen = await self.handle.rpc(f"{self.name}.members", {"name": name}, nodeid=0)
-            if seen["members"]:
-                break
-        return seen
-'''
+# (test_tree.py's MEMBERS module, loaded from a file)
 
 
 def _view(flux_broker, rank, name):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from flux._payloads import PayloadError, schema_of
 from flux.membroker import Message, ModuleError
 
+#: Also loaded on both brokers by test_fidelity_requests.py.
 TYPED = '''
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ class Typed(BrokerModule):
     @request_handler("flags")
     def flags(self, msg, *, on: bool, count: int = 1, names: List[str] = []):
         return {"on": on, "count": count, "names": names}
+
+    @request_handler("types")
+    def types(self, msg, *, ttl: float, n: int):
+        return {"ttl": [type(ttl).__name__, ttl], "n": [type(n).__name__, n]}
 
 
 Point = Dict[str, float]

@@ -688,7 +688,8 @@ def test_log_is_callable_with_level_and_message(broker, write_module):
 
 
 # ---------------------------------------------------------------------------
-# Error handling
+# Error handling (QUIT_THEN, RUN_FAILS, STOPPER and STOPPER_MAIN are loaded
+# on both brokers by test_fidelity_lifecycle.py too)
 # ---------------------------------------------------------------------------
 
 QUIT_THEN = """
@@ -705,27 +706,26 @@ QUIT_THEN = """
 """
 
 
+RUN_FAILS = """
+    import errno
+    from flux.brokermod import BrokerModule, request_handler
+
+    class Fails(BrokerModule):
+        @request_handler("quit")
+        def quit(self, msg):
+            self.handle.respond(msg, None)
+            self.stop()
+
+        def run(self):
+            super().run()
+            raise OSError(errno.EIO, "disk on fire")
+"""
+
+
 def test_run_raising_oserror_is_module_runtime_failure(nopanic, write_module):
     """If run() raises OSError, the module exits with an error and the broker logs
     a module runtime failure."""
-    path = write_module(
-        "fails.py",
-        """
-        import errno
-        from flux.brokermod import BrokerModule, request_handler
-
-        class Fails(BrokerModule):
-            @request_handler("quit")
-            def quit(self, msg):
-                self.handle.respond(msg, None)
-                self.stop()
-
-            def run(self):
-                super().run()
-                raise OSError(errno.EIO, "disk on fire")
-        """,
-    )
-    module = nopanic.load(path)
+    module = nopanic.load(write_module("fails.py", RUN_FAILS))
     nopanic.rpc("fails.quit").get()
     nopanic.run_until_idle()
     assert (module.state, module.errnum) == ("exited", errno.EIO)
@@ -804,6 +804,10 @@ STOPPER = """
         def done(self, msg):
             self.handle.respond(msg, {})
             self.stop()
+
+        @event_handler("panic")
+        def panic(self, msg):
+            self.stop_error()
 """
 
 STOPPER_MAIN = STOPPER + """

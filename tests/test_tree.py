@@ -170,7 +170,8 @@ def test_overlay_disconnect_loses_the_subtree_as_measured():
 
 
 #: Counts ranks in every way a reduction can be written (also loaded from a
-#: file on a real instance by test_tree_real.py).
+#: file on a real instance by test_tree_real.py, on both brokers by
+#: test_fidelity_tree.py).
 CENSUS = """
 import asyncio
 import operator
@@ -397,6 +398,14 @@ def test_handlers_lists_a_reduction_as_such():
 # Rank sets
 
 
+#: A module of rank sets (also loaded from a file on both brokers by
+#: test_fidelity_tree.py).
+MEMBERS = """
+import asyncio
+
+from flux.brokermod import BrokerModule, RankSets, request_handler
+
+
 class Members(BrokerModule):
     members = RankSets()
 
@@ -418,6 +427,22 @@ class Members(BrokerModule):
     async def watch(self, msg, *, name: str):
         async for members in self.members.watch(name):
             self.handle.respond(msg, {"members": members})
+
+    @request_handler("hold")
+    async def hold(self, msg, *, name: str):
+        \"\"\"Add this rank to *name* for as long as the caller stays; answer
+        what rank 0 has once it shows the change (or after 10 s).\"\"\"
+        self.members.add(name, msg)
+        for _ in range(50):
+            await asyncio.sleep(0.2)
+            seen = await self.handle.rpc(f"{self.name}.members", {"name": name}, nodeid=0)
+            if seen["members"]:
+                break
+        return seen
+"""
+_members: dict = {"__name__": "members"}
+exec(MEMBERS, _members)  # noqa: S102 - the test's own module
+Members = _members["Members"]
 
 
 def test_rank_sets_are_batched_and_reach_rank_0_a_level_at_a_time():
