@@ -10,15 +10,14 @@ how long a thing took, only order and "never before due".
 
 import errno
 import os
-import re
 import textwrap
 
 import pytest
 from _helpers import error_of, exited
 from _targets import nopanic_broker
+from test_docs import _runnable_blocks as runnable_blocks  # (file, code) of each runnable block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = os.path.join(ROOT, "docs")
 EXAMPLES = os.path.join(ROOT, "examples")
 
 
@@ -272,18 +271,6 @@ def test_the_reference_example_answers_its_name_and_its_panic_event_stops_it_on_
 
 
 # fix-36: each runnable block of the docs loads and answers ---------------------
-
-
-def runnable_blocks():
-    """(file, code) of each ``code-block:: python`` marked ``:class: runnable`` in docs/."""
-    blocks = []
-    for name in sorted(os.listdir(DOCS)):
-        if name.endswith(".rst"):
-            with open(os.path.join(DOCS, name)) as f:
-                text = f.read()
-            for match in re.finditer(r"\.\. code-block:: python\n   :class: runnable\n\n((?:   .*\n|\n)+)", text):
-                blocks.append((name, "\n".join(line[3:] for line in match.group(1).splitlines())))
-    return blocks
 
 
 def test_there_are_runnable_blocks_to_load():
