@@ -360,3 +360,21 @@ def test_two_simulations_in_one_process_each_read_their_own_clock(flux_sched_sim
     fifo.submit(ncores=1, runtime=5000)
     fifo.run()
     assert workload(flux_sched_simulation("sched-backfill", nodes=1, cores=8)) == expected
+
+
+def test_a_simulations_outcome_has_one_result_per_job_and_outlives_it(tmp_path):
+    with Simulation("sched-fifo", nodes=4, cores=8) as sim:
+        first = sim.submit(nnodes=2, ncores=8, runtime=600)
+        whole = sim.submit(nnodes=4, ncores=8, runtime=60)
+        small = sim.submit(ncores=1, runtime=5, userid=7)
+        sim.run()
+        summary = sim.summary()
+    outcome = sim.outcome()  # closed: the results are kept
+    assert [r.id for r in outcome.results] == [first, whole, small]
+    assert [(r.start, r.end, r.nodes, r.cores) for r in outcome.results] == [
+        (0, 600, 2, 16), (600, 660, 4, 32), (660, 665, 1, 1)]
+    assert outcome.total_cores == 32 and outcome.elapsed == 665
+    assert summary == outcome.metrics()
+    assert summary["per_user"][7] == {"jobs": 1, "mean_wait": 660.0, "mean_bounded_slowdown": 66.5}
+    outcome.write(str(tmp_path / "jobs.csv"))
+    assert (tmp_path / "jobs.csv").read_text().splitlines()[3] == "3,7,complete,0,660,665,660,5,1,1,66.5"

@@ -37,11 +37,14 @@ prefer_this_package()  # the stand-in services are this library's BrokerModules
 
 from flux import _idset  # noqa: E402
 from flux.membroker import Broker  # noqa: E402
+from flux.schedsim._plot import plot  # noqa: E402
+from flux.schedsim._results import BSLD_THRESHOLD, JobResult, Outcome, job_result, metrics  # noqa: E402
 from flux.schedsim._services import KVS, Job, JobManager, Resource  # noqa: E402
 from flux.schedsim._swf import SWFJob, read_swf  # noqa: E402
 from flux.schedsim._wallclock import WallClock  # noqa: E402
 
-__all__ = ["EPOCH", "PRIORITY_MAX", "Simulation", "Job", "SWFJob", "read_swf", "scheduler_path", "jobspec"]
+__all__ = ["EPOCH", "PRIORITY_MAX", "Simulation", "Job", "SWFJob", "read_swf", "scheduler_path", "jobspec",
+           "Outcome", "JobResult", "BSLD_THRESHOLD", "metrics", "plot"]
 
 #: The simulation's wall clock at virtual time 0 (2023-11-14T22:13:20Z):
 #: fixed, so that every run stamps the same times.
@@ -313,32 +316,22 @@ class Simulation:
                     self.submit(ntasks=job.processors, runtime=job.runtime, duration=job.requested_time)
         self.run()
 
+    def outcome(self) -> Outcome:
+        """The jobs' results so far (one :class:`JobResult` each, times in
+        seconds since the simulation began), kept after :meth:`close`: to
+        summarise (``.metrics()``), write (``.write("jobs.csv")``) or
+        :func:`plot`."""
+        epoch = self.clock.epoch
+        return Outcome(tuple(job_result(job, epoch) for job in self._jm.jobs.values()),
+                       self.nodes * self.cores, self._broker.now)
+
     def summary(self) -> Dict[str, Any]:
-        """Wait times and utilisation of the jobs so far: ``jobs``, ``started``,
-        ``mean_wait``, ``max_wait``, ``makespan`` (first submission to the
-        last end, or to now while jobs run) and ``utilisation`` (core-seconds
-        used over core-seconds there were in the makespan)."""
-        jobs = list(self._jm.jobs.values())
-        started = [j for j in jobs if j.t_alloc is not None]
-        waits = [j.wait for j in started]
-        if not jobs:
-            return {"jobs": 0, "started": 0, "mean_wait": 0.0, "max_wait": 0.0, "makespan": 0.0, "utilisation": 0.0}
-        first = min(j.t_submit for j in jobs)
-        ends = [j.t_end for j in jobs if j.t_end is not None]
-        if any(j.t_end is None for j in started):
-            ends.append(self.now)
-        last = max(ends, default=first)
-        makespan = last - first
-        used = sum(_cores(j.R) * ((j.t_end if j.t_end is not None else self.now) - j.t_alloc) for j in started)
-        total = self.nodes * self.cores * makespan
-        return {
-            "jobs": len(jobs),
-            "started": len(started),
-            "mean_wait": sum(waits) / len(waits) if waits else 0.0,
-            "max_wait": max(waits, default=0.0),
-            "makespan": makespan,
-            "utilisation": used / total if total else 0.0,
-        }
+        """The metrics of the jobs so far (see :func:`metrics`): ``jobs``,
+        ``started``, ``mean_wait``, ``max_wait``, ``mean_bounded_slowdown``,
+        ``max_bounded_slowdown``, ``makespan`` (first submission to the last
+        end, or to now while jobs run), ``utilisation`` (core-seconds used
+        over core-seconds there were in the makespan) and ``per_user``."""
+        return self.outcome().metrics()
 
     def close(self) -> None:
         """Remove the modules and put flux-core's clock back."""
@@ -362,15 +355,6 @@ def _last_error(broker: Broker) -> str:
     """The broker log's last error line, as '; the log's last error: ...' (or '')."""
     errors = [line for line in broker.dmesg() if ".err[" in line or ".crit[" in line]
     return f"; the log's last error: {errors[-1]}" if errors else ""
-
-
-def _cores(R: Optional[Dict[str, Any]]) -> int:
-    if not R:
-        return 0
-    count = 0
-    for entry in R["execution"]["R_lite"]:
-        count += len(_idset.decode(entry["rank"])) * len(_idset.decode(entry["children"].get("core", "")))
-    return count
 
 
 def _namespaces(instance: Any) -> List[Dict[str, Any]]:
