@@ -378,3 +378,50 @@ def test_a_simulations_outcome_has_one_result_per_job_and_outlives_it(tmp_path):
     assert summary["per_user"][7] == {"jobs": 1, "mean_wait": 660.0, "mean_bounded_slowdown": 66.5}
     outcome.write(str(tmp_path / "jobs.csv"))
     assert (tmp_path / "jobs.csv").read_text().splitlines()[3] == "3,7,complete,0,660,665,660,5,1,1,66.5"
+
+
+def test_a_drained_rank_gets_no_new_job_and_its_running_job_goes_on_until_undrained():
+    with Simulation("sched-fifo", nodes=2, cores=4) as sim:
+        running = sim.submit(nnodes=1, ncores=4, runtime=100)
+        sim.drain("0-1")
+        waiting = sim.submit(nnodes=1, ncores=4, runtime=50)
+        sim.undrain("1", at=EPOCH + 30)
+        sim.run()
+        assert sim.jobs[running].state == "complete" and sim.jobs[running].t_end == EPOCH + 100
+        assert sim.jobs[waiting].t_alloc == EPOCH + 30
+        assert lite(sim.jobs[waiting]) == [{"rank": "1", "children": {"core": "0-3"}}]
+
+
+def test_a_failed_rank_ends_its_job_frees_its_R_and_stays_down_until_it_comes_back():
+    with Simulation("sched-fifo", nodes=2, cores=4) as sim:
+        lost = sim.submit(nnodes=1, ncores=4, runtime=100)   # rank 0
+        other = sim.submit(nnodes=1, ncores=4, runtime=80)   # rank 1
+        sim.fail("0", at=EPOCH + 40)
+        after = sim.submit(nnodes=1, ncores=4, runtime=10)
+        sim.undrain("0", at=EPOCH + 60)
+        sim.run()
+        assert (sim.jobs[lost].state, sim.jobs[lost].t_end) == ("failed", EPOCH + 40)
+        assert sim.jobs[lost].note == "node-failure: lost contact with job shell on rank 0"
+        assert sim.jobs[other].state == "complete"
+        assert sim.jobs[after].t_alloc == EPOCH + 60  # not at 40: rank 0 was down
+        assert lite(sim.jobs[after]) == [{"rank": "0", "children": {"core": "0-3"}}]
+        assert sim.outcome().results[0].state == "failed"
+
+
+def test_a_rank_update_names_what_is_wrong():
+    with Simulation("sched-fifo", nodes=2, cores=4) as sim:
+        with pytest.raises(OSError, match=r"ranks '5': the instance has ranks 0-1"):
+            sim.drain("5")
+        with pytest.raises(ValueError, match=r"ranks 'x': not an idset"):
+            sim.fail("x")
+        with pytest.raises(ValueError, match=r"is before the simulation's clock"):
+            sim.undrain("0", at=EPOCH - 1)
+
+
+def test_a_reloaded_scheduler_is_told_which_ranks_are_down():
+    with Simulation("sched-fifo", nodes=2, cores=4) as sim:
+        sim.drain("0")
+        sim.reload_scheduler()
+        job = sim.submit(nnodes=1, ncores=4, runtime=5)
+        sim.run()
+        assert lite(sim.jobs[job]) == [{"rank": "1", "children": {"core": "0-3"}}]

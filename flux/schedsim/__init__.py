@@ -283,6 +283,39 @@ class Simulation:
         self._client.rpc("job-manager.sim-priority", {"id": jobid, "priority": priority}).get()
         self._broker.run_until_idle()
 
+    def drain(self, ranks: str, at: Optional[float] = None) -> None:
+        """Drain *ranks* (an idset, ``"2-3"``) as ``flux resource drain``
+        does, now or at wall clock *at*: the scheduler is told they are down
+        and allocates nothing there; jobs running there go on."""
+        self._resource_update(ranks, "down", at)
+
+    def undrain(self, ranks: str, at: Optional[float] = None) -> None:
+        """Bring drained or failed *ranks* back up (as ``flux resource
+        undrain``, or a node rejoining), now or at wall clock *at*."""
+        self._resource_update(ranks, "up", at)
+
+    def fail(self, ranks: str, at: Optional[float] = None) -> None:
+        """*ranks* fail, now or at wall clock *at*: the scheduler is told
+        they are down, then each job running there ends (state ``failed``)
+        and its R is freed, as flux-core ends a job that lost a node."""
+        self._resource_update(ranks, "failed", at)
+
+    def _resource_update(self, ranks: str, state: str, at: Optional[float]) -> None:
+        self._use()
+        try:
+            decoded = _idset.decode(ranks)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"ranks {ranks!r}: not an idset ({exc})") from None
+        after = 0.0
+        if at is not None:
+            at = _seconds("at", at)
+            if at < self.now:
+                raise ValueError(f"at={at} is before the simulation's clock ({self.now})")
+            after = at - self.now
+        self._client.rpc("resource.sim-update", {"ranks": _idset.encode(decoded), "state": state,
+                                                 "after": after}).get()
+        self._broker.run_until_idle()
+
     def run(self, until: Optional[float] = None) -> None:
         """Let virtual time pass until every job has ended (or until wall
         clock *until*).  OSError EDEADLK, naming the jobs left, if nothing

@@ -35,7 +35,7 @@ class JobResult(NamedTuple):
     id: int
     #: The submitting user.
     userid: int
-    #: ``complete``, ``timeout``, ``canceled``, ``denied``, ``running`` or ``pending``.
+    #: ``complete``, ``timeout``, ``failed``, ``canceled``, ``denied``, ``running`` or ``pending``.
     state: str
     #: When it was submitted.
     submit: float

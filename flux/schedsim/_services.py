@@ -24,6 +24,7 @@ import heapq
 import json
 from typing import Any, Dict, List, Optional, Set
 
+from flux import _idset
 from flux.brokermod import BrokerModule, RequestError, request_handler
 from flux.membroker import Message
 from flux.membroker._message import FLUX_MSGTYPE_REQUEST, FLUX_MSGTYPE_RESPONSE, FLUX_RPC_NORESPONSE
@@ -33,17 +34,61 @@ ALLOC_SUCCESS, ALLOC_ANNOTATE, ALLOC_DENY, ALLOC_CANCEL = 0, 1, 2, 3
 
 
 class Resource(BrokerModule):
-    """``resource.acquire``: R, all up, then nothing (resources never change)."""
+    """``resource.acquire``: R, all up; then, as ranks are drained, fail or
+    come back, ``{"down": idset}`` and ``{"up": idset}`` answers on the same
+    stream, as flux-core's ``resource`` module sends them (RFC 28)."""
 
     def __init__(self, h: Any, *args: str) -> None:
         super().__init__(h, *args)
         self.R = json.loads(args[0])
+        self.ranks: Set[int] = set()
+        for entry in self.R["execution"]["R_lite"]:
+            self.ranks.update(_idset.decode(entry["rank"]))
+        self.down: Set[int] = set()
+        self._acquire: Any = None  # the scheduler's open resource.acquire request
+        self._timers: List[Any] = []  # updates waiting for their virtual time
 
     @request_handler("acquire")
     def acquire(self, msg: Any) -> None:
-        ranks = self.R["execution"]["R_lite"]
-        up = ",".join(entry["rank"] for entry in ranks)
+        self._acquire = msg
+        up = _idset.encode(sorted(self.ranks - self.down))
         self.handle.respond(msg, {"resources": self.R, "up": up})  # the stream stays open, as flux-core's does
+
+    @request_handler("sim-update")
+    def sim_update(self, msg: Any) -> Dict[str, Any]:
+        """Mark ``ranks`` ``up``, ``down`` (drained) or ``failed`` (down, and
+        the jobs there end) (``"state"``), now or ``after`` seconds from now."""
+        p = msg.payload
+        ranks = set(_idset.decode(p["ranks"]))
+        if not ranks or not ranks <= self.ranks:
+            raise RequestError(errno.EINVAL, f"ranks {p['ranks']!r}: the instance has ranks "
+                                             f"{_idset.encode(sorted(self.ranks))}")
+        if p.get("state") not in ("up", "down", "failed"):
+            raise RequestError(errno.EPROTO, f"state {p.get('state')!r}: up, down or failed")
+        after = float(p.get("after", 0.0))
+        if after > 0:
+            timer = self.handle.timer_watcher_create(after, lambda h, w, revents, args: self._update(*args),
+                                                     args=(ranks, p["state"]))
+            timer.start()
+            self._timers.append(timer)
+        else:
+            self._update(ranks, p["state"])
+        return {}
+
+    def _update(self, ranks: Set[int], state: str) -> None:
+        failed = state == "failed"
+        state = "down" if failed else state
+        changed = ranks - self.down if state == "down" else ranks & self.down
+        if state == "down":
+            self.down |= changed
+        else:
+            self.down -= changed
+        if changed and self._acquire is not None:
+            self.handle.respond(self._acquire, {state: _idset.encode(sorted(changed))})
+        if failed:
+            # then the jobs there end, as job-exec ends a job that lost a shell
+            self.handle.rpc("job-manager.sim-fail", {"ranks": _idset.encode(sorted(ranks))},
+                            flags=FLUX_RPC_NORESPONSE)
 
 
 class KVS(BrokerModule):
@@ -104,9 +149,10 @@ class Job:
         #: The annotations the scheduler set, merged as flux-core merges them.
         self.annotations: Dict[str, Any] = {}
         #: ``pending``, ``running``, ``complete``, ``timeout`` (ended at its
-        #: time limit), ``denied`` or ``canceled``.
+        #: time limit), ``failed`` (a node of its allocation failed),
+        #: ``denied`` or ``canceled``.
         self.state = "pending"
-        #: Why it was denied, if it was.
+        #: Why it was denied or failed, if it was.
         self.note: Optional[str] = None
         self._alloc_sent = False
         self._end_timer: Any = None
@@ -264,6 +310,10 @@ class JobManager(BrokerModule):
 
     def _job_ends(self, h: Any, watcher: Any, revents: int, job: Job) -> None:
         job.state = "timeout" if 0 < job.duration < job.runtime else "complete"
+        self._release(job)
+
+    def _release(self, job: Job) -> None:
+        """The running *job* has ended (its state set): free its R."""
         self._end(job)
         job._end_timer = None
         self._noresponse("sched.free", {"id": job.id, "R": job.R, "final": True})
@@ -296,6 +346,22 @@ class JobManager(BrokerModule):
                 else:
                     self._queue(job)
         return {}
+
+    @request_handler("sim-fail")
+    def sim_fail(self, msg: Any) -> None:
+        """Ranks failed: each running job on one of them ends now, as
+        flux-core's job-exec ends a job that lost contact with a shell (a
+        fatal ``node-failure`` exception), and its R is freed."""
+        lost = set(_idset.decode(msg.payload["ranks"]))
+        for job in self.jobs.values():
+            if job.state != "running":
+                continue
+            ranks = {r for entry in job.R["execution"]["R_lite"] for r in _idset.decode(entry["rank"])}
+            if ranks & lost:
+                job._end_timer.stop()
+                job.state = "failed"
+                job.note = f"node-failure: lost contact with job shell on rank {_idset.encode(sorted(ranks & lost))}"
+                self._release(job)
 
     @request_handler("sim-submit")
     def sim_submit(self, msg: Any) -> Dict[str, Any]:
