@@ -425,3 +425,32 @@ def test_a_reloaded_scheduler_is_told_which_ranks_are_down():
         job = sim.submit(nnodes=1, ncores=4, runtime=5)
         sim.run()
         assert lite(sim.jobs[job]) == [{"rank": "1", "children": {"core": "0-3"}}]
+
+
+def test_simulate_writes_each_jobs_row_a_plot_and_takes_drains_and_per_scheduler_arguments(tmp_path, capsys):
+    from flux._brokermod_cli import main
+
+    rows, picture = tmp_path / "jobs.csv", tmp_path / "jobs.png"
+    assert main(["simulate", "--swf", TRACE, "--nodes", "4", "--cores", "32", "--drain", "2-3@0-3600",
+                 "--fail", "1@100-200", "--output", str(rows), "--plot", str(picture),
+                 "sched-fifo", "sched-backfill:queue-depth=8"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""  # no progress bar: stderr is not a terminal
+    table = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert set(table) == {"sched-fifo", "sched-backfill:queue-depth=8"}
+    jobs = list(__import__("csv").DictReader(rows.open()))
+    assert [r["scheduler"] for r in jobs] == ["sched-fifo"] * 9 + ["sched-backfill:queue-depth=8"] * 9
+    first = jobs[0]
+    assert (first["state"], first["end"], first["nodes"]) == ("failed", "100", "2")  # on ranks 0-1: 2-3 drained
+    assert all(r["state"] == "complete" for r in jobs if r["id"] != "1")
+    assert picture.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_simulate_gives_one_scheduler_its_own_arguments(capsys):
+    from flux._brokermod_cli import main
+
+    assert main(["simulate", "--swf", TRACE, "--nodes", "4", "--cores", "32",
+                 "sched-fifo:queue-depth=bogus", "sched-fifo"]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["sched-fifo"]
+    assert err.startswith("flux-brokermod: simulate: sched-fifo:queue-depth=bogus: ")

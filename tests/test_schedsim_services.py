@@ -306,3 +306,98 @@ def test_the_fixture_skips_a_scheduler_file_that_needs_flux_cores_bindings(flux_
                            "sched-shortest.py")
     with pytest.raises(pytest.skip.Exception, match="sched-shortest.py needs flux-core 0.88\\+'s Python bindings"):
         flux_sched_simulation(example)
+
+
+def test_a_failed_rank_ends_the_job_running_there_and_the_outcome_says_so(tiny):
+    job = tiny.submit(ncores=2, runtime=100)
+    tiny.fail("0", at=EPOCH + 40)
+    tiny.run(until=EPOCH + 50)
+    assert (tiny.jobs[job].state, tiny.jobs[job].t_end) == ("failed", EPOCH + 40)
+    assert tiny.jobs[job].note == "node-failure: lost contact with job shell on rank 0"
+    result = tiny.outcome().results[0]
+    assert (result.state, result.start, result.end, result.run, result.cores) == ("failed", 0, 40, 40, 2)
+
+
+def test_the_resource_stream_tells_the_scheduler_of_each_change_once(tiny):
+    resource = tiny.broker.modules["resource"].instance
+    answers = []
+    real_respond = resource.handle.respond
+    resource.handle.respond = lambda msg, payload=None: (answers.append(payload), real_respond(msg, payload))
+    tiny.drain("0")
+    tiny.drain("0")          # already down: nothing new to say
+    tiny.undrain("0", at=EPOCH + 5)
+    tiny.run(until=EPOCH + 10)
+    assert answers == [{"down": "0"}, {"up": "0"}]
+
+
+def test_simulate_reads_drains_and_per_scheduler_arguments_from_its_command_line():
+    from flux.schedsim._cli import RankEvent, _rank_event, scheduler_and_args
+
+    assert _rank_event("2-3@3600-7200") == RankEvent("2-3", 3600.0, 7200.0, "2-3@3600-7200")
+    assert _rank_event("1,0@0") == RankEvent("0-1", 0.0, None, "1,0@0")
+    for bad in ("2-3", "x@5", "1@-5", "1@5-2", "1@nan", "1@5-inf"):
+        with pytest.raises(Exception, match="expected RANKS@START"):
+            _rank_event(bad)
+    assert scheduler_and_args("sched-fifo:queue-depth=8,x", ["a"]) == ("sched-fifo", ["a", "queue-depth=8", "x"])
+    assert scheduler_and_args("sched-backfill", ["a"]) == ("sched-backfill", ["a"])
+
+
+@pytest.mark.parametrize("flag, path, why", [
+    ("--plot", "out.gif", "argument --plot: 'out.gif': name a .png, .svg, .pdf file"),
+    ("--output", "out.txt", "argument --output: 'out.txt': name a .csv, .json, .jsonl file"),
+    ("--drain", "1@5-2", "argument --drain: '1@5-2': expected RANKS@START[-END] with 0 <= START < END"),
+])
+def test_simulate_refuses_a_bad_output_plot_or_drain_as_a_bad_command_line(capsys, flag, path, why):
+    from flux._brokermod_cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--swf", "x.swf", "--cores", "4", flag, path, "sched-fifo"])
+    assert info.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_outcomes_handed_back_by_flux_cores_python_are_plotted_here(tmp_path, monkeypatch):
+    """The re-run under flux-core's Python writes its outcomes to a file and
+    this process, which has matplotlib, reads them back and plots."""
+    import json
+    import types
+
+    from flux.schedsim import Outcome
+    from flux.schedsim._cli import OUTCOMES_ENV, _load_outcomes, _plot, _write
+    from flux.schedsim._results import job_result
+
+    job = types.SimpleNamespace(id=1, userid=5, state="complete", t_submit=EPOCH, t_alloc=EPOCH + 3,
+                                t_end=EPOCH + 60, R={"execution": {"R_lite": [{"rank": "0", "children": {"core": "0-1"}}]}})
+    sent = {"sched-fifo": Outcome((job_result(job, EPOCH),), 4, 60.0)}
+    handback = tmp_path / "outcomes.json"
+    options = types.SimpleNamespace(output=None, plot=str(tmp_path / "p.svg"), swf="t.swf", nodes=1, cores=4)
+    monkeypatch.setenv(OUTCOMES_ENV, str(handback))
+    assert _write(options, sent, io.StringIO()) == 0  # in the re-run: handed back, not plotted
+    assert not (tmp_path / "p.svg").exists() and json.loads(handback.read_text())
+    assert _load_outcomes(str(handback)) == sent
+    assert _plot(options, sent, io.StringIO()) == 0
+    assert "sched-fifo" in (tmp_path / "p.svg").read_text()
+
+
+def test_the_progress_bar_redraws_one_line_at_most_five_times_a_second_and_clears_it(monkeypatch):
+    from flux.schedsim import _cli
+
+    clock = iter([10.0, 10.1, 10.3, 10.35])
+    monkeypatch.setattr(_cli.time, "monotonic", lambda: next(clock))
+    err = io.StringIO()
+    bar = _cli._Progress("sched-fifo", 10, err)
+    bar(4, 0)
+    bar(6, 2)    # 0.1 s later: not redrawn
+    bar(10, 5)
+    bar.done()
+    assert err.getvalue() == ("\rsched-fifo [" + "." * 30 + "] 0/10 jobs ended, 4 submitted"
+                              "\rsched-fifo [" + "#" * 15 + "." * 15 + "] 5/10 jobs ended, 10 submitted"
+                              "\r\033[K")
+
+
+def test_replay_reports_progress_to_the_callable_it_is_given(tiny):
+    """replay() reports progress to the callable it is given (the CLI's bar on a terminal only)."""
+    seen = []
+    tiny.replay(read_swf(io.StringIO("1 0 -1 60 1 -1 -1 1 60 -1 1 1 1 -1 1 -1 -1 -1\n"
+                                     "2 5 -1 60 1 -1 -1 1 60 -1 1 1 1 -1 1 -1 -1 -1\n")),
+                progress=lambda submitted, ended: seen.append((submitted, ended)))
+    assert seen[0] == (1, 0) and seen[-1] == (2, 2)

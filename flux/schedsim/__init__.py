@@ -29,7 +29,7 @@ import json
 import math
 import os
 import weakref
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from flux._layout import prefer_this_package
 
@@ -326,8 +326,11 @@ class Simulation:
             until = _seconds("until", until)
             self._broker.advance(max(0.0, until - self.now))
             return
+        self._run_until_all_ended(self._all_ended)
+
+    def _run_until_all_ended(self, ended: Callable[[], bool]) -> None:
         try:
-            self._broker.run_until(self._all_ended, "every job to end")
+            self._broker.run_until(ended, "every job to end")
         except OSError as exc:
             left = [job.id for job in self._jm.jobs.values() if job.t_end is None]
             raise OSError(exc.errno, f"{exc.strerror}: jobs {_idset.encode(left)} never ended"
@@ -336,10 +339,12 @@ class Simulation:
     def _all_ended(self) -> bool:
         return self._jm.ended == len(self._jm.jobs)
 
-    def replay(self, trace: Iterable[SWFJob]) -> None:
+    def replay(self, trace: Iterable[SWFJob], progress: Optional[Callable[[int, int], None]] = None) -> None:
         """Submit each job of an SWF trace at its submit time (relative to
-        the simulation's start) and run them all."""
+        the simulation's start) and run them all.  *progress*, if given, is
+        called now and then with the jobs submitted and ended so far."""
         start = self.now
+        submitted = 0
         for submit, jobs in itertools.groupby(sorted(trace, key=lambda j: (j.submit, j.number)),
                                               key=lambda j: j.submit):
             self.run(until=start + submit)
@@ -347,7 +352,14 @@ class Simulation:
                 for job in jobs:
                     # one single-core task per processor, as a trace's processors are counted
                     self.submit(ntasks=job.processors, runtime=job.runtime, duration=job.requested_time)
-        self.run()
+                    submitted += 1
+            if progress is not None:
+                progress(submitted, self._jm.ended)
+        if progress is None:
+            self.run()
+            return
+        self._use()
+        self._run_until_all_ended(lambda: progress(submitted, self._jm.ended) or self._all_ended())
 
     def outcome(self) -> Outcome:
         """The jobs' results so far (one :class:`JobResult` each, times in
