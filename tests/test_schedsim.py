@@ -454,3 +454,28 @@ def test_simulate_gives_one_scheduler_its_own_arguments(capsys):
     out, err = capsys.readouterr()
     assert [line.split()[0] for line in out.splitlines()[2:]] == ["sched-fifo"]
     assert err.startswith("flux-brokermod: simulate: sched-fifo:queue-depth=bogus: ")
+
+
+def test_flux_cores_scheduler_runs_a_pass_after_each_of_two_frees_at_one_instant():
+    with Simulation("sched-simple", nodes=2, cores=4) as sim:
+        sim.submit(nnodes=1, ncores=4, runtime=10)
+        sim.submit(nnodes=1, ncores=4, runtime=10)
+        waiting = [sim.submit(nnodes=1, ncores=4, runtime=5), sim.submit(nnodes=1, ncores=4, runtime=5)]
+        scheduler = sim.scheduler.instance
+        before = scheduler._sched_passes
+        sim.run(until=EPOCH + 10)
+        assert scheduler._sched_passes - before == 2  # one after each free, as on an instance, not one for both
+        assert [sim.jobs[j].t_alloc for j in waiting] == [EPOCH + 10] * 2
+        assert [lite(sim.jobs[j]) for j in waiting] == [[{"rank": "0", "children": {"core": "0-3"}}],
+                                                        [{"rank": "1", "children": {"core": "0-3"}}]]
+
+
+def test_a_replay_hands_jobs_of_one_submit_time_to_the_scheduler_one_at_a_time():
+    from flux.schedsim import SWFJob
+
+    with Simulation("sched-simple", nodes=1, cores=4) as sim:
+        scheduler = sim.scheduler.instance
+        before = scheduler._sched_passes
+        sim.replay([SWFJob(1, 0.0, 10.0, 1, 10.0), SWFJob(2, 0.0, 10.0, 1, 10.0)])
+        assert scheduler._sched_passes - before == 2  # not one pass for both, as burst() gives
+        assert [job.t_alloc for job in sim.jobs.values()] == [EPOCH, EPOCH]

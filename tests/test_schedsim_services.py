@@ -401,3 +401,36 @@ def test_replay_reports_progress_to_the_callable_it_is_given(tiny):
                                      "2 5 -1 60 1 -1 -1 1 60 -1 1 1 1 -1 1 -1 -1 -1\n")),
                 progress=lambda submitted, ended: seen.append((submitted, ended)))
     assert seen[0] == (1, 0) and seen[-1] == (2, 2)
+
+
+# The tiny scheduler, but, as flux.scheduler does, a free only arms a pass
+# (a timer of 0 s) and it logs what it saw.
+DEFERRING_SCHEDULER = TINY_SCHEDULER.replace("class tinysched(", "class defersched(").replace(
+    '''        self.free_cores = sorted(self.free_cores + [int(c) for c in cores.split(",")])
+        self.schedule()''',
+    '''        self.free_cores = sorted(self.free_cores + [int(c) for c in cores.split(",")])
+        self.seen.append(f"free {msg.payload['id']}")
+        self.handle.timer_watcher_create(0, lambda *a: (self.seen.append("pass"), self.schedule())).start()''',
+).replace("        self.requests = {}\n", "        self.requests = {}\n        self.seen = []\n", 1)
+
+
+def test_jobs_ending_at_one_instant_are_freed_one_at_a_time_each_followed_by_a_pass(write, flux_sched_simulation):
+    assert "self.seen.append(\"pass\")" in DEFERRING_SCHEDULER
+    sim = flux_sched_simulation(write("defersched.py", DEFERRING_SCHEDULER), nodes=1, cores=4)
+    first, second = sim.submit(ncores=2, runtime=10), sim.submit(ncores=2, runtime=10)
+    waiting = sim.submit(ncores=2, runtime=5)
+    sim.run()
+    assert sim.scheduler.instance.seen == ["free 1", "pass", "free 2", "pass", "free 3", "pass"]  # not free 1, 2, pass
+    assert sim.jobs[waiting].t_alloc == EPOCH + 10
+    assert [sim.jobs[j].t_end for j in (first, second)] == [EPOCH + 10] * 2  # both at the same instant
+    assert sim.jobs[waiting].R["execution"]["R_lite"][0]["children"]["core"] == "0,1"  # the first freed
+
+
+def test_a_job_whose_rank_fails_at_the_instant_it_ends_is_freed_once(write, flux_sched_simulation):
+    sim = flux_sched_simulation(write("defersched2.py", DEFERRING_SCHEDULER), nodes=1, cores=4)
+    job = sim.submit(ncores=2, runtime=40)
+    sim.fail("0", at=EPOCH + 40)
+    sim.run()
+    assert sim.jobs[job].state == "failed"  # the failure came first; its end found it over
+    assert sim.scheduler.instance.seen == ["free 1", "pass"]
+    assert sim.broker.modules["job-manager"].instance.ended == 1

@@ -466,6 +466,9 @@ class Broker:
         # (route, rank, services, userid, rolemask) of clients dropped since
         # the driver last looked: deque.append is atomic, from any thread.
         self._departed: "collections.deque[Tuple[str, int, List[str], int, int]]" = collections.deque()
+        # (module, rank, item) to run once the instant has settled (call_when_settled),
+        # appended from a module's strand, taken one at a time by the driver.
+        self._settled: "collections.deque[Tuple[str, int, Callable[[], None]]]" = collections.deque()
         # Per rank: the broker's own services (broker.ping...), made on first use.
         self._builtins: Dict[int, BrokerServices] = {}
         #: The interface handles use (see BrokerLink).
@@ -719,10 +722,29 @@ class Broker:
         """Deliver every queued message and due timer, without moving the clock."""
         self._check_alive()
         self._strands.check_thread()
-        while self._send_departures() or self._strands.step() or self._fire_due_timers():
+        while self._send_departures() or self._strands.step() or self._fire_due_timers() or self._release_settled():
             pass
         if self.stray is not None:
             raise StrayResponse(self.stray)
+
+    def call_when_settled(self, name: str, item: Callable[[], None], rank: int = 0) -> None:
+        """Run *item* in module *name*'s context (on *rank*) once nothing
+        else is left to run at this virtual instant, before the clock moves;
+        items queued so run one per settling, in the order queued.
+
+        For stand-ins of events a real instance spreads milliseconds apart
+        (two jobs ending "at once"): each one's consequences play out before
+        the next arrives.  An item of a module that has exited is dropped."""
+        self._settled.append((name, rank, item))
+
+    def _release_settled(self) -> bool:
+        while self._settled:
+            name, rank, item = self._settled.popleft()
+            record = self._modules[rank].get(name)
+            if record is not None and record.state != EXITED:
+                self._strands.queue.append((record.ctx, item))
+                return True
+        return False
 
     def advance(self, seconds: float) -> None:
         """Move the virtual clock forward, firing the timers that fall due."""
@@ -815,7 +837,7 @@ class Broker:
                 raise ModuleHang(self.hung)
             if self.stray is not None:
                 raise StrayResponse(self.stray)
-            if self._send_departures() or self._strands.step() or self._fire_due_timers():
+            if self._send_departures() or self._strands.step() or self._fire_due_timers() or self._release_settled():
                 continue  # answers sent before a panic are still delivered
             self._check_alive()
             due = self.clock.next_due()

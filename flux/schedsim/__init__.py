@@ -155,6 +155,7 @@ class Simulation:
             broker.load(Resource, json.dumps(_rv1(nodes, cores, gpus), separators=(",", ":")), name="resource")
             broker.load(JobManager, repr(epoch), name="job-manager")
             self._jm: JobManager = broker.modules["job-manager"].instance
+            self._jm.settle = lambda item: broker.call_when_settled("job-manager", item)
             self._client = broker.connect()
             self._load_scheduler(args)
         except BaseException:
@@ -242,8 +243,8 @@ class Simulation:
     def burst(self) -> Iterator[None]:
         """Jobs submitted in this block reach the scheduler together, at
         the block's end (one scheduling pass for all), as when ``flux queue
-        start`` releases a stopped queue; a replay submits jobs of the same
-        submit time so.  Use it for thousands of jobs at one instant: one
+        start`` releases a stopped queue (a replay does not: jobs of one
+        submit time come one at a time, as on an instance).  Use it for thousands of jobs at one instant: one
         pass each costs what flux-core's forecast of the whole queue costs."""
         if self._bursting:
             raise RuntimeError("burst() blocks do not nest")
@@ -331,6 +332,7 @@ class Simulation:
     def _run_until_all_ended(self, ended: Callable[[], bool]) -> None:
         try:
             self._broker.run_until(ended, "every job to end")
+            self._broker.run_until_idle()  # the scheduler takes the last free, as an instance's would
         except OSError as exc:
             left = [job.id for job in self._jm.jobs.values() if job.t_end is None]
             raise OSError(exc.errno, f"{exc.strerror}: jobs {_idset.encode(left)} never ended"
@@ -348,11 +350,12 @@ class Simulation:
         for submit, jobs in itertools.groupby(sorted(trace, key=lambda j: (j.submit, j.number)),
                                               key=lambda j: j.submit):
             self.run(until=start + submit)
-            with self.burst():
-                for job in jobs:
-                    # one single-core task per processor, as a trace's processors are counted
-                    self.submit(ntasks=job.processors, runtime=job.runtime, duration=job.requested_time)
-                    submitted += 1
+            for job in jobs:
+                # One single-core task per processor, as a trace's processors are
+                # counted; jobs of one submit time reach the scheduler one at a
+                # time, as on an instance where they come milliseconds apart.
+                self.submit(ntasks=job.processors, runtime=job.runtime, duration=job.requested_time)
+                submitted += 1
             if progress is not None:
                 progress(submitted, self._jm.ended)
         if progress is None:

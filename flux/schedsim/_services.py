@@ -22,7 +22,7 @@ as flux-core's do, on the in-memory broker's virtual clock:
 import errno
 import heapq
 import json
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from flux import _idset
 from flux.brokermod import BrokerModule, RequestError, request_handler
@@ -206,6 +206,9 @@ class JobManager(BrokerModule):
         #: How many jobs have ended (complete, denied or canceled).
         self.ended = 0
         self.allocations: List[int] = []  # job IDs in the order they were allocated
+        #: Runs an item once the virtual instant has settled (the simulation
+        #: sets it to its broker's call_when_settled); by default, now.
+        self.settle: Callable[[Callable[[], None]], None] = lambda item: item()
         self.handle.msg_watcher_create(self._alloc_response, FLUX_MSGTYPE_RESPONSE, "sched.alloc").start()
 
     @property
@@ -309,11 +312,19 @@ class JobManager(BrokerModule):
         self.ended += 1
 
     def _job_ends(self, h: Any, watcher: Any, revents: int, job: Job) -> None:
-        job.state = "timeout" if 0 < job.duration < job.runtime else "complete"
-        self._release(job)
+        # Jobs ending at one virtual instant end one at a time, each free
+        # followed by the scheduler's pass, as on an instance where they
+        # end milliseconds apart; in the order their timers fall due.
+        job._end_timer = None
+        self.settle(lambda: self._ended(job))
 
-    def _release(self, job: Job) -> None:
-        """The running *job* has ended (its state set): free its R."""
+    def _ended(self, job: Job) -> None:
+        if job.state == "running":  # not cancelled or failed while it waited its turn
+            self._release(job, "timeout" if 0 < job.duration < job.runtime else "complete")
+
+    def _release(self, job: Job, state: str) -> None:
+        """The running *job* has ended in *state*: free its R."""
+        job.state = state
         self._end(job)
         job._end_timer = None
         self._noresponse("sched.free", {"id": job.id, "R": job.R, "final": True})
@@ -358,10 +369,10 @@ class JobManager(BrokerModule):
                 continue
             ranks = {r for entry in job.R["execution"]["R_lite"] for r in _idset.decode(entry["rank"])}
             if ranks & lost:
-                job._end_timer.stop()
-                job.state = "failed"
+                if job._end_timer is not None:
+                    job._end_timer.stop()
                 job.note = f"node-failure: lost contact with job shell on rank {_idset.encode(sorted(ranks & lost))}"
-                self._release(job)
+                self._release(job, "failed")
 
     @request_handler("sim-submit")
     def sim_submit(self, msg: Any) -> Dict[str, Any]:
@@ -377,9 +388,9 @@ class JobManager(BrokerModule):
     def sim_cancel(self, msg: Any) -> Dict[str, Any]:
         job = self._job(msg.payload["id"])
         if job.state == "running":
-            job._end_timer.stop()
-            self._job_ends(self.handle, None, 0, job)
-            job.state = "canceled"
+            if job._end_timer is not None:
+                job._end_timer.stop()
+            self._release(job, "canceled")
         elif job.state == "pending":
             if job._alloc_sent:
                 if not job._canceling and not job._recalling:
