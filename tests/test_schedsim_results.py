@@ -137,3 +137,14 @@ def test_a_plot_needs_a_known_extension_and_results():
         plot({"a": outcome()}, "out.gif")
     with pytest.raises(ValueError, match="nothing to plot"):
         plot({}, "out.png")
+
+
+def test_a_long_runs_utilisation_is_drawn_as_time_weighted_means_over_windows():
+    from flux.schedsim._plot import _windows
+
+    steps = [(0.0, 4), (10.0, 0), (30.0, 2), (40.0, 0)]
+    starts, means = _windows(steps, bins=4)
+    assert starts == [0, 10, 20, 30, 40]
+    assert means == [4, 0, 0, 2, 2]
+    starts, means = _windows([(0.0, 3), (5.0, 1), (20.0, 0)], bins=2)  # windows of 10 s
+    assert means == [pytest.approx(2.0), pytest.approx(1.0), pytest.approx(1.0)]

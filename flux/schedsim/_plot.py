@@ -6,7 +6,7 @@ without a display (the Agg backend), to a PNG, SVG or PDF file named by
 its extension.
 """
 
-from typing import Any, Mapping, Tuple
+from typing import Any, List, Mapping, Tuple
 
 from flux.schedsim._results import Outcome
 
@@ -33,6 +33,29 @@ def _unit(span: float) -> Tuple[float, str]:
     return next((size, name) for limit, size, name in _UNITS if span < limit)
 
 
+#: Above this many changes, utilisation is drawn as the mean over this many
+#: equal windows (a long trace's steps would only make a solid band).
+BINS = 200
+
+
+def _windows(steps: List[Tuple[float, int]], bins: int = BINS) -> Tuple[List[float], List[float]]:
+    """The time-weighted mean of a step function over *bins* equal windows:
+    (window starts, means), the last start repeated at the end for a step plot."""
+    start, end = steps[0][0], steps[-1][0]
+    width = (end - start) / bins
+    means = [0.0] * bins
+    for (t, value), (t_next, _) in zip(steps, steps[1:]):
+        while t < t_next:
+            i = min(int((t - start) / width), bins - 1)
+            edge = min(t_next, start + (i + 1) * width)
+            if edge <= t:  # float rounding at the last window's edge
+                edge = t_next
+            means[i] += value * (edge - t) / width
+            t = edge
+    starts = [start + i * width for i in range(bins)]
+    return starts + [end], means + [means[-1]]
+
+
 def plot(outcomes: Mapping[str, Outcome], path: str, title: str = "") -> None:
     """Draw *outcomes* (``{label: outcome}``, each from
     :meth:`Simulation.outcome() <flux.schedsim.Simulation.outcome>`) side by side into *path* (``.png``, ``.svg`` or
@@ -51,9 +74,13 @@ def plot(outcomes: Mapping[str, Outcome], path: str, title: str = "") -> None:
     try:
         for label, outcome in outcomes.items():
             steps = outcome.usage_over_time()
+            if len(steps) > 2 * BINS:
+                times, cores = _windows(steps)
+            else:
+                times, cores = [t for t, _ in steps], [c for _, c in steps]
             if steps:
-                usage.step([t / tsize for t, _ in steps], [cores / outcome.total_cores for _, cores in steps],
-                           where="post", label=label)
+                usage.step([t / tsize for t in times], [c / outcome.total_cores for c in cores], where="post",
+                           label=label)
             started = sorted(r.wait for r in outcome.results if r.wait is not None)
             if started:
                 share = [(i + 1) / len(outcome.results) for i in range(len(started))]
