@@ -95,6 +95,12 @@ def nopanic_broker(request):
         broker = MemTarget(attrs={"broker.module-nopanic": "1"})
     else:
         broker = RealTarget(request.getfixturevalue("flux_session_instances").get())
+    yield from served(broker)
+
+
+def served(broker):
+    """Yield *broker* with its log cleared; then remove the modules the test
+    loaded and close it (as the plugin's ``flux_broker`` does)."""
     before = set(broker.modules())
     broker.clear_log()
     try:

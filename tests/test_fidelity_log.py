@@ -6,6 +6,7 @@ instance; what it logs is read back with ``flux dmesg`` (``dmesg()``).
 
 import pytest
 
+from _targets import served
 from flux.brokermod_testing import MemoryBroker, RealBroker, start_instance
 
 # A module that logs, level by level, on request.
@@ -46,13 +47,7 @@ def info_broker(request):
         broker = MemoryBroker(attrs={"log-level": "6"})
     else:
         broker = RealBroker(request.getfixturevalue("info_instance"))
-    before = set(broker.modules())
-    broker.clear_log()
-    try:
-        yield broker
-    finally:
-        broker.cleanup(before)
-        broker.close()
+    yield from served(broker)
 
 
 def test_the_brokers_log_level_attribute_filters_what_reaches_the_log(info_broker, write_module):

@@ -10,6 +10,9 @@ import tempfile
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from flux.schedsim._plot import PLOT_FORMATS
+from flux.schedsim._results import FORMATS
+
 #: Set in the environment of the re-run under flux-core's Python: where it
 #: leaves the outcomes, for this process to plot.
 OUTCOMES_ENV = "FLUX_BROKERMOD_SIMULATE_OUTCOMES"
@@ -47,9 +50,9 @@ def add_parser(sub: Any) -> None:
     simulate.add_argument("--fail", action="append", default=[], type=_rank_event, metavar="RANKS@START[-END]",
                           help="RANKS fail at START (jobs running there end, state failed) and come back at "
                                "END if given (repeatable)")
-    simulate.add_argument("--output", metavar="FILE", type=_ending(".csv", ".json", ".jsonl"),
+    simulate.add_argument("--output", metavar="FILE", type=_ending(*FORMATS),
                           help="write one row per job and scheduler to FILE (.csv, or .json/.jsonl: JSON lines)")
-    simulate.add_argument("--plot", metavar="FILE", type=_ending(".png", ".svg", ".pdf"),
+    simulate.add_argument("--plot", metavar="FILE", type=_ending(*PLOT_FORMATS),
                           help="draw each scheduler's utilisation over time and wait distribution to FILE "
                                "(.png, .svg or .pdf; needs matplotlib: pip install 'flux-brokermod[plot]')")
     simulate.add_argument("schedulers", nargs="+", metavar="SCHEDULER[:ARG,...]")
