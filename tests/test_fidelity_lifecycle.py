@@ -251,7 +251,8 @@ def test_reactor_stop_error_makes_reactor_run_return_minus_one_on_both_brokers(n
     assert nopanic.rpc("rs.quit").get() is None
     exited(nopanic, "rs")
     lines = logged(nopanic, "rs.info[0]: reactor_run returned -1")
-    assert [line for line in lines if line.startswith("rs.")] == ["rs.info[0]: reactor_run returned -1"]
+    # Only the returned line: a busy real module may also log discarding its client's post-shutdown disconnect.
+    assert [line for line in lines if "reactor_run" in line] == ["rs.info[0]: reactor_run returned -1"]
 
 
 # life-14: an owner's NAME.shutdown request stops the module ---------------------
